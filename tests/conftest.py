@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny real model repository, and real `bertserve serve` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_REPOSITORY = ROOT / "models"
+DEMO_MODEL = "drug-review-sentiment"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from tests.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "bert", "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_repo(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A model repository with one tiny random BERT classifier, exported with optimum: <repo>/tiny/1/."""
+    from tests.tiny import export_tiny_model
+
+    repo = tmp_path_factory.mktemp("repo")
+    export_tiny_model(tiny_checkpoint, repo / "tiny" / "1")
+    return repo
+
+
+class Server:
+    """A real `bertserve serve` process on 127.0.0.1, stopped by the fixture that made it."""
+
+    def __init__(self, repository: Path, workers: int = 1, env: dict[str, str] | None = None, wait_ready=True):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "BERTSERVE_LOG_LEVEL": "info", **(env or {})}
+        self.log = open(repository.parent / f"server-{self.port}.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers),
+             "--model-repository", str(repository)],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.wait_until("/health/live")
+        if wait_ready:
+            self.wait_until("/health/ready")
+
+    def wait_until(self, path: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{path} not 200 within {timeout_s} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path) -> Iterator:
+    """Factory: start_server(repository, workers=1, env={...}) -> a ready Server, stopped after the test."""
+    servers: list[Server] = []
+
+    def start(repository: Path, **kwargs) -> Server:
+        server = Server(repository, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_repo) -> Iterator[Server]:
+    """One server on the tiny model shared by a test module (read-only tests)."""
+    server = Server(tiny_model_repo)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_repository() -> Path:
+    if not (DEMO_REPOSITORY / DEMO_MODEL / "1" / "bertserve.json").is_file():
+        pytest.fail("the demo model is missing: `make test` builds it first (`make demo`)")
+    return DEMO_REPOSITORY

@@ -1,0 +1,119 @@
+"""Tiny random BERT-family checkpoints for tests: real architectures and real tokenizers, built offline in seconds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+LABELS = ["negative", "neutral", "positive"]
+
+CORPUS = [
+    "this medicine worked wonders and i feel great",
+    "terrible side effects , i would never take it again",
+    "it was okay , nothing special but no harm either",
+    "my doctor changed the dose after two weeks",
+    "headache nausea and dizziness every single day",
+    "best treatment i have had in years , highly recommend",
+]
+
+
+def _bert_tokenizer(path: Path):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(CORPUS * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=64,
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def _roberta_tokenizer(path: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(
+        CORPUS * 4,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=64,
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def make_tiny_checkpoint(path: Path, arch: str = "bert", seed: int = 0) -> Path:
+    """Write a Hugging Face folder with a random 2-layer, hidden-32 sequence classifier and its tokenizer."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    tokenizer = _roberta_tokenizer(path) if arch == "roberta" else _bert_tokenizer(path)
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {l: i for i, l in enumerate(LABELS)}}
+    size = dict(vocab_size=len(tokenizer), **labels)
+    torch.manual_seed(seed)
+    if arch == "bert":
+        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            max_position_embeddings=64, **size)
+        model = BertForSequenceClassification(config)
+    elif arch == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **size)
+        model = DistilBertForSequenceClassification(config)
+    elif arch == "roberta":
+        config = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id, **size)
+        model = RobertaForSequenceClassification(config)
+    else:
+        raise ValueError(f"unknown arch {arch}")
+    model.eval()
+    model.save_pretrained(path)
+    return path
+
+
+def export_tiny_model(checkpoint: Path, version_dir: Path, max_length: int = 64) -> Path:
+    """Export a checkpoint with optimum and lay it out as a published model version (fp32 artifact)."""
+    from optimum.exporters.onnx import main_export
+
+    from app.repository import Artifact, ModelConfig, write_config
+
+    work = version_dir.parent / f".export-{version_dir.name}"
+    shutil.rmtree(work, ignore_errors=True)
+    main_export(str(checkpoint), output=work, task="text-classification", do_validation=False)
+    work.mkdir(exist_ok=True)
+    write_config(
+        work,
+        ModelConfig(
+            labels=LABELS,
+            max_length=max_length,
+            artifacts=[Artifact(file="model.onnx", precision="fp32", providers=["cuda", "cpu"])],
+        ),
+    )
+    shutil.rmtree(version_dir, ignore_errors=True)
+    work.rename(version_dir)
+    return version_dir

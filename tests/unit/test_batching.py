@@ -1,0 +1,274 @@
+"""The batcher alone, on plain asyncio with a fake model: no HTTP, no onnxruntime."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.batching import Batcher
+from app.errors import InvalidInput, NotReady, Overloaded
+from app.tokenizer import Encoded
+
+
+class FakeModel:
+    """Tokens = words; the 'logits' row of a sequence is its text, so answers can be matched to callers.
+    infer() blocks until released when gated, to pile requests up behind a running batch."""
+
+    max_length = 8
+
+    def __init__(self, gated: bool = False) -> None:
+        self.batches: list[list[int]] = []  # lengths of the sequences of each batch, in batch order
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.entered = threading.Event()
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        out = []
+        for text in texts:
+            words = text.split()
+            out.append(Encoded([hash(w) % 1000 for w in words[: self.max_length]], len(words) > self.max_length))
+        return out
+
+    def infer(self, sequences: list[list[int]]) -> list[tuple[int, ...]]:
+        self.entered.set()
+        self.gate.wait(5)
+        self.batches.append([len(s) for s in sequences])
+        return [tuple(s) for s in sequences]
+
+
+def make(model: FakeModel, **limits) -> Batcher:
+    settings = dict(max_batch_size=4, max_batch_tokens=64, max_queue_size=100) | limits
+    batcher = Batcher(model, name="fake", **settings)
+    batcher.start()
+    return batcher
+
+
+async def wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def text(n_words: int, tag: str) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n_words))
+
+
+async def block_engine(model: FakeModel, batcher: Batcher) -> asyncio.Task:
+    """Start one request and wait until it is inside the engine, so later ones queue up."""
+    first = asyncio.create_task(batcher.submit([text(1, "blocker")]))
+    await asyncio.to_thread(model.entered.wait, 5)
+    return first
+
+
+def test_lone_request_runs_at_once_and_gets_its_own_answer():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model)
+        start = time.perf_counter()
+        [(row, timing)] = await batcher.submit(["hello there"])
+        elapsed = time.perf_counter() - start
+        await batcher.close()
+        return model, row, timing, elapsed
+
+    model, row, timing, _ = asyncio.run(scenario())
+    assert model.batches == [[2]]
+    assert row == tuple(hash(w) % 1000 for w in ["hello", "there"])
+    assert timing.batch_size == 1
+
+
+def test_concurrent_requests_form_batches_and_answers_reach_the_right_caller():
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_batch_size=4)
+        first = await block_engine(model, batcher)
+        texts = [text(3, f"r{i}_") for i in range(10)]
+        tasks = [asyncio.create_task(batcher.submit([t])) for t in texts]
+        await wait_for(lambda: batcher.load == 11)
+        model.gate.set()
+        results = await asyncio.gather(*tasks)
+        await first
+        await batcher.close()
+        return model, texts, results
+
+    model, texts, results = asyncio.run(scenario())
+    for t, [(row, _timing)] in zip(texts, results):
+        assert row == tuple(hash(w) % 1000 for w in t.split())
+    sizes = [len(b) for b in model.batches]
+    assert sizes[0] == 1 and sum(sizes) == 11
+    assert max(sizes) == 4  # capped by max_batch_size, and batched at all
+    assert len(model.batches) == 1 + 3  # 10 queued sequences -> 4 + 4 + 2
+
+
+def test_multi_text_request_keeps_order():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model, max_batch_size=2)
+        texts = [text(n, f"t{n}_") for n in (5, 1, 3, 2, 4)]
+        results = await batcher.submit(texts)
+        await batcher.close()
+        return texts, results
+
+    texts, results = asyncio.run(scenario())
+    assert [row for row, _ in results] == [tuple(hash(w) % 1000 for w in t.split()) for t in texts]
+
+
+def test_batches_group_similar_lengths_and_respect_the_token_budget():
+    async def scenario():
+        model = FakeModel(gated=True)
+        # 4 sequences per batch at most, and at most 16 padded tokens: 4 x 4 fits, 4 x 8 does not.
+        batcher = make(model, max_batch_size=4, max_batch_tokens=16)
+        first = await block_engine(model, batcher)
+        lengths = [8, 1, 8, 2, 7, 1, 2, 8]
+        tasks = [asyncio.create_task(batcher.submit([text(n, f"s{i}_")])) for i, n in enumerate(lengths)]
+        await wait_for(lambda: batcher.load == 1 + len(lengths))
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        await batcher.close()
+        return model
+
+    model = asyncio.run(scenario())
+    queued_batches = model.batches[1:]
+    assert sorted(n for b in queued_batches for n in b) == sorted([8, 1, 8, 2, 7, 1, 2, 8])
+    for batch in queued_batches:
+        assert max(batch) * len(batch) <= 16
+        assert batch == sorted(batch)  # cut from the length-sorted queue
+    # The short ones run together and the long ones together, not interleaved in arrival order.
+    assert [1, 1, 2, 2] in queued_batches
+    assert [7, 8] in queued_batches and [8, 8] in queued_batches
+
+
+def test_oldest_request_is_in_the_next_batch():
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_batch_size=2, max_batch_tokens=64)
+        first = await block_engine(model, batcher)
+        long_one = asyncio.create_task(batcher.submit([text(8, "old")]))
+        await wait_for(lambda: batcher.load == 2)
+        shorts = [asyncio.create_task(batcher.submit([text(1, f"n{i}")])) for i in range(6)]
+        await wait_for(lambda: batcher.load == 8)
+        model.gate.set()
+        await asyncio.gather(first, long_one, *shorts)
+        await batcher.close()
+        return model
+
+    model = asyncio.run(scenario())
+    assert 8 in model.batches[1]  # not starved behind the shorter, later ones
+
+
+def test_overflow_is_refused_at_once_with_retry_after():
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_queue_size=3)
+        first = await block_engine(model, batcher)
+        queued = [asyncio.create_task(batcher.submit([text(2, f"q{i}")])) for i in range(2)]
+        await wait_for(lambda: batcher.load == 3)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(["one too many"])
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        answered_after = await batcher.submit(["room again"])
+        await batcher.close()
+        return refused.value, answered_after
+
+    refused, answered_after = asyncio.run(scenario())
+    assert refused.retry_after_s >= 1
+    assert len(answered_after) == 1
+
+
+def test_cancelled_requests_are_dropped_before_inference_and_nothing_gets_stuck():
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_batch_size=4)
+        first = await block_engine(model, batcher)
+        doomed = [asyncio.create_task(batcher.submit([text(3, f"gone{i}")])) for i in range(20)]
+        kept = asyncio.create_task(batcher.submit([text(2, "kept")]))
+        await wait_for(lambda: batcher.load == 22)
+        for task in doomed:
+            task.cancel()
+        await asyncio.gather(*doomed, return_exceptions=True)
+        load_after_cancel = batcher.load
+        model.gate.set()
+        await asyncio.gather(first, kept)
+        after = await batcher.submit(["still serving"])
+        await batcher.close()
+        return model, load_after_cancel, after
+
+    model, load_after_cancel, after = asyncio.run(scenario())
+    assert load_after_cancel == 2  # the cancelled ones left the queue at once
+    ran = sum(len(b) for b in model.batches)
+    assert ran == 3  # blocker, kept, still serving: no cancelled sequence reached the engine
+    assert len(after) == 1
+
+
+def test_timeout_while_queued_drops_the_work():
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model)
+        first = await block_engine(model, batcher)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await batcher.submit([text(4, "late")])
+        model.gate.set()
+        await first
+        await batcher.submit(["next"])
+        await batcher.close()
+        return model
+
+    model = asyncio.run(scenario())
+    assert 4 not in [n for b in model.batches for n in b]
+
+
+def test_too_long_input_without_truncation_is_refused_and_with_truncation_served():
+    async def scenario():
+        model = FakeModel()
+        batcher = make(model)
+        with pytest.raises(InvalidInput):
+            await batcher.submit([text(12, "long")], truncate=False)
+        [(row, _)] = await batcher.submit([text(12, "long")], truncate=True)
+        await batcher.close()
+        return row, batcher.load
+
+    row, load = asyncio.run(scenario())
+    assert len(row) == FakeModel.max_length
+    assert load == 0
+
+
+def test_engine_failure_answers_the_batch_and_the_batcher_goes_on():
+    class Flaky(FakeModel):
+        def infer(self, sequences):
+            if any(len(s) == 3 for s in sequences):
+                raise RuntimeError("boom")
+            return super().infer(sequences)
+
+    async def scenario():
+        model = Flaky()
+        batcher = make(model)
+        with pytest.raises(Exception) as failed:
+            await batcher.submit(["a b c"])
+        ok = await batcher.submit(["a b"])
+        await batcher.close()
+        return failed.value, ok
+
+    failed, ok = asyncio.run(scenario())
+    assert getattr(failed, "kind", None) == "backend"
+    assert len(ok) == 1
+
+
+def test_closed_batcher_refuses_new_work():
+    async def scenario():
+        batcher = make(FakeModel())
+        await batcher.close()
+        with pytest.raises(NotReady):
+            await batcher.submit(["x"])
+
+    asyncio.run(scenario())
+
+
+def test_token_budget_below_max_length_is_refused():
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Batcher(FakeModel(), max_batch_size=4, max_batch_tokens=4, max_queue_size=10)

@@ -1,0 +1,109 @@
+"""Provider choice and its check. No GPU exists here: CUDA sessions are simulated by a fake session factory
+(the only mock in the suite, for hardware that cannot exist on this machine); CPU sessions are real."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from app.engine import Engine, provider_attempts
+from app.errors import ModelLoadError
+from app.repository import Artifact, ModelConfig, read_config
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def test_provider_attempts():
+    assert provider_attempts("auto", [CPU]) == ["cpu"]
+    assert provider_attempts("auto", [CUDA, CPU]) == ["cuda", "cpu"]
+    assert provider_attempts("cuda", [CPU]) == ["cuda"]
+    assert provider_attempts("cpu", [CUDA, CPU]) == ["cpu"]
+
+
+class FakeGpuSessions:
+    """Stands in for onnxruntime on a CUDA machine: records what was opened; a CUDA request either 'works'
+    or silently falls back to CPU, as onnxruntime-gpu does when the CUDA libraries fail to load."""
+
+    def __init__(self, cuda_works: bool) -> None:
+        self.cuda_works = cuda_works
+        self.opened: list[tuple[str, list[str]]] = []
+
+    def __call__(self, path, sess_options=None, providers=()):
+        self.opened.append((path.rsplit("/", 1)[-1], list(providers)))
+        real = ort.InferenceSession(path, sess_options=sess_options, providers=[CPU])
+        in_use = [CUDA, CPU] if (CUDA in providers and self.cuda_works) else [CPU]
+        real_get_providers = real.get_providers
+        real.get_providers = lambda: in_use if in_use[0] == CUDA else real_get_providers()
+        return real
+
+
+@pytest.fixture
+def two_artifact_model(tiny_model_repo, tmp_path):
+    """The tiny model with an 'int8' (cpu) and an fp32 (cuda, cpu) artifact: the same graph under two names."""
+    import shutil
+
+    path = tmp_path / "m"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    shutil.copy(path / "model.onnx", path / "model.int8.onnx")
+    config = read_config(path).model_copy(
+        update={
+            "artifacts": [
+                Artifact(file="model.int8.onnx", precision="int8", providers=["cpu"]),
+                Artifact(file="model.onnx", precision="fp32", providers=["cuda", "cpu"]),
+            ]
+        }
+    )
+    return path, config
+
+
+def test_auto_on_a_cuda_machine_uses_cuda_with_the_fp32_artifact(two_artifact_model):
+    path, config = two_artifact_model
+    fake = FakeGpuSessions(cuda_works=True)
+    engine = Engine(path, config, "auto", session_factory=fake, available_providers=[CUDA, CPU])
+    assert engine.provider == "cuda"
+    assert engine.artifact.file == "model.onnx"  # INT8 does not run on CUDA
+    assert fake.opened == [("model.onnx", [CUDA, CPU])]
+
+
+def test_auto_falls_back_to_cpu_and_its_int8_artifact_when_cuda_does_not_initialise(two_artifact_model, caplog):
+    path, config = two_artifact_model
+    fake = FakeGpuSessions(cuda_works=False)
+    engine = Engine(path, config, "auto", session_factory=fake, available_providers=[CUDA, CPU])
+    assert engine.provider == "cpu"
+    assert engine.artifact.file == "model.int8.onnx"
+    assert [name for name, _ in fake.opened] == ["model.onnx", "model.int8.onnx"]
+    assert "CUDAExecutionProvider was asked for but the session runs on CPUExecutionProvider" in caplog.text
+
+
+def test_required_cuda_refuses_to_start_without_it(two_artifact_model):
+    path, config = two_artifact_model
+    with pytest.raises(ModelLoadError, match="provider=cuda"):
+        Engine(path, config, "cuda", session_factory=FakeGpuSessions(cuda_works=False),
+               available_providers=[CUDA, CPU])
+
+
+def test_real_cpu_session_feeds_only_declared_inputs(tiny_model_repo):
+    import numpy as np
+
+    path = tiny_model_repo / "tiny" / "1"
+    engine = Engine(path, read_config(path), "auto")
+    assert engine.provider == "cpu"  # what this machine has
+    logits = engine.run(np.array([[2, 7, 3]], dtype=np.int64), np.ones((1, 3), dtype=np.int64))
+    assert logits.shape == (1, 3) and logits.dtype == np.float32
+
+
+def test_label_count_must_match_the_graph(tiny_model_repo):
+    path = tiny_model_repo / "tiny" / "1"
+    config = read_config(path).model_copy(update={"labels": ["a", "b"]})
+    with pytest.raises(ModelLoadError, match="3 outputs but bertserve.json lists 2 labels"):
+        Engine(path, config, "cpu")
+
+
+def test_corrupt_onnx_file_is_named(tiny_model_repo, tmp_path):
+    import shutil
+
+    path = tmp_path / "broken"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    (path / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelLoadError, match="model.onnx: onnxruntime cannot load it"):
+        Engine(path, read_config(path), "cpu")
