@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,10 +15,10 @@ from pydantic import ValidationError
 from app.settings import Settings
 
 
-def _settings_or_exit(**overrides: object) -> Settings:
-    """Settings from BERTSERVE_* variables and command-line overrides; a bad value stops here with one line each."""
+def _settings_or_exit() -> Settings:
+    """Settings from BERTSERVE_* variables; a bad value stops here, with one line naming each."""
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings()
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             name = "BERTSERVE_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
@@ -26,11 +27,13 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> None:
-    settings = _settings_or_exit(
-        host=args.host, port=args.port, workers=args.workers, model_repository=args.model_repository
-    )
-    # Workers rebuild their Settings from the environment: hand them exactly the validated values.
-    os.environ.update(settings.env())
+    overrides = {
+        "host": args.host, "port": args.port, "workers": args.workers, "model_repository": args.model_repository,
+        "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile,
+    }
+    # Workers build their Settings from the environment: command-line values go there first.
+    os.environ.update({f"BERTSERVE_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
+    settings = _settings_or_exit()
     # Before anything imports prometheus_client (it picks its value store at import): metric files shared by
     # all workers, so counters add up. Emptied, or the last run's counts would come back.
     metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="bertserve-metrics-"))
@@ -39,6 +42,11 @@ def serve(args: argparse.Namespace) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     import uvicorn
 
+    from app.logs import log_config
+
+    # uvicorn re-raises SIGTERM once its graceful shutdown is over, under the handler found at start: make
+    # that handler a clean exit, since a drained shutdown is a success (status 0).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -48,8 +56,10 @@ def serve(args: argparse.Namespace) -> None:
         # uvloop + httptools: plain asyncio + h11 with several workers stalls ~40 ms per response (no TCP_NODELAY).
         loop="uvloop",
         http="httptools",
-        log_level=settings.log_level,
+        log_config=log_config(settings.log_level, settings.log_format),
         access_log=False,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
     )
 
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, help="TCP port (BERTSERVE_PORT, default 8000).")
     p.add_argument("--workers", type=int, help="Worker processes (BERTSERVE_WORKERS, default 1).")
     p.add_argument("--model-repository", type=Path, help="Model folder (BERTSERVE_MODEL_REPOSITORY, default models).")
+    p.add_argument("--ssl-certfile", type=Path, help="PEM certificate: serve HTTPS (BERTSERVE_SSL_CERTFILE).")
+    p.add_argument("--ssl-keyfile", type=Path, help="PEM private key (BERTSERVE_SSL_KEYFILE).")
     p.set_defaults(func=serve)
 
     from app.lifecycle.commands import add_commands  # argument definitions only; torch loads when a command runs

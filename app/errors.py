@@ -18,6 +18,10 @@ class InvalidInput(ServiceError):
     kind = "validation"
 
 
+class Unauthorized(ServiceError):
+    kind = "unauthorized"
+
+
 class PayloadTooLarge(ServiceError):
     kind = "payload_too_large"
 
@@ -40,6 +44,10 @@ class DeadlineExceeded(ServiceError):
 
 class NotReady(ServiceError):
     kind = "unhealthy"
+
+
+class ShuttingDown(NotReady):
+    """Refused because the server is draining: the answer also closes the connection."""
 
 
 class BackendError(ServiceError):

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import logging.config
 import os
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics
 from app.api import errors
+from app.api.middleware import RequestContextMiddleware
 from app.api.routes import router
 from app.api.schemas import PredictRequest
+from app.logs import log_config
 from app.service import Service
 from app.settings import Settings
 
@@ -21,13 +26,13 @@ log = logging.getLogger("bertserve")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     service = Service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        metrics.forget_dead_workers()
+        _drain_on_sigterm(service, settings.drain_timeout_s)
         # Models load after start-up so liveness answers at once and readiness says "loading" meanwhile.
         loading = asyncio.create_task(service.load_all())
         try:
@@ -35,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await service.shutdown(settings.drain_timeout_s)
+            await service.close()
             metrics.mark_worker_dead(os.getpid())
 
     app = FastAPI(
@@ -46,10 +51,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.api_keys = settings.accepted_keys()
     errors.install(app)
     app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+    app.add_middleware(RequestContextMiddleware, log_access=settings.access_log)
     _add_request_schema(app)
     return app
+
+
+def _drain_on_sigterm(service: Service, timeout_s: float) -> None:
+    """On SIGTERM, first drain: readiness turns 503 and new requests get 503 (closing their connection) while
+    everything already accepted finishes; only then does uvicorn's own handler stop the server. Stopping at
+    once would reset connections whose requests were already sent."""
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+
+    async def drain_then_stop(signum: int) -> None:
+        await service.drain(timeout_s)
+        # Linger a moment answering 503 + Connection: close, so keep-alive clients learn of the shutdown from
+        # an answer rather than from a connection closed under a request they just sent.
+        await asyncio.sleep(min(1.0, timeout_s / 4))
+        log.info("drained; stopping")
+        if callable(uvicorn_handler):
+            uvicorn_handler(signum, None)
+
+    def on_sigterm(signum, frame):
+        if service.draining:  # a second SIGTERM: stop now
+            if callable(uvicorn_handler):
+                uvicorn_handler(signum, frame)
+            return
+        service.draining = True
+        log.info("SIGTERM: draining for at most %.1f s", timeout_s)
+        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum)))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _add_request_schema(app: FastAPI) -> None:

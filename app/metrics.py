@@ -8,6 +8,7 @@ combine: queue size per live worker (pid label, sum it), model info as the max o
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -74,3 +75,25 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def forget_dead_workers() -> None:
+    """Drop the live-gauge files of workers that died without cleaning up (e.g. SIGKILL); a replacement worker
+    calls this at start. Their counters and histograms stay: what they counted happened."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

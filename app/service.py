@@ -13,7 +13,7 @@ import numpy as np
 from app import metrics
 from app.batching import Batcher, Timing
 from app.engine import Engine, autotune, describe
-from app.errors import DeadlineExceeded, InvalidInput, ModelLoadError, ModelNotFound, NotReady
+from app.errors import DeadlineExceeded, InvalidInput, ModelLoadError, ModelNotFound, NotReady, ShuttingDown
 from app.repository import TOKENIZER_FILE, ModelConfig, latest_versions, read_config
 from app.settings import Settings
 from app.tokenizer import Encoded, TextTokenizer, pad
@@ -94,6 +94,7 @@ class Service:
         self.models: dict[str, ServedModel] = {}
         self.failed: dict[str, str] = {}  # model name -> why it is not served
         self.loading = True
+        self._loaded = asyncio.Event()
         self.draining = False
 
     # ---- lifecycle ----
@@ -107,6 +108,7 @@ class Service:
                 await self._load(name, version, path)
         finally:
             self.loading = False
+            self._loaded.set()
 
     async def _load(self, name: str, version: int, path: Path) -> None:
         try:
@@ -144,14 +146,18 @@ class Service:
 
         return observe
 
-    async def shutdown(self, drain_timeout_s: float) -> None:
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new work, then wait (at most timeout_s) until every accepted sequence is answered."""
         self.draining = True
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(m.batcher.drained() for m in self.models.values() if m.batcher)), drain_timeout_s
-            )
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(m.batcher.drained() for m in self.models.values() if m.batcher))
         except TimeoutError:
-            log.warning("drain timeout (%.0f s) reached with work still queued", drain_timeout_s)
+            log.warning("drain timeout (%.1f s) reached with work still queued", timeout_s)
+
+    async def close(self) -> None:
+        """Stop every batcher; anything still queued is answered 503."""
+        self.draining = True
         for model in self.models.values():
             if model.batcher:
                 await model.batcher.close()
@@ -171,12 +177,20 @@ class Service:
         listed += [{"name": n, "state": "failed", "reason": r} for n, r in self.failed.items()]
         return listed
 
-    def resolve(self, name: str | None) -> ServedModel:
-        if self.loading and not self.models:
-            raise NotReady("models are still loading")
+    async def resolve(self, name: str | None, wait_s: float) -> ServedModel:
+        """The model to serve a request. While models load (first start, or a worker replacing a dead one that
+        already receives connections), wait for them rather than fail: the caller sees latency, not errors."""
+        if self.loading:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._loaded.wait()
+            except TimeoutError:
+                raise NotReady("models are still loading") from None
         if name is None:
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
+            if not self.models:
+                raise NotReady("no model is being served; see /health/ready")
             raise InvalidInput(f"several models are served, name one in 'model': {sorted(self.models)}")
         model = self.models.get(name)
         if model is None:
@@ -197,7 +211,7 @@ class Service:
     ) -> list[list[dict[str, Any]]]:
         """Scores per text, every label (or the top_k) sorted by score."""
         if self.draining:
-            raise NotReady("the server is shutting down")
+            raise ShuttingDown("the server is shutting down; retry on another replica")
         if len(texts) > self.settings.max_client_batch_size:
             raise InvalidInput(
                 f"{len(texts)} inputs in one request; the limit is {self.settings.max_client_batch_size}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads every model.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line with request_id; text: for reading in a terminal."
+    )
+    access_log: bool = Field(False, description="One log line per request: method, path, status, duration.")
+    ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS when set with the key.")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key for ssl_certfile.")
     metrics_dir: Path | None = Field(
         None, description="Folder for multi-worker metric files, emptied at start; default: a new temp folder."
     )
@@ -57,6 +63,30 @@ class Settings(BaseSettings):
         20.0, ge=0, description="On SIGTERM, how long accepted work may take to finish before exit."
     )
 
+    # --- security ---
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys accepted as `Authorization: Bearer <key>` on /predict and /models; "
+        "several allow rotation. Empty (and no keys file): no authentication.",
+    )
+    api_keys_file: Path | None = Field(None, description="File with one API key per line, added to api_keys.")
+    protect_metrics: bool = Field(False, description="Require an API key on /metrics too (health stays open).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty: CORS off."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    def accepted_keys(self) -> list[bytes]:
+        """Every valid API key (settings and key file), as bytes for constant-time comparison."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        return [k.encode() for k in keys]
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":
         if self.max_queue_size < self.max_client_batch_size:
@@ -64,16 +94,13 @@ class Settings(BaseSettings):
                 "BERTSERVE_MAX_QUEUE_SIZE must be at least BERTSERVE_MAX_CLIENT_BATCH_SIZE, "
                 "or a full-size request could never be accepted"
             )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("BERTSERVE_SSL_CERTFILE and BERTSERVE_SSL_KEYFILE go together")
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"BERTSERVE_API_KEYS_FILE {self.api_keys_file} is not a readable file")
         return self
 
     def threads_per_worker(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // self.workers)
-
-    def env(self) -> dict[str, str]:
-        """The settings as BERTSERVE_* variables, so worker processes rebuild exactly this object."""
-        out = {}
-        for name, value in self.model_dump(exclude_none=True).items():
-            out[f"BERTSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-        return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +30,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def post(server, body, **kwargs):
+    return httpx.post(server.url + "/predict", json=body, timeout=30, **kwargs)
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def hammer(url: str, texts: list[str], concurrency: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        queue = list(texts)
+        statuses: list[int] = []
+
+        async def worker():
+            while queue:
+                r = await client.post(url + "/predict", json={"inputs": queue.pop()})
+                statuses.append(r.status_code)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return statuses
+
+
+def worker_pids(parent: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
+    pids = [int(p) for p in out.split()]
+    # uvicorn's multiprocess supervisor may add a resource tracker; keep the processes that mapped onnxruntime
+    return [p for p in pids if "onnxruntime" in open(f"/proc/{p}/maps").read()]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from tests.tiny import make_tiny_checkpoint
@@ -48,11 +87,14 @@ def tiny_model_repo(tmp_path_factory, tiny_checkpoint) -> Path:
 class Server:
     """A real `bertserve serve` process on 127.0.0.1, stopped by the fixture that made it."""
 
-    def __init__(self, repository: Path, workers: int = 1, env: dict[str, str] | None = None, wait_ready=True):
+    def __init__(self, repository: Path, workers: int = 1, env: dict[str, str] | None = None, wait_ready=True,
+                 scheme: str = "http", verify: bool | str = True):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify
         self.env = {**os.environ, "BERTSERVE_LOG_LEVEL": "info", **(env or {})}
-        self.log = open(repository.parent / f"server-{self.port}.log", "w+")
+        self.log_path = repository.parent / f"server-{self.port}.log"
+        self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers),
              "--model-repository", str(repository)],
@@ -68,7 +110,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                if httpx.get(self.url + path, timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -76,9 +118,7 @@ class Server:
         raise TimeoutError(f"{path} not 200 within {timeout_s} s:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return self.log_path.read_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
         if self.process.poll() is None:

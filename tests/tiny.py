@@ -59,8 +59,11 @@ def _roberta_tokenizer(path: Path):
     return fast
 
 
-def make_tiny_checkpoint(path: Path, arch: str = "bert", seed: int = 0) -> Path:
-    """Write a Hugging Face folder with a random 2-layer, hidden-32 sequence classifier and its tokenizer."""
+def make_tiny_checkpoint(
+    path: Path, arch: str = "bert", seed: int = 0, hidden: int = 32, layers: int = 2, positions: int = 64
+) -> Path:
+    """Write a Hugging Face folder with a random small sequence classifier (2 layers, hidden 32 by default)
+    and its tokenizer. Larger sizes make a model slow enough to hold the engine busy in fault tests."""
     import torch
     from transformers import (
         BertConfig,
@@ -79,15 +82,17 @@ def make_tiny_checkpoint(path: Path, arch: str = "bert", seed: int = 0) -> Path:
     size = dict(vocab_size=len(tokenizer), **labels)
     torch.manual_seed(seed)
     if arch == "bert":
-        config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            max_position_embeddings=64, **size)
+        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                            intermediate_size=2 * hidden, max_position_embeddings=positions, **size)
         model = BertForSequenceClassification(config)
     elif arch == "distilbert":
-        config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **size)
+        config = DistilBertConfig(dim=hidden, n_layers=layers, n_heads=2, hidden_dim=2 * hidden,
+                                  max_position_embeddings=positions, **size)
         model = DistilBertForSequenceClassification(config)
     elif arch == "roberta":
-        config = RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id, **size)
+        config = RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                               intermediate_size=2 * hidden, max_position_embeddings=positions + 2,
+                               pad_token_id=tokenizer.pad_token_id, **size)
         model = RobertaForSequenceClassification(config)
     else:
         raise ValueError(f"unknown arch {arch}")

@@ -10,12 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from app.errors import ServiceError
+from app.errors import ServiceError, ShuttingDown
 
 log = logging.getLogger("bertserve.api")
 
 STATUS = {
     "validation": 422,
+    "unauthorized": 401,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "not_found": 404,
@@ -27,7 +28,7 @@ STATUS = {
 }
 
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
-_KIND_OF_STATUS = {404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
+_KIND_OF_STATUS = {401: "unauthorized", 404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
@@ -41,6 +42,10 @@ def status_of(exc: BaseException) -> int:
 
 async def _service_error(_request: Request, exc: ServiceError) -> Response:
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    if exc.kind == "unauthorized":
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, ShuttingDown):
+        headers = {"Connection": "close"}  # so the client does not send its next request down this connection
     return error_response(STATUS[exc.kind], exc.message, exc.kind, headers)
 
 

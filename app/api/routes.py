@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import metrics
 from app.api.errors import status_of
+from app.api.security import require_api_key, require_api_key_for_metrics
 from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
 from app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
 from app.service import Service
@@ -22,8 +23,9 @@ router = APIRouter()
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 413, 415, 422, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 500, 503, 504)
 }
+_KEY = [Depends(require_api_key)]
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -84,6 +86,7 @@ def parse_predict(body: bytes) -> PredictRequest:
     summary="Classify one text or a batch of texts",
     response_model=PredictResponse,
     responses=_ERRORS,
+    dependencies=_KEY,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -98,11 +101,11 @@ async def predict(request: Request) -> Response:
     model_label, status = "unknown", 200
     try:
         req = parse_predict(await read_json_body(request, settings.max_body_bytes))
-        model = service.resolve(req.model)
+        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
+        model = await service.resolve(req.model, timeout_ms / 1000)
         model_label = model.name
         params = req.parameters
         function = "none" if req.raw_scores else (params and params.function_to_apply) or "softmax"
-        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
         single = isinstance(req.inputs, str)
         answers = await until_disconnect(
             request,
@@ -140,13 +143,14 @@ async def ready(request: Request) -> Response:
     return json_response(detail, status_code=200 if is_ready else 503)
 
 
-@router.get("/models", summary="Models being served", response_model=list[ModelInfo])
+@router.get("/models", summary="Models being served", response_model=list[ModelInfo], dependencies=_KEY,
+            responses={401: {"model": ErrorResponse}})
 async def list_models(request: Request) -> Response:
     return json_response(request.app.state.service.list_models())
 
 
 @router.get("/models/{name}", summary="One model, with its quality report", response_model=ModelInfo,
-            responses={404: {"model": ErrorResponse}})
+            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}, dependencies=_KEY)
 async def get_model(name: str, request: Request) -> Response:
     service: Service = request.app.state.service
     for info in service.list_models():
@@ -156,7 +160,8 @@ async def get_model(name: str, request: Request) -> Response:
     raise ModelNotFound(f"model {name!r} is not served")
 
 
-@router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response,
+            dependencies=[Depends(require_api_key_for_metrics)], responses={401: {"model": ErrorResponse}})
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

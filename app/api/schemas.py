@@ -38,7 +38,8 @@ class PredictRequest(BaseModel):
         "a list of score lists even for a single text.",
     )
     timeout_ms: int | None = Field(
-        None, ge=1, description="Answer 504 and drop the work if no result within this time (capped by the server)."
+        None, ge=10, description="Answer 504 and drop the work if no result within this time (capped by the "
+        "server's BERTSERVE_MAX_REQUEST_TIMEOUT_MS). Default: BERTSERVE_REQUEST_TIMEOUT_MS.",
     )
 
 

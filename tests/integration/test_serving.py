@@ -13,26 +13,10 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hammer, metric, post, worker_pids
 
 REVIEW = "this medicine worked wonders and i feel great"
 LABELS = {"negative", "neutral", "positive"}
-
-
-def post(server, body, **kwargs):
-    return httpx.post(server.url + "/predict", json=body, timeout=30, **kwargs)
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_single_text_gets_every_label_sorted_with_softmax_scores(tiny_server):
@@ -156,24 +140,10 @@ def test_provider_reported_in_metrics(tiny_server):
     assert metric(text, "bertserve_model_info", model="tiny", version="1", provider="cpu", quantization="fp32") == 1
 
 
-async def _hammer(url: str, texts: list[str], concurrency: int) -> list[int]:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        queue = list(texts)
-        statuses: list[int] = []
-
-        async def worker():
-            while queue:
-                r = await client.post(url + "/predict", json={"inputs": queue.pop()})
-                statuses.append(r.status_code)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return statuses
-
-
 def test_two_workers_counters_add_up_and_concurrent_clients_are_batched(tiny_model_repo, start_server):
     server = start_server(tiny_model_repo, workers=2)
     texts = [f"{REVIEW} number {i} " + "again " * (i % 20) for i in range(400)]
-    statuses = asyncio.run(_hammer(server.url, texts, concurrency=64))
+    statuses = asyncio.run(hammer(server.url, texts, concurrency=64))
     assert statuses.count(200) == len(texts)
     bad = post(server, {"inputs": 7})
     assert bad.status_code == 422
@@ -188,16 +158,9 @@ def test_two_workers_counters_add_up_and_concurrent_clients_are_batched(tiny_mod
     assert batches < len(texts)  # 64 concurrent clients were served in batches, not one by one
     assert len(re.findall(r'bertserve_queue_size\{.*pid="\d+"', text)) == 2  # one gauge per live worker
     # Both workers run on uvloop + httptools (plain asyncio + h11 stalls ~40 ms per response with workers).
-    for pid in _worker_pids(server.process.pid):
+    for pid in worker_pids(server.process.pid):
         maps = open(f"/proc/{pid}/maps").read()
         assert "uvloop" in maps and "httptools" in maps
-
-
-def _worker_pids(parent: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
-    pids = [int(p) for p in out.split()]
-    # uvicorn's multiprocess supervisor may add a resource tracker; keep the processes that mapped onnxruntime
-    return [p for p in pids if "onnxruntime" in open(f"/proc/{p}/maps").read()]
 
 
 def test_a_broken_model_is_reported_and_the_others_serve(tiny_model_repo, tmp_path, start_server):

@@ -1,0 +1,50 @@
+"""Request IDs: accept the caller's X-Request-ID (or make one), echo it, and put it on every log line;
+optionally one access-log line per request (method, path, status, duration; never the body)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logs import request_id
+
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")  # echoed into headers and logs: nothing else gets through
+access_log = logging.getLogger("bertserve.access")
+
+
+class RequestContextMiddleware:
+    """Plain ASGI (no BaseHTTPMiddleware): one header and one context variable per request."""
+
+    def __init__(self, app: ASGIApp, log_access: bool = False) -> None:
+        self.app = app
+        self.log_access = log_access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        rid = given if given is not None and _SAFE_ID.match(given) else uuid.uuid4().hex.encode()
+        token = request_id.set(rid.decode())
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_access:
+                access_log.info(
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3
+                )
+            request_id.reset(token)

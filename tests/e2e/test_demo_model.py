@@ -1,0 +1,54 @@
+"""The real demo model (fine-tuned MiniLM-L6, INT8) served end to end. Built once by `make test` beforehand."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_MODEL, Server
+
+pytestmark = pytest.mark.slow
+
+POSITIVE = (
+    "This medication changed my life. After two weeks my pain was gone, I sleep through the night and I have "
+    "had no side effects at all. Highly recommend it."
+)
+NEGATIVE = (
+    "Worst drug I have ever taken. Terrible nausea, constant headaches and dizziness, and it did not help my "
+    "symptoms at all. I stopped after a week and will never take it again."
+)
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_repository):
+    server = Server(demo_repository, wait_ready=False)
+    # Loading, warm-up and batch autotuning of MiniLM take seconds: readiness must say so meanwhile.
+    first_ready = httpx.get(server.url + "/health/ready", timeout=10)
+    server.wait_until("/health/ready")
+    yield server, first_ready
+    server.stop()
+
+
+def test_not_ready_until_warmed_up(demo_server):
+    _, first_ready = demo_server
+    assert first_ready.status_code == 503 and first_ready.json()["status"] == "loading"
+
+
+def test_clear_reviews_get_the_right_sentiment(demo_server):
+    server, _ = demo_server
+    r = httpx.post(server.url + "/predict", json={"inputs": [POSITIVE, NEGATIVE]}, timeout=30)
+    assert r.status_code == 200
+    positive, negative = r.json()
+    assert positive[0]["label"] == "positive"
+    assert negative[0]["label"] == "negative"
+    assert r.headers["x-model-name"] == DEMO_MODEL
+
+
+def test_demo_model_is_served_from_its_int8_artifact_with_its_report(demo_server):
+    server, _ = demo_server
+    info = httpx.get(server.url + f"/models/{DEMO_MODEL}").json()
+    assert info["provider"] == "cpu"
+    assert info["labels"] == ["negative", "neutral", "positive"]
+    assert info["max_length"] == 128
+    report = info["report"]
+    assert report, "build-demo stores its accuracy figures beside the model"

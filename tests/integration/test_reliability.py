@@ -1,0 +1,325 @@
+"""Faults a production service meets, each against a real server on loopback: deadlines, disconnects,
+overload, SIGTERM under load, a killed worker. Bounded in count and time; every server is stopped.
+
+A "slow" random BERT (hidden 256, 4 layers, 256 tokens) holds the engine busy for a few hundred ms per full
+batch, so requests can be made to wait behind it without relying on luck."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import hammer, metric, post, worker_pids
+from tests.integration.test_serving import REVIEW
+
+LONG = " ".join(["headache nausea and dizziness every single day"] * 60)  # well over 256 tokens: truncated
+SLOW_ENV = {
+    "BERTSERVE_BATCH_AUTOTUNE": "false",
+    "BERTSERVE_MAX_BATCH_SIZE": "32",
+    "BERTSERVE_MAX_BATCH_TOKENS": str(32 * 256),
+}
+
+
+@pytest.fixture(scope="session")
+def slow_model_repo(tmp_path_factory) -> Path:
+    from tests.tiny import export_tiny_model, make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("slow")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", hidden=256, layers=4, positions=256)
+    export_tiny_model(checkpoint, root / "repo" / "slow" / "1", max_length=256)
+    return root / "repo"
+
+
+def scrape(server) -> str:
+    return httpx.get(server.url + "/metrics").text
+
+
+def start_busy_batch(server) -> threading.Thread:
+    """A 32-text request that keeps the engine busy; returns once it is admitted, and tokenized."""
+    result = {}
+
+    def run():
+        result["response"] = post(server, {"inputs": [LONG] * 32, "timeout_ms": 60_000})
+
+    thread = threading.Thread(target=run)
+    thread.result = result
+    thread.start()
+    deadline = time.monotonic() + 10
+    while metric(scrape(server), "bertserve_queue_size", model="slow") < 32:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.05)  # tokenized and inside the engine (one ~0.4 s batch)
+    return thread
+
+
+def test_deadline_answers_504_and_the_expired_work_never_reaches_the_engine(slow_model_repo, start_server):
+    server = start_server(slow_model_repo, env=SLOW_ENV)
+    busy = start_busy_batch(server)
+    late = post(server, {"inputs": "a short review", "timeout_ms": 50})
+    busy.join()
+    assert late.status_code == 504 and late.json()["error_type"] == "timeout"
+    assert busy.result["response"].status_code == 200
+    assert post(server, {"inputs": "next one"}).status_code == 200
+    text = scrape(server)
+    assert metric(text, "bertserve_batch_size_sum", model="slow") == 32 + 1  # the late one was dropped
+    assert metric(text, "bertserve_requests_total", model="slow", status="504") == 1
+
+
+def test_server_side_default_timeout_applies(slow_model_repo, start_server):
+    server = start_server(slow_model_repo, env=SLOW_ENV | {"BERTSERVE_REQUEST_TIMEOUT_MS": "50"})
+    busy = start_busy_batch(server)
+    late = post(server, {"inputs": "a short review"})
+    busy.join()
+    assert late.status_code == 504
+    # a request may ask for more time than the default, within the maximum
+    assert post(server, {"inputs": [LONG] * 32, "timeout_ms": 60_000}).status_code == 200
+
+
+def test_disconnected_clients_are_dropped_before_inference(slow_model_repo, start_server):
+    server = start_server(slow_model_repo, env=SLOW_ENV)
+    busy = start_busy_batch(server)
+    body = b'{"inputs": "gone before the answer"}'
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode() + body
+    )
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(request)
+    busy.join()
+    time.sleep(0.3)
+    assert post(server, {"inputs": "still serving"}).status_code == 200
+    text = scrape(server)
+    assert metric(text, "bertserve_requests_total", model="slow", status="499") == 10
+    assert metric(text, "bertserve_batch_size_sum", model="slow") == 32 + 1
+    assert metric(text, "bertserve_queue_size", model="slow") == 0
+
+
+def _rss_peak_kb(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+
+def test_burst_of_ten_times_capacity_is_shed_with_429_and_memory_stays_bounded(slow_model_repo, start_server):
+    env = SLOW_ENV | {"BERTSERVE_MAX_QUEUE_SIZE": "32", "BERTSERVE_MAX_CLIENT_BATCH_SIZE": "8"}
+    server = start_server(slow_model_repo, env=env)
+    post(server, {"inputs": [LONG] * 8})  # first full-size batches allocate the arena
+    peak_before = _rss_peak_kb(server.process.pid)
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=400)) as client:
+            async def one(i):
+                r = await client.post(server.url + "/predict", json={"inputs": f"{LONG} {i}"})
+                return r.status_code, r.headers.get("retry-after"), r.json()
+
+            async def probes():
+                await asyncio.sleep(0.05)
+                ready = await client.get(server.url + "/health/ready")
+                scraped = await client.get(server.url + "/metrics")
+                return ready.status_code, scraped.status_code
+
+            return await asyncio.gather(asyncio.gather(*(one(i) for i in range(320))), probes())
+
+    results, (ready_status, metrics_status) = asyncio.run(burst())
+    statuses = [s for s, _, _ in results]
+    accepted, refused = statuses.count(200), statuses.count(429)
+    assert accepted + refused == 320, set(statuses)  # nothing else: no 5xx, no lost request
+    assert refused > 0 and accepted >= 32
+    for status, retry_after, body in results:
+        if status == 429:
+            assert retry_after is not None and int(retry_after) >= 1 and body["error_type"] == "overloaded"
+        else:
+            assert body[0]["label"] in {"negative", "neutral", "positive"}
+    assert ready_status == 200 and metrics_status == 200  # never throttled
+    peak_growth_mb = (_rss_peak_kb(server.process.pid) - peak_before) / 1024
+    assert peak_growth_mb < 150, peak_growth_mb
+    # throughput recovers: after the burst everything is accepted again
+    assert [post(server, {"inputs": REVIEW}).status_code for _ in range(10)] == [200] * 10
+    print(f"burst: accepted {accepted}, refused {refused}, peak RSS growth {peak_growth_mb:.1f} MB")
+
+
+def test_sigterm_under_load_answers_everything_accepted_and_exits_0(tiny_model_repo, start_server):
+    server = start_server(tiny_model_repo, env={"BERTSERVE_DRAIN_TIMEOUT_S": "10"})
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop():
+        with httpx.Client(timeout=30) as client:  # keep-alive, as real clients do
+            while not stop.is_set():
+                try:
+                    r = client.post(server.url + "/predict", json={"inputs": REVIEW})
+                    outcome = str(r.status_code)
+                except httpx.ConnectError:
+                    outcome = "refused-at-connect"  # never accepted
+                except httpx.HTTPError as exc:
+                    outcome = f"lost: {type(exc).__name__}"
+                with lock:
+                    outcomes.append(outcome)
+                if outcome != "200":
+                    return
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    with httpx.Client(timeout=5) as probe:
+        assert probe.get(server.url + "/health/ready").status_code == 200
+        served_before = len(outcomes)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        readiness = []
+        while time.monotonic() - started < 2:
+            try:
+                readiness.append(probe.get(server.url + "/health/ready").status_code)
+            except httpx.HTTPError:
+                break
+            if readiness[-1] == 503:
+                break
+            time.sleep(0.01)
+    code = server.process.wait(20)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    lost = [o for o in outcomes if o.startswith("lost")]
+    assert code == 0
+    assert readiness and readiness[-1] == 503  # readiness turned 503 while the server still answered
+    assert served_before > 0 and outcomes.count("200") >= served_before
+    assert not lost, lost
+    assert set(outcomes) <= {"200", "503", "refused-at-connect"}
+    assert time.monotonic() - started < 10 + 5
+    print(f"SIGTERM: {outcomes.count('200')} answered 200, {outcomes.count('503')} refused 503, lost {len(lost)}")
+
+
+def test_killed_worker_is_replaced_and_its_counts_are_kept_once(tiny_model_repo, start_server):
+    server = start_server(tiny_model_repo, workers=2)
+    assert asyncio.run(hammer(server.url, [REVIEW] * 100, concurrency=8)) == [200] * 100
+    workers = worker_pids(server.process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    # the other worker keeps answering (fresh connections: the dead one's keep-alive sockets are gone)
+    statuses = []
+    for _ in range(50):
+        with httpx.Client(timeout=10) as client:
+            statuses.append(client.post(server.url + "/predict", json={"inputs": REVIEW}).status_code)
+    assert statuses == [200] * 50
+    deadline = time.monotonic() + 60
+    while True:  # the supervisor starts a replacement, which loads the model
+        now = worker_pids(server.process.pid)
+        if len(now) == 2 and workers[0] not in now:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    time.sleep(2)  # replacement warmed up
+    text = ""
+    for _ in range(10):  # scrapes land on either worker; both must report the same totals
+        text = scrape(server)
+        assert metric(text, "bertserve_requests_total", model="tiny", status="200") == 150
+    pids = set(re.findall(r'bertserve_queue_size\{model="tiny",pid="(\d+)"', text))
+    assert str(workers[0]) not in pids  # the dead worker's gauge is gone, not frozen
+
+
+def test_api_keys(tiny_model_repo, start_server, tmp_path):
+    key_file = tmp_path / "keys"
+    key_file.write_text("file-key-3\n")
+    server = start_server(
+        tiny_model_repo,
+        env={"BERTSERVE_API_KEYS": "key-one,key-two", "BERTSERVE_API_KEYS_FILE": str(key_file)},
+    )
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "key-one"}):
+        r = post(server, {"inputs": REVIEW}, headers=headers)
+        assert r.status_code == 401 and r.json()["error_type"] == "unauthorized"
+        assert httpx.get(server.url + "/models", headers=headers).status_code == 401
+    for key in ("key-one", "key-two", "file-key-3"):  # several keys: rotation
+        assert post(server, {"inputs": REVIEW}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.get(server.url + "/health/ready").status_code == 200  # probes stay open
+    assert httpx.get(server.url + "/metrics").status_code == 200
+    server.stop()
+    log = server.output()
+    assert "key-one" not in log and "file-key-3" not in log
+
+
+def test_protected_metrics(tiny_model_repo, start_server):
+    server = start_server(tiny_model_repo, env={"BERTSERVE_API_KEYS": "k", "BERTSERVE_PROTECT_METRICS": "true"})
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+    assert httpx.get(server.url + "/health/live").status_code == 200
+
+
+def test_request_ids_and_json_logs(tiny_model_repo, start_server):
+    import json
+
+    server = start_server(tiny_model_repo, env={"BERTSERVE_ACCESS_LOG": "true"})
+    r = post(server, {"inputs": REVIEW}, headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    generated = post(server, {"inputs": REVIEW}).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    hostile = post(server, {"inputs": REVIEW}, headers={"X-Request-ID": "<script> " + "x" * 200})
+    assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])  # not echoed as given
+    server.stop()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    access = [line for line in lines if line["logger"] == "bertserve.access"]
+    assert any(line.get("request_id") == "trace-42" and "POST /predict 200" in line["message"] for line in access)
+    assert any(line.get("request_id") == generated for line in access)
+    assert REVIEW not in server.output()  # no request bodies in logs
+
+
+def test_cors_is_off_unless_configured(tiny_model_repo, start_server):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    server = start_server(tiny_model_repo)
+    r = httpx.options(server.url + "/predict", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    server = start_server(tiny_model_repo, env={"BERTSERVE_CORS_ORIGINS": "https://app.example"})
+    r = httpx.options(server.url + "/predict", headers=preflight)
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_tls(tiny_model_repo, tmp_path):
+    import subprocess
+
+    from tests.conftest import Server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    env = {"BERTSERVE_SSL_CERTFILE": str(cert), "BERTSERVE_SSL_KEYFILE": str(key)}
+    server = Server(tiny_model_repo, env=env, wait_ready=False, scheme="https", verify=str(cert))
+    try:
+        server.wait_until("/health/ready")
+        r = httpx.post(server.url + "/predict", json={"inputs": REVIEW}, verify=str(cert))
+        assert r.status_code == 200 and server.url.startswith("https://")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{server.port}/health/live", timeout=2).raise_for_status()
+    finally:
+        server.stop()
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(tiny_model_repo, start_server):
+    import subprocess
+    import sys
+
+    server = start_server(tiny_model_repo, env={"BERTSERVE_API_KEYS": "fuzz-key"})
+    r = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json", "--checks", "all",
+         "--max-examples", "100", "--workers", "2", "-H", "Authorization: Bearer fuzz-key", "--seed", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    summary = r.stdout[-3000:]
+    assert r.returncode == 0, summary
+    cases = re.search(r"(\d+) generated, (\d+) passed", summary)
+    assert cases and int(cases.group(1)) >= 100, summary
+    print(f"schemathesis: {cases.group(0)}")
+    assert post(server, {"inputs": REVIEW}, headers={"Authorization": "Bearer fuzz-key"}).status_code == 200
