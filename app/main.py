@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics
-from app.api import errors
+from app.api import errors, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import router
 from app.api.schemas import PredictRequest
@@ -34,12 +34,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.forget_dead_workers()
         _drain_on_sigterm(service, settings.drain_timeout_s)
         # Models load after start-up so liveness answers at once and readiness says "loading" meanwhile.
-        loading = asyncio.create_task(service.load_all())
+        background = [asyncio.create_task(service.load_all())]
+        if settings.poll_interval_s:
+            background.append(asyncio.create_task(service.poll()))
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await service.close()
             metrics.mark_worker_dead(os.getpid())
 
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = settings.accepted_keys()
     errors.install(app)
     app.include_router(router)
+    app.include_router(v2.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from app.errors import ModelLoadError
 
 CONFIG_FILE = "bertserve.json"
+POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
 TOKENIZER_FILE = "tokenizer.json"
 
 Provider = Literal["cpu", "cuda"]
@@ -54,13 +55,33 @@ class ModelConfig(BaseModel):
         return next((a for a in self.artifacts if provider in a.providers), None)
 
 
-class ModelVersion(BaseModel):
-    """A published version found on disk."""
+class VersionPolicy(BaseModel):
+    """Which published versions to serve (Triton's version policies). Default: the latest one."""
 
-    name: str
-    version: int
-    path: Path
-    config: ModelConfig
+    model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(None, ge=1, description="Serve the N highest versions.")
+    specific: list[int] | None = Field(None, min_length=1, description="Serve exactly these versions.")
+    all: bool = Field(False, description="Serve every version.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "VersionPolicy":
+        if sum([self.latest is not None, self.specific is not None, self.all]) > 1:
+            raise ValueError("give one of latest, specific, all")
+        return self
+
+    def select(self, versions: list[int]) -> list[int]:
+        if self.all:
+            return versions
+        if self.specific is not None:
+            return [v for v in versions if v in self.specific]
+        return versions[-(self.latest or 1):]
+
+
+class ModelServing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -99,9 +120,28 @@ def version_dirs(root: Path) -> dict[str, list[tuple[int, Path]]]:
     return found
 
 
-def latest_versions(root: Path) -> list[tuple[str, int, Path]]:
-    """The highest version of every model in the repository: what the service loads by default."""
-    return [(name, *versions[-1]) for name, versions in version_dirs(root).items()]
+def read_policy(model_dir: Path) -> VersionPolicy:
+    path = model_dir / POLICY_FILE
+    if not path.is_file():
+        return VersionPolicy()
+    try:
+        return ModelServing.model_validate_json(path.read_bytes()).version_policy
+    except (OSError, ValidationError) as exc:
+        raise ModelLoadError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+def wanted_versions(root: Path, max_loaded: int) -> dict[str, list[tuple[int, Path]] | str]:
+    """Per model, the versions its policy selects (at most `max_loaded`, the highest kept), ascending;
+    or, for a model whose serving.json is broken, why."""
+    wanted: dict[str, list[tuple[int, Path]] | str] = {}
+    for name, versions in version_dirs(root).items():
+        try:
+            selected = read_policy(root / name).select([v for v, _ in versions])
+        except ModelLoadError as exc:
+            wanted[name] = str(exc)
+            continue
+        wanted[name] = [(v, p) for v, p in versions if v in selected][-max_loaded:]
+    return wanted
 
 
 def next_version(root: Path, name: str) -> int:

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
 
     # --- models and engine ---
     model_repository: Path = Field(Path("models"), description="Folder holding <name>/<version>/ models.")
+    default_model: str | None = Field(
+        None, description="Model answering requests that name none, when several are served."
+    )
+    poll_interval_s: float = Field(
+        10.0, ge=0, description="Seconds between repository scans that load new and unload removed versions; 0: off."
+    )
+    max_loaded_versions: int = Field(
+        2, ge=1, description="Most versions of one model kept loaded (the highest that its version policy selects)."
+    )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto: CUDA when it really initialises, else CPU; cuda: fail without it; cpu."
     )

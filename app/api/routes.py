@@ -16,7 +16,7 @@ from app.api.errors import status_of
 from app.api.security import require_api_key, require_api_key_for_metrics
 from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
 from app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
-from app.service import Service
+from app.service import Service, ranked
 
 router = APIRouter()
 
@@ -98,26 +98,25 @@ async def predict(request: Request) -> Response:
     service: Service = request.app.state.service
     settings = service.settings
     started = time.perf_counter()
-    model_label, status = "unknown", 200
+    model_label, status, req = "unknown", 200, None
     try:
         req = parse_predict(await read_json_body(request, settings.max_body_bytes))
-        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
-        model = await service.resolve(req.model, timeout_ms / 1000)
-        model_label = model.name
         params = req.parameters
-        function = "none" if req.raw_scores else (params and params.function_to_apply) or "softmax"
         single = isinstance(req.inputs, str)
-        answers = await until_disconnect(
+        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
+        model, scores = await until_disconnect(
             request,
-            service.predict(
-                model,
+            service.classify(
                 [req.inputs] if single else req.inputs,
+                model=req.model,
+                version=req.version,
                 truncate=req.truncate,
-                function=function,
-                top_k=params.top_k if params else None,
+                function="none" if req.raw_scores else (params and params.function_to_apply) or "softmax",
                 timeout_s=timeout_ms / 1000,
             ),
         )
+        top_k = params.top_k if params else None
+        answers = [ranked(model.config.labels, row, top_k) for row in scores]
         payload = answers[0] if single and params is None else answers
         return json_response(payload, headers={"X-Model-Name": model.name, "X-Model-Version": str(model.version)})
     except ClientGone:
@@ -127,6 +126,8 @@ async def predict(request: Request) -> Response:
         status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
         raise
     finally:
+        if req is not None:
+            model_label = service.metric_label(req.model)
         metrics.REQUESTS.labels(model_label, str(status)).inc()
         metrics.REQUEST_DURATION.labels(model_label).observe(time.perf_counter() - started)
 
@@ -149,15 +150,30 @@ async def list_models(request: Request) -> Response:
     return json_response(request.app.state.service.list_models())
 
 
-@router.get("/models/{name}", summary="One model, with its quality report", response_model=ModelInfo,
+@router.get("/models/{name}", summary="Every version of one model, with quality reports",
+            response_model=list[ModelInfo],
             responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}, dependencies=_KEY)
 async def get_model(name: str, request: Request) -> Response:
+    versions = [m for m in request.app.state.service.list_models() if m["name"] == name]
+    if not versions:
+        raise ModelNotFound(f"model {name!r} is not served")
+    return json_response(versions)
+
+
+@router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository",
+             response_model=list[ModelInfo], responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+             dependencies=_KEY)
+async def admin_load(name: str, request: Request) -> Response:
     service: Service = request.app.state.service
-    for info in service.list_models():
-        if info["name"] == name:
-            model = service.models.get(name)
-            return json_response(info | {"report": model.config.report} if model else info)
-    raise ModelNotFound(f"model {name!r} is not served")
+    await service.admin_load(name)
+    return json_response([m for m in service.list_models() if m["name"] == name])
+
+
+@router.post("/admin/models/{name}/unload", summary="Drain and unload every version of a model",
+             responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}, dependencies=_KEY)
+async def admin_unload(name: str, request: Request) -> Response:
+    await request.app.state.service.admin_unload(name)
+    return json_response({"name": name, "state": "unloaded"})
 
 
 @router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response,

@@ -32,6 +32,7 @@ class PredictRequest(BaseModel):
     truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")
     model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
+    version: int | None = Field(None, ge=1, description="Model version; default: the highest one serving.")
     parameters: PredictParameters | None = Field(
         None,
         description="Hugging Face Inference API form. When present, the answer uses that API's shape: "
@@ -61,13 +62,15 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    state: Literal["ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloading"]
     version: int | None = None
+    default: bool | None = Field(None, description="Whether requests naming no version go to this one.")
     labels: list[str] | None = None
     max_length: int | None = None
     provider: str | None = None
     quantization: str | None = None
     reason: str | None = None
+    report: dict[str, Any] | None = Field(None, description="Quality figures measured when it was published.")
 
 
 class Readiness(BaseModel):

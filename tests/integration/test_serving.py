@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -114,13 +115,14 @@ def test_too_many_inputs_and_too_large_body(tiny_server):
 def test_health_models_docs(tiny_server):
     assert httpx.get(tiny_server.url + "/health/live").json() == {"status": "alive"}
     ready = httpx.get(tiny_server.url + "/health/ready")
-    assert ready.status_code == 200 and ready.json()["models"] == {"tiny": "ready"}
+    assert ready.status_code == 200 and ready.json()["models"] == {"tiny": {"1": "ready"}}
     [model] = httpx.get(tiny_server.url + "/models").json()
     assert model["name"] == "tiny" and model["version"] == 1 and model["state"] == "ready"
     assert model["labels"] == ["negative", "neutral", "positive"] and model["max_length"] == 64
     assert model["provider"] == "cpu" and model["quantization"] == "fp32"
     assert model["batching"]["autotuned"] is True and model["batching"]["max_batch_size"] >= 1
-    assert httpx.get(tiny_server.url + "/models/tiny").json()["name"] == "tiny"
+    [version] = httpx.get(tiny_server.url + "/models/tiny").json()
+    assert version["name"] == "tiny" and version["default"] is True
     assert httpx.get(tiny_server.url + "/models/nope").status_code == 404
     spec = httpx.get(tiny_server.url + "/openapi.json").json()
     assert spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
@@ -169,10 +171,12 @@ def test_a_broken_model_is_reported_and_the_others_serve(tiny_model_repo, tmp_pa
     shutil.copytree(repo / "tiny" / "1", repo / "broken" / "1")
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"garbage")
     server = start_server(repo, wait_ready=False)
-    server.wait_until("/models/tiny")
-    ready = httpx.get(server.url + "/health/ready")
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(server.url + "/health/ready")).json()["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert ready.status_code == 503
-    assert "model.onnx: onnxruntime cannot load it" in ready.json()["models"]["broken"]
+    assert "model.onnx: onnxruntime cannot load it" in ready.json()["models"]["broken"]["1"]
     states = {m["name"]: m["state"] for m in httpx.get(server.url + "/models").json()}
     assert states == {"tiny": "ready", "broken": "failed"}
     assert post(server, {"inputs": REVIEW, "model": "tiny"}).status_code == 200
@@ -193,7 +197,7 @@ def test_serving_imports_no_torch(tiny_model_repo):
     code = (
         "import sys, asyncio; from app.main import create_app; from app.settings import Settings; "
         f"from app.service import Service; s = Service(Settings(model_repository={str(tiny_model_repo)!r})); "
-        "asyncio.run(s.load_all()); assert s.models, s.failed; "
+        "asyncio.run(s.load_all()); assert s.readiness()[0], s.readiness(); "
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; assert not bad, bad"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
