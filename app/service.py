@@ -79,6 +79,16 @@ class Slot:
     config_mtime: float = 0.0  # a failed version is retried when its bertserve.json changes
 
 
+def batch_bounds(settings: Settings, provider: str) -> tuple[int, int]:
+    """Upper bounds for the batch caps. A GPU gains from far larger batches than a CPU, so on CUDA the
+    defaults are raised 4x; values set explicitly are kept."""
+    size, tokens = settings.max_batch_size, settings.max_batch_tokens
+    if provider == "cuda":
+        size *= 1 if "max_batch_size" in settings.model_fields_set else 4
+        tokens *= 1 if "max_batch_tokens" in settings.model_fields_set else 4
+    return size, tokens
+
+
 def load_model(name: str, version: int, path: Path, settings: Settings) -> ServedModel:
     """Open, check and warm one model version (blocking; run it in a thread)."""
     config = read_config(path)
@@ -94,11 +104,11 @@ def load_model(name: str, version: int, path: Path, settings: Settings) -> Serve
             f"BERTSERVE_MAX_BATCH_TOKENS ({settings.max_batch_tokens}) is below the max length of {path} "
             f"({config.max_length}): a full-length input could never be scheduled"
         )
-    choice = {"max_batch_size": settings.max_batch_size, "max_batch_tokens": settings.max_batch_tokens}
+    max_size, max_tokens = batch_bounds(settings, engine.provider)
+    choice = {"max_batch_size": max_size, "max_batch_tokens": max_tokens}
     if settings.batch_autotune:
         choice = autotune(
-            engine, sample[1].ids, config.max_length, settings.max_batch_size, settings.max_batch_tokens,
-            settings.batch_latency_budget_ms / 1000,
+            engine, sample[1].ids, config.max_length, max_size, max_tokens, settings.batch_latency_budget_ms / 1000
         )
     model.batch_choice = choice
     return model

@@ -107,3 +107,16 @@ def test_corrupt_onnx_file_is_named(tiny_model_repo, tmp_path):
     (path / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ModelLoadError, match="model.onnx: onnxruntime cannot load it"):
         Engine(path, read_config(path), "cpu")
+
+
+def test_io_binding_path_gives_the_same_logits(tiny_model_repo):
+    """The IOBinding path is what CUDA sessions use; on this CPU-only machine it is checked on CPU."""
+    import numpy as np
+
+    path = tiny_model_repo / "tiny" / "1"
+    engine = Engine(path, read_config(path), "cpu")
+    ids = np.array([[2, 7, 3, 0], [2, 9, 11, 3]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
+    plain = engine.run(ids, mask)
+    engine.use_io_binding = True
+    np.testing.assert_allclose(engine.run(ids, mask), plain, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,52 @@
+"""Settings: environment parsing, validation of combinations, and the per-provider batch bounds."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.service import batch_bounds
+from app.settings import Settings
+
+
+def test_env_variables_and_lists(monkeypatch, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("from-file\n\n")
+    monkeypatch.setenv("BERTSERVE_API_KEYS", " key-alpha, key-beta ,")
+    monkeypatch.setenv("BERTSERVE_API_KEYS_FILE", str(keys))
+    monkeypatch.setenv("BERTSERVE_CORS_ORIGINS", "https://x.example")
+    monkeypatch.setenv("BERTSERVE_MAX_BATCH_SIZE", "8")
+    s = Settings()
+    assert s.accepted_keys() == [b"key-alpha", b"key-beta", b"from-file"]
+    assert s.cors_origins == ["https://x.example"] and s.max_batch_size == 8
+    assert "key-alpha" not in repr(s)  # keys are secrets: never printed
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BERTSERVE_MAX_QUEUE_SIZE": "4", "BERTSERVE_MAX_CLIENT_BATCH_SIZE": "8"},
+        {"BERTSERVE_SSL_CERTFILE": "/tmp/cert.pem"},
+        {"BERTSERVE_API_KEYS_FILE": "/nonexistent/keys"},
+        {"BERTSERVE_PROVIDER": "tpu"},
+        {"BERTSERVE_MAX_BATCH_SIZE": "0"},
+    ],
+)
+def test_bad_combinations_are_refused(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_threads_per_worker(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(workers=2).threads_per_worker() == 4
+    assert Settings(workers=16).threads_per_worker() == 1
+    assert Settings(workers=2, intra_op_threads=3).threads_per_worker() == 3
+
+
+def test_gpu_gets_larger_batch_bounds_unless_set():
+    assert batch_bounds(Settings(), "cpu") == (32, 16384)
+    assert batch_bounds(Settings(), "cuda") == (128, 65536)
+    assert batch_bounds(Settings(max_batch_size=16), "cuda") == (16, 65536)
