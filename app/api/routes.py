@@ -2,73 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import metrics
-from app.api.errors import status_of
-from app.api.security import require_api_key, require_api_key_for_metrics
 from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
-from app.errors import InvalidInput, ModelNotFound, PayloadTooLarge, UnsupportedMediaType
+from app.api.security import require_api_key, require_api_key_for_metrics
+from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
+from app.errors import InvalidInput, ModelNotFound
 from app.service import Service, ranked
 
 router = APIRouter()
-
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 500, 503, 504)
 }
 _KEY = [Depends(require_api_key)]
-
-
-def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
-
-
-async def read_json_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 415 unless JSON and with 413 past `limit` bytes, before it is read whole."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType(f"send JSON with Content-Type: application/json (got {content_type or 'none'!r})")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
-    return bytes(body)
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-class ClientGone(Exception):
-    pass
-
-
-async def until_disconnect(request: Request, work: Any) -> Any:
-    """Await `work`, cancelling it (so its queued sequences are dropped) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientGone
-    return task.result()
 
 
 def parse_predict(body: bytes) -> PredictRequest:
@@ -96,40 +48,31 @@ def parse_predict(body: bytes) -> PredictRequest:
 )
 async def predict(request: Request) -> Response:
     service: Service = request.app.state.service
+    return await tracked(service, lambda t: _predict(request, service, t))
+
+
+async def _predict(request: Request, service: Service, tracking: Tracked) -> Response:
     settings = service.settings
-    started = time.perf_counter()
-    model_label, status, req = "unknown", 200, None
-    try:
-        req = parse_predict(await read_json_body(request, settings.max_body_bytes))
-        params = req.parameters
-        single = isinstance(req.inputs, str)
-        timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
-        model, scores = await until_disconnect(
-            request,
-            service.classify(
-                [req.inputs] if single else req.inputs,
-                model=req.model,
-                version=req.version,
-                truncate=req.truncate,
-                function="none" if req.raw_scores else (params and params.function_to_apply) or "softmax",
-                timeout_s=timeout_ms / 1000,
-            ),
-        )
-        top_k = params.top_k if params else None
-        answers = [ranked(model.config.labels, row, top_k) for row in scores]
-        payload = answers[0] if single and params is None else answers
-        return json_response(payload, headers={"X-Model-Name": model.name, "X-Model-Version": str(model.version)})
-    except ClientGone:
-        status = CLIENT_CLOSED
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException as exc:
-        status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
-        raise
-    finally:
-        if req is not None:
-            model_label = service.metric_label(req.model)
-        metrics.REQUESTS.labels(model_label, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(model_label).observe(time.perf_counter() - started)
+    req = parse_predict(await read_body(request, settings.max_body_bytes))
+    tracking.model = req.model
+    params = req.parameters
+    single = isinstance(req.inputs, str)
+    timeout_ms = min(req.timeout_ms or settings.request_timeout_ms, settings.max_request_timeout_ms)
+    model, scores = await until_disconnect(
+        request,
+        service.classify(
+            [req.inputs] if single else req.inputs,
+            model=req.model,
+            version=req.version,
+            truncate=req.truncate,
+            function="none" if req.raw_scores else (params and params.function_to_apply) or "softmax",
+            timeout_s=timeout_ms / 1000,
+        ),
+    )
+    top_k = params.top_k if params else None
+    answers = [ranked(model.config.labels, row, top_k) for row in scores]
+    payload = answers[0] if single and params is None else answers
+    return json_response(payload, headers={"X-Model-Name": model.name, "X-Model-Version": str(model.version)})
 
 
 @router.get("/health/live", summary="Liveness: the process answers")

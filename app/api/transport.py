@@ -1,0 +1,106 @@
+"""What every HTTP transport of a prediction shares: reading the body within limits, noticing a client that
+left, JSON answers, and counting each request by model and status however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from app import metrics
+from app.api.errors import status_of
+from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.service import Service
+
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
+JSON_ONLY = frozenset({"application/json"})
+
+
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def read_body(request: Request, limit: int, content_types: Collection[str] = JSON_ONLY) -> bytes:
+    """The body, refused with 415 for another content type and with 413 past `limit` bytes before it is read
+    whole. A gzip or deflate body is inflated within the same limit."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type not in content_types:
+        wanted = " or ".join(sorted(t for t in content_types if t))
+        raise UnsupportedMediaType(f"send Content-Type: {wanted} (got {content_type or 'none'!r})")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: use gzip, deflate or none")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+    if encoding == "identity":
+        return bytes(body)
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        inflated = inflater.decompress(bytes(body), limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"inflated body is over the {limit}-byte limit")
+    return inflated
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`, cancelling it (so its queued sequences are dropped) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
+
+
+class Tracked:
+    """What a handler tells the counting: the model the request is for (once it knows)."""
+
+    model: str | None = None
+
+
+async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]]) -> Response:
+    """Run a prediction handler; count and time it by model and HTTP status whatever the outcome."""
+    started = time.perf_counter()
+    request = Tracked()
+    status = 500
+    try:
+        response = await handle(request)
+        status = response.status_code
+        return response
+    except ClientGone:
+        status = CLIENT_CLOSED
+        return Response(status_code=CLIENT_CLOSED)
+    except BaseException as exc:
+        status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
+        raise
+    finally:
+        label = service.metric_label(request.model)
+        metrics.REQUESTS.labels(label, str(status)).inc()
+        metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - started)
