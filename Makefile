@@ -15,7 +15,7 @@ run: $(INSTALLED) $(DEMO)
 	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
 
 test: $(INSTALLED) $(DEMO)
-	test ! -f deploy/ci-setup.sh || bash deploy/ci-setup.sh
+	bash deploy/ci-setup.sh
 	$(BIN)/python -m pytest
 
 install: $(INSTALLED)

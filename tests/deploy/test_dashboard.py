@@ -1,0 +1,92 @@
+"""Grafana dashboard and provisioning, checked structurally (no Grafana server can be installed here: its
+PromQL runs against a real Prometheus in test_live_metrics.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY
+
+pytestmark = pytest.mark.deploy
+
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bertserve.json"
+# What the service exports (app/metrics.py): counters get _total, histograms _bucket/_sum/_count.
+COUNTERS = {"bertserve_requests", "bertserve_predictions"}
+HISTOGRAMS = {"bertserve_request_duration_seconds", "bertserve_request_tokenization_duration_seconds",
+              "bertserve_request_queue_duration_seconds", "bertserve_request_inference_duration_seconds",
+              "bertserve_batch_size", "bertserve_batch_tokens", "bertserve_prediction_confidence"}
+GAUGES = {"bertserve_queue_size", "bertserve_model_info"}
+EXPORTED = ({f"{c}_total" for c in COUNTERS} | GAUGES
+            | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")})
+PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "or", "vector", "le", "model",
+                "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization"}
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels() -> list[dict]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def exprs() -> list[str]:
+    return [t["expr"] for p in panels() for t in p["targets"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges) if w not in PROMQL_WORDS
+            and not w.startswith("__")}
+
+
+def test_only_metrics_the_service_exports():
+    used = set().union(*(metric_names(e) for e in exprs()))
+    assert used <= EXPORTED, f"not exported by bertserve: {used - EXPORTED}"
+
+
+def test_covers_what_the_issue_asks_for():
+    text = " ".join(exprs())
+    titles = " ".join(p["title"].lower() for p in panels())
+    for family in COUNTERS | HISTOGRAMS | GAUGES:
+        assert family in text, f"{family} is on no panel"
+    assert "by (model, status)" in text and 'status=~"5.."' in text          # rate and errors by model/status
+    assert all(f"histogram_quantile({q}" in text for q in ("0.5", "0.95", "0.99"))
+    assert "pid" in text and "by (pod, instance)" in text                    # per worker, per pod
+    assert "provider" in text and "version" in text
+    for word in ("label mix", "confidence", "batch size", "batch tokens", "queue"):
+        assert word in titles
+
+
+def test_panels_are_well_formed():
+    d = dashboard()
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)) and d["uid"] == "bertserve"
+    variables = {v["name"] for v in d["templating"]["list"]}
+    assert {"datasource", "job", "instance", "model"} <= variables
+    for p in panels():
+        assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+        pos = p["gridPos"]
+        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24 and pos["h"] > 0
+        for t in p["targets"]:
+            assert 'model=~"$model"' in t["expr"], f"{p['title']}: ignores the model selector"
+    refs = [(p["id"], t["refId"]) for p in panels() for t in p["targets"]]
+    assert len(refs) == len(set(refs))
+
+
+def test_helm_copy_is_the_same_file():
+    copy = DEPLOY / "helm" / "bertserve" / "files" / "bertserve-dashboard.json"
+    assert copy.read_text() == DASHBOARD.read_text(), (
+        "cp deploy/grafana/dashboards/bertserve.json deploy/helm/bertserve/files/bertserve-dashboard.json")
+
+
+def test_provisioning_points_at_prometheus_and_the_dashboard_folder():
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert ds["datasources"][0]["type"] == "prometheus" and ds["datasources"][0]["url"] == "http://prometheus:9090"
+    dash = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "bertserve.yml").read_text())
+    assert dash["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -1,0 +1,164 @@
+"""A real Prometheus on 127.0.0.1, configured from deploy/prometheus (its rules included), scraping a real
+`bertserve serve --workers 2` on the tiny model: counters add up across workers, the alert rules evaluate
+cleanly, the GPU alert goes pending for a target that expects CUDA, and every dashboard panel's PromQL
+returns data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, ROOT, free_port, stop_process, tool, wait_for, wait_until_ready
+from tests.deploy.conftest import prom_query as query
+from tests.deploy.conftest import prom_scalar as scalar
+from tests.deploy.test_dashboard import EXPORTED, dashboard, metric_names
+
+pytestmark = pytest.mark.deploy
+
+SINGLE = ["this medicine worked wonders", "terrible side effects", "it was okay", "my doctor changed the dose"]
+RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape interval
+
+
+@pytest.fixture(scope="module")
+def bertserve(tiny_model_repo, tmp_path_factory):
+    port = free_port()
+    work = tmp_path_factory.mktemp("bertserve-live")
+    env = {**os.environ, "BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning"}
+    log = open(work / "server.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+         "--model-repository", str(tiny_model_repo)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, proc)
+        yield url
+    except Exception:
+        log.seek(0)
+        print(log.read())
+        raise
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(bertserve, tmp_path_factory):
+    """Prometheus with deploy/prometheus/prometheus.yml and its rules; targets file pointed at the live service."""
+    binary = tool("prometheus")
+    work = tmp_path_factory.mktemp("prometheus")
+    shutil.copytree(DEPLOY / "prometheus" / "rules", work / "rules")
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    port = free_port()
+    target = bertserve.removeprefix("http://")
+    (work / "targets").mkdir()
+    (work / "targets" / "bertserve.yml").write_text(yaml.safe_dump([{"targets": [target],
+                                                                     "labels": {"expected_provider": "cpu"}}]))
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    # The same service seen by a deployment that expects CUDA: the GPU alert must go pending for it only.
+    config["scrape_configs"].append({"job_name": "bertserve-expects-cuda", "static_configs": [
+        {"targets": [target], "labels": {"expected_provider": "cuda"}}]})
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = open(work / "prometheus.log", "w+")
+    proc = subprocess.Popen(
+        [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/-/ready", timeout=2).status_code == 200, 30, "prometheus ready")
+        yield url
+    except Exception:
+        log.seek(0)
+        print(log.read())
+        raise
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def traffic(bertserve, prometheus):
+    """Two bursts a few scrapes apart (so rates are non-zero), with a few client errors; returns the counts."""
+    sent = {"200": 0, "422": 0, "404": 0, "predictions": 0}
+    with httpx.Client(base_url=bertserve, timeout=30) as client:
+        wait_for(lambda: scalar(prometheus, 'up{job="bertserve"}') == 1, 20, "first scrape")
+        for _ in range(2):
+            for i in range(20):
+                assert client.post("/predict", json={"inputs": SINGLE[i % 4]}).status_code == 200
+            for _ in range(5):
+                assert client.post("/predict", json={"inputs": SINGLE[:3]}).status_code == 200
+            sent["200"] += 25
+            sent["predictions"] += 20 + 15
+            assert client.post("/predict", json={"inputs": 42}).status_code == 422
+            assert client.post("/predict", json={"inputs": "x", "model": "nope"}).status_code == 404
+            sent["422"] += 1
+            sent["404"] += 1
+            time.sleep(2.5)
+    return sent
+
+
+def test_counters_add_up_across_two_workers(prometheus, traffic):
+    want = traffic["200"]
+    got = wait_for(lambda: scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="200"})') == want
+                   or None, 20, f"sum of 200s == {want}")
+    assert got
+    assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="422"})') == traffic["422"]
+    assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="404"})') == traffic["404"]
+    assert scalar(prometheus, 'sum(bertserve_predictions_total{job="bertserve"})') == traffic["predictions"]
+    # every answered request is counted once and timed once, whatever its status and model label
+    total = traffic["200"] + traffic["422"] + traffic["404"]
+    assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve"})') == total
+    assert scalar(prometheus, 'sum(bertserve_request_duration_seconds_count{job="bertserve"})') == total
+    # two live workers, each with its own queue gauge (pid label)
+    assert len(query(prometheus, 'bertserve_queue_size{job="bertserve"}')) == 2
+
+
+def test_every_dashboard_panel_returns_data(prometheus, traffic):
+    wait_for(lambda: scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="200"})')
+             == traffic["200"], 20, "last burst scraped")
+    empty = []
+    for panel in dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            expr = (target["expr"].replace("$__rate_interval", RATE_WINDOW).replace('job=~"$job"', 'job="bertserve"')
+                    .replace("$instance", ".*").replace("$model", ".*"))
+            result = query(prometheus, expr)
+            if not result or all(v["value"][1] == "NaN" for v in result):
+                empty.append(f"{panel['title']} [{target['refId']}]: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_dashboard_metrics_are_in_the_live_exposition(bertserve, traffic):
+    body = httpx.get(bertserve + "/metrics", timeout=10).text
+    live = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")}
+    used = set().union(*(metric_names(t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])))
+    assert used <= live, f"on the dashboard but not in /metrics: {used - live}"
+    assert EXPORTED <= live, f"listed as exported but not served: {EXPORTED - live}"
+
+
+def test_alert_rules_load_and_evaluate_on_real_series(prometheus, traffic):
+    def evaluated():
+        groups = httpx.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        return rules if rules and all(r["lastEvaluation"] > "2000" for r in rules) else None
+
+    rules = wait_for(evaluated, 20, "rules evaluated")
+    assert len(rules) == 7
+    assert all(r["health"] == "ok" for r in rules), json.dumps(rules, indent=1)
+    active = {r["name"]: r["alerts"] for r in rules if r["alerts"]}
+    # The only alert on a healthy CPU service is the one for the target that expects CUDA.
+    assert set(active) == {"BertserveGpuExpectedButCpu"}, json.dumps(active, indent=1)
+    alert = active["BertserveGpuExpectedButCpu"][0]
+    assert alert["state"] == "pending" and alert["labels"]["job"] == "bertserve-expects-cuda"
+    assert alert["labels"]["provider"] == "cpu" and alert["labels"]["model"] == "tiny"

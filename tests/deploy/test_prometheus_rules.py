@@ -1,0 +1,57 @@
+"""Prometheus config and alert rules with promtool: check config, check rules, and the rule unit tests."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, run, tool
+
+pytestmark = pytest.mark.deploy
+
+PROM = DEPLOY / "prometheus"
+RULES = PROM / "rules" / "bertserve.rules.yml"
+RULE_TESTS = PROM / "tests" / "bertserve.rules.test.yml"
+ISSUE_ALERTS = {  # what issue 7 asks alerts for
+    "service down": {"BertserveTargetDown", "BertserveServiceDown"},
+    "high error ratio": {"BertserveHighErrorRatio"},
+    "p99 over SLO": {"BertserveLatencyP99OverSLO"},
+    "queue near full / 429s": {"BertserveQueueNearFull", "BertserveRejectingRequests"},
+    "GPU deployment on CPU": {"BertserveGpuExpectedButCpu"},
+}
+
+
+def alerts() -> set[str]:
+    return {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_promtool_check_config():
+    out = run([tool("promtool"), "check", "config", str(PROM / "prometheus.yml")], timeout=30)
+    assert "1 rule files found" in out.stdout
+
+
+def test_promtool_check_rules():
+    out = run([tool("promtool"), "check", "rules", str(RULES)], timeout=30)
+    assert f"{len(alerts())} rules found" in out.stdout
+
+
+def test_promtool_rule_unit_tests():
+    run([tool("promtool"), "test", "rules", str(RULE_TESTS)], timeout=60)
+
+
+def test_every_alert_asked_for_exists_and_has_a_firing_unit_test():
+    assert set().union(*ISSUE_ALERTS.values()) <= alerts()
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fired = {c["alertname"] for t in tests for c in t["alert_rule_test"] if c.get("exp_alerts")}
+    quiet = {c["alertname"] for t in tests for c in t["alert_rule_test"] if not c.get("exp_alerts")}
+    assert fired == alerts() and quiet == alerts(), "each alert needs a firing and a quiet case"
+
+
+def test_unit_tests_fail_when_a_rule_is_broken(tmp_path):
+    """Negative control: a loosened threshold makes `promtool test rules` fail."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "rules" / RULES.name).write_text(RULES.read_text().replace("> 0.05", "> 0.5"))
+    (tmp_path / "tests" / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
+    proc = run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)], check=False)
+    assert proc.returncode != 0 and "BertserveHighErrorRatio" in proc.stdout + proc.stderr
