@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,7 +94,7 @@ class Server:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
         self.env = {**os.environ, "BERTSERVE_LOG_LEVEL": "info", **(env or {})}
-        self.log_path = repository.parent / f"server-{self.port}.log"
+        self.log_path = Path(tempfile.mkdtemp(prefix="bertserve-test-")) / f"server-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers),

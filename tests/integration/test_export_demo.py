@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from app.cli import main as cli
@@ -30,8 +32,10 @@ def test_evaluate_reproduces_the_published_int8_accuracy(demo_repository, tmp_pa
 
     texts, labels = demo_split("test")
     data = tmp_path / "test.tsv"
-    data.write_text("text\tlabel\n" + "".join(f"{t.replace(chr(9), ' ').replace(chr(10), ' ')}\t{lab}\n"
-                                                for t, lab in zip(texts, labels)))
+    with data.open("w", newline="") as out:
+        writer = csv.writer(out, delimiter="\t")
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts, labels))
     cli(["evaluate", DEMO_MODEL, "--data", str(data), "--provider", "cpu", "--model-repository", str(demo_repository)])
     out = capsys.readouterr().out
     report = read_config(demo_repository / DEMO_MODEL / "1").report

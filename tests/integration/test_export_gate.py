@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from app.cli import main as cli
-from app.lifecycle.export import ExportRequest, GateFailed, export_model
+from app.lifecycle.export import ExportRequest, export_model
 from app.lifecycle.gate import Gate
 from tests.tiny import make_tiny_checkpoint
 

@@ -6,7 +6,13 @@ import pytest
 
 from app.lifecycle import LifecycleError
 from app.lifecycle.data import (
-    DEMO_LABELS, check_trainable, clean_review, demo_split, label_order, read_labelled, read_table,
+    DEMO_LABELS,
+    check_trainable,
+    clean_review,
+    demo_split,
+    label_order,
+    read_labelled,
+    read_table,
 )
 
 

@@ -1,0 +1,83 @@
+"""Arguments of the lifecycle commands. Importing this module loads no torch: each command imports its own code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _lazy(module: str):
+    """Run `app.lifecycle.<module>.main(args)`, imported only now. A problem the user can fix (bad input, a model
+    the server would refuse) ends in one line and exit status 1."""
+
+    def run(args: argparse.Namespace) -> None:
+        from app.errors import ModelLoadError
+        from app.lifecycle import LifecycleError
+
+        try:
+            importlib.import_module(f"app.lifecycle.{module}").main(args)
+        except (LifecycleError, ModelLoadError) as exc:
+            print(f"bertserve {args.command}: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return run
+
+
+def _repository(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-repository", default="models", help="Model repository folder (default: models).")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("build-demo", help="Fine-tune, export, quantize and publish the demo model.")
+    _repository(p)
+    p.set_defaults(func=_lazy("demo"))
+
+    p = commands.add_parser("demo-data", help="Write the demo's drug reviews as train.csv / test.csv (text,label).")
+    p.add_argument("output", help="Folder to write into.")
+    p.set_defaults(func=_lazy("demo_data"))
+
+    p = commands.add_parser("train", help="Fine-tune a BERT-family checkpoint as a text classifier.")
+    p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
+    p.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
+    p.add_argument("--label-column", default="label", help="Column holding the class label (default: label).")
+    p.add_argument("--base", required=True, help="Local Hugging Face model folder to start from.")
+    p.add_argument("--output", required=True, help="Folder for the fine-tuned checkpoint and report.json.")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=8e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=13)
+    p.set_defaults(func=_lazy("train"))
+
+    p = commands.add_parser("export", help="Export a fine-tuned checkpoint to ONNX and publish it.")
+    p.add_argument("source", help="Fine-tuned Hugging Face classification checkpoint folder.")
+    p.add_argument("--name", required=True, help="Model name in the repository.")
+    p.add_argument("--version", type=int, help="Version number (default: next free).")
+    p.add_argument("--quantize", choices=["int8", "fp16", "none"], default="int8",
+                   help="Extra artifact beside fp32: int8 for CPU (behind the accuracy gate), fp16 for CUDA.")
+    p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none",
+                   help="Offline graph optimisation (the server applies the same fusions at load anyway).")
+    p.add_argument("--max-length", type=int, help="Tokens per text (default: the model's limit, at most 512).")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="CSV/TSV texts (labels optional) for the gate.")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--min-agreement", type=float, default=0.97,
+                   help="Least share of identical decisions, int8 vs fp32 (default 0.97).")
+    p.add_argument("--max-accuracy-loss", type=float, default=0.01,
+                   help="Most accuracy int8 may lose against fp32 when labels are known (default 0.01).")
+    _repository(p)
+    p.set_defaults(func=_lazy("export"))
+
+    p = commands.add_parser("evaluate", help="Score a published model on labelled data, through the serving code.")
+    p.add_argument("model", help="NAME or NAME:VERSION (default: the latest version).")
+    p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    _repository(p)
+    p.set_defaults(func=_lazy("evaluate"))
+
+    p = commands.add_parser("models", help="List published models, versions, quantization and gate figures.")
+    _repository(p)
+    p.set_defaults(func=_lazy("listing"))

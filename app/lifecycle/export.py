@@ -1,0 +1,323 @@
+"""Export a fine-tuned checkpoint to ONNX, check parity with PyTorch, quantize behind the accuracy gate, publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import ModelLoadError
+from app.lifecycle import LifecycleError
+from app.lifecycle.data import BUILTIN_SAMPLE, column, read_table
+from app.lifecycle.gate import Gate, GateData, compare, verdict
+from app.lifecycle.publish import check_name, publish, staging
+from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
+from app.lifecycle.runner import open_artifact, probabilities
+from app.lifecycle.scores import classification_figures
+from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, write_config
+from app.tokenizer import TextTokenizer
+
+PARITY_TOLERANCE = 1e-3  # largest fp32 ONNX vs PyTorch probability difference accepted at export
+# Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
+SENSITIVITY_TEXTS, SENSITIVITY_LENGTH = 32, 64
+ARTIFACTS = {
+    "int8": Artifact(file="model.int8.onnx", precision="int8", providers=["cpu"]),
+    "fp16": Artifact(file="model.fp16.onnx", precision="fp16", providers=["cuda"]),
+    "fp32": Artifact(file="model.onnx", precision="fp32", providers=["cuda", "cpu"]),
+}
+
+
+class GateFailed(LifecycleError):
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ExportRequest:
+    source: Path
+    name: str
+    repository: Path
+    version: int | None = None
+    quantize: str = "int8"  # int8 | fp16 | none
+    optimize: str = "none"  # none | O1 | O2 | O3
+    max_length: int | None = None
+    gate_data: GateData | None = None
+    gate: Gate = field(default_factory=Gate)
+    fp32_when_gate_fails: bool = False  # publish fp32 alone (with a warning) instead of nothing
+    extra_report: dict[str, Any] = field(default_factory=dict)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- checks before anything is written ----
+
+
+def read_checkpoint(source: Path):
+    """The checkpoint's config and fast tokenizer, or a one-line reason it cannot be exported."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from app.lifecycle.train import check_architecture
+
+    if not (source / "config.json").is_file():
+        raise LifecycleError(f"{source}: no config.json; give a fine-tuned Hugging Face model folder (bertserve train)")
+    config = AutoConfig.from_pretrained(source)
+    check_architecture(config, str(source))
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        raise LifecycleError(
+            f"{source}: a {config.architectures} checkpoint, not a sequence classifier; fine-tune it first "
+            "with `bertserve train`"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise LifecycleError(f"{source}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+    if not tokenizer.is_fast:
+        raise LifecycleError(f"{source}: no fast tokenizer (tokenizer.json); save one with a fast tokenizer class")
+    return config, tokenizer
+
+
+def position_limit(config) -> int:
+    # RoBERTa-style models offset positions by padding_idx + 1.
+    offset = 2 if config.model_type in {"roberta", "xlm-roberta", "camembert"} else 0
+    return getattr(config, "max_position_embeddings", 512) - offset
+
+
+def choose_max_length(config, tokenizer, wanted: int | None) -> int:
+    limit = min(position_limit(config), 512, tokenizer.model_max_length)
+    if wanted is not None and wanted > position_limit(config):
+        raise LifecycleError(f"--max-length {wanted} exceeds the model's {position_limit(config)} positions")
+    return wanted or limit
+
+
+def read_gate_data(paths: list[Path], text_column: str, label_column: str, labels: list[str]) -> GateData:
+    """Texts (and labels when the column exists and matches the model's labels) from CSV/TSV files."""
+    texts, truth, all_labelled = [], [], True
+    for path in paths:
+        rows = read_table(path)
+        file_texts = column(rows, text_column, str(path))
+        texts += file_texts
+        if label_column in rows[0]:
+            file_labels = column(rows, label_column, str(path))
+            unknown = sorted(set(file_labels) - set(labels))
+            if unknown:
+                raise LifecycleError(f"{path}: labels {unknown[:5]} are not the model's labels {labels}")
+            truth += [labels.index(lab) for lab in file_labels]
+        else:
+            all_labelled = False
+    keep = [i for i, t in enumerate(texts) if t]
+    return GateData(
+        texts=[texts[i] for i in keep],
+        truth=[truth[i] for i in keep] if all_labelled else None,
+        source=", ".join(str(p) for p in paths),
+    )
+
+
+# ---- steps ----
+
+
+def quiet_libraries() -> None:
+    """Their notices ("deduplication check requires accelerate", "torch_dtype is deprecated") are noise here."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+
+
+def export_fp32(source: Path, work: Path, optimize: str) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    quiet_libraries()
+    out = work / "fp32"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about constants: the parity check is the real test
+            main_export(str(source), output=out, task="text-classification", do_validation=False)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many unrelated types
+        raise LifecycleError(f"{source}: ONNX export failed: {str(exc).splitlines()[0]}") from None
+    if optimize == "none":
+        return out / "model.onnx"
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig
+
+    optimizer = ORTOptimizer.from_pretrained(out, file_names=["model.onnx"])
+    optimizer.optimize(getattr(AutoOptimizationConfig, optimize)(), save_dir=work / "optimized")
+    return work / "optimized" / "model_optimized.onnx"
+
+
+def parity(source: Path, folder: Path, config: ModelConfig, tokenizer, texts: list[str]) -> float:
+    """Largest probability difference between the served fp32 graph and PyTorch on the same texts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    batch = tokenizer(texts, truncation=True, max_length=config.max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = torch.softmax(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1
+        ).numpy()
+    served, _ = probabilities(open_artifact(folder, config, ARTIFACTS["fp32"]), texts)
+    return float(np.abs(reference - served).max())
+
+
+def measure(
+    folder: Path, config: ModelConfig, artifact: Artifact, data: GateData, provider: str = "cpu"
+) -> tuple[np.ndarray, dict]:
+    probs, seconds = probabilities(open_artifact(folder, config, artifact, provider), data.texts,
+                                   progress=f"evaluating {artifact.file}")
+    return probs, {
+        "size_mb": round((folder / artifact.file).stat().st_size / 1e6, 1),
+        "sequences_per_s": round(len(data.texts) / seconds, 1),
+    }
+
+
+def quantize_behind_gate(
+    request: ExportRequest, folder: Path, fp32_graph: Path, config: ModelConfig, data: GateData,
+    reference: np.ndarray, gate_report: dict[str, Any],
+) -> tuple[Artifact | None, np.ndarray | None]:
+    """Try recipes from cheapest to safest and keep the first that passes the gate; each attempt's figures go
+    into gate_report["attempts"]. Returns the int8 artifact (None when none passed) and its probabilities."""
+    target = ARTIFACTS["int8"]
+    attempts = gate_report.setdefault("attempts", [])
+
+    def attempt(recipe: Recipe) -> np.ndarray | None:
+        quantize(fp32_graph, folder / target.file, recipe, optimized=request.optimize != "none")
+        probs, cost = measure(folder, config, target, data)
+        figures = compare(reference, probs, data, config.labels)
+        why = verdict(figures, request.gate)
+        attempts.append({"recipe": recipe.describe(), **figures, **cost, "passed": why is None, "why": why})
+        say(f"  {recipe.describe()}: agreement {figures['agreement']:.4f}, max prob diff "
+            f"{figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, {cost['sequences_per_s']} seq/s"
+            + (f" -> rejected: {why}" if why else " -> passes"))
+        return probs if why is None else None
+
+    say(f"quantizing to int8, gate: agreement >= {request.gate.min_agreement}, accuracy loss <= "
+        f"{request.gate.max_accuracy_loss} on {len(data.texts)} texts ({data.source})")
+    probs = attempt(Recipe(per_channel=True))
+    if probs is None:
+        say("  measuring each MatMul's effect on the output ...")
+        tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
+        ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS])]
+        gate_report["most_sensitive_matmuls"] = ranking[:8]
+        # Leave the most harmful MatMuls in fp32, a few more each time; last, the embeddings too.
+        recipes = [Recipe(fp32_matmuls=tuple(ranking[:count])) for count in (1, 2, 4, 8)]
+        recipes.append(Recipe(fp32_matmuls=tuple(ranking[:8]), fp32_embeddings=True))
+        for recipe in recipes:
+            probs = attempt(recipe)
+            if probs is not None:
+                break
+    if probs is None:
+        (folder / target.file).unlink()
+        return None, None
+    chosen = next(a["recipe"] for a in attempts if a["passed"])
+    return target.model_copy(update={"quantization": chosen}), probs
+
+
+def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
+    """Everything happens in a staging folder that is renamed into place only when complete."""
+    started = time.perf_counter()
+    check_name(request.name)
+    hf_config, tokenizer = read_checkpoint(request.source)
+    labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
+    max_length = choose_max_length(hf_config, tokenizer, request.max_length)
+    if request.version is not None and (request.repository / request.name / str(request.version)).exists():
+        raise LifecycleError(f"{request.repository / request.name / str(request.version)} already exists")
+    data = request.gate_data or GateData(texts=BUILTIN_SAMPLE, truth=None, source="built-in sample")
+    if not data.texts:
+        raise LifecycleError("the evaluation data holds no texts")
+
+    with staging(request.repository, request.name) as folder:
+        work = folder / ".work"
+        say(f"exporting {request.source} to ONNX ...")
+        fp32_graph = export_fp32(request.source, work, request.optimize)
+        shutil.copyfile(fp32_graph, folder / ARTIFACTS["fp32"].file)
+        tokenizer.save_pretrained(folder)
+        fp32 = ARTIFACTS["fp32"].model_copy(
+            update={"quantization": None if request.optimize == "none" else f"fp32 optimised {request.optimize}"}
+        )
+        config = ModelConfig(labels=labels, max_length=max_length, artifacts=[fp32])
+        write_config(folder, config)
+
+        drift = parity(request.source, folder, config, tokenizer, data.texts[:32])
+        say(f"parity: fp32 ONNX vs PyTorch max probability difference {drift:.2e}")
+        if drift > PARITY_TOLERANCE:
+            raise LifecycleError(f"the ONNX graph differs from PyTorch by {drift:.2e} (> {PARITY_TOLERANCE})")
+        reference, fp32_cost = measure(folder, config, fp32, data)
+        report: dict[str, Any] = {
+            "source": str(request.source),
+            "parity_max_prob_diff": float(f"{drift:.2e}"),
+            "gate": {**asdict(request.gate), "data": data.source, "texts": len(data.texts)},
+            "fp32": fp32_cost,
+            **request.extra_report,
+        }
+        artifacts = [fp32]
+        if request.quantize == "int8":
+            int8, int8_probs = quantize_behind_gate(request, folder, fp32_graph, config, data, reference, report["gate"])
+            report["gate"]["chosen"] = int8.quantization if int8 else None
+            if int8 is None:
+                measured = "; ".join(f"{a['recipe']}: {a['why']}" for a in report["gate"]["attempts"])
+                if not request.fp32_when_gate_fails:
+                    raise GateFailed(f"no int8 recipe passed the accuracy gate, nothing published ({measured})", report)
+                say(f"WARNING: no int8 recipe passed the accuracy gate ({measured}); publishing fp32 only")
+            else:
+                artifacts.insert(0, int8)
+        elif request.quantize == "fp16":
+            artifacts.insert(0, add_fp16(folder, fp32_graph, config, data, reference, report))
+        if data.truth is not None:
+            report["evaluation"] = {"fp32": classification_figures(data.truth, reference.argmax(1).tolist(), labels)}
+            if request.quantize == "int8" and artifacts[0].precision == "int8":
+                report["evaluation"]["int8"] = classification_figures(data.truth, int8_probs.argmax(1).tolist(), labels)
+        report["export_s"] = round(time.perf_counter() - started, 1)
+        config = config.model_copy(update={"artifacts": artifacts, "report": report})
+        write_config(folder, config)
+        shutil.rmtree(work)
+        read_config(folder)  # what the server will read: refuse to publish anything it would reject
+        return publish(folder, request.version), report
+
+
+def add_fp16(folder: Path, fp32_graph: Path, config: ModelConfig, data: GateData, reference, report) -> Artifact:
+    import onnxruntime as ort
+
+    artifact = ARTIFACTS["fp16"].model_copy(update={"quantization": "fp16 (io fp32)"})
+    to_fp16(fp32_graph, folder / artifact.file)
+    # Measured where it will run; without CUDA, onnxruntime's CPU kernels give the same numbers, only slower.
+    provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    try:
+        probs, cost = measure(folder, config, artifact, data, provider)
+    except ModelLoadError as exc:
+        report["fp16"] = {"measured": False, "why": str(exc)}
+        return artifact
+    report["fp16"] = {**compare(reference, probs, data, config.labels), **cost, "provider": provider}
+    return artifact
+
+
+def main(args: argparse.Namespace) -> None:
+    source = Path(args.source)
+    gate_data = None
+    if args.eval_data:
+        hf_config, _ = read_checkpoint(source)
+        labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
+        gate_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column, labels)
+    request = ExportRequest(
+        source=source, name=args.name, repository=Path(args.model_repository), version=args.version,
+        quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,
+        gate=Gate(min_agreement=args.min_agreement, max_accuracy_loss=args.max_accuracy_loss),
+    )
+    try:
+        path, report = export_model(request)
+    except GateFailed as exc:
+        print(json.dumps(exc.report["gate"], indent=2), file=sys.stderr)  # everything measured, for the record
+        raise
+    files = ", ".join(a.file for a in read_config(path).artifacts)
+    print(f"published {path} ({files}) in {report['export_s']:.0f} s")

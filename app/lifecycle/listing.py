@@ -1,0 +1,40 @@
+"""`bertserve models`: what the repository holds, with each version's quantization and gate figures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from app.errors import ModelLoadError
+from app.repository import read_config, version_dirs
+
+
+def describe_version(path: Path) -> str:
+    try:
+        config = read_config(path)
+    except ModelLoadError as exc:
+        return f"unreadable: {exc}"
+    artifacts = ", ".join(f"{a.file} ({a.quantization or a.precision})" for a in config.artifacts)
+    text = f"{len(config.labels)} labels, max_length {config.max_length}; {artifacts}"
+    report = config.report or {}
+    attempts = [a for a in report.get("gate", {}).get("attempts", []) if a.get("passed")]
+    if attempts:
+        gate = attempts[0]
+        text += f"; gate: agreement {gate['agreement']:.4f}, max prob diff {gate['max_prob_diff']:.4f}"
+        if "candidate_accuracy" in gate:
+            text += f", accuracy fp32 {gate['fp32_accuracy']:.4f} / int8 {gate['candidate_accuracy']:.4f}"
+    elif report.get("gate", {}).get("attempts"):
+        text += "; gate: no int8 recipe passed (fp32 only)"
+    return text
+
+
+def main(args: argparse.Namespace) -> None:
+    repository = Path(args.model_repository)
+    found = version_dirs(repository)
+    if not found:
+        print(f"no models in {repository}")
+        return
+    for name, versions in found.items():
+        print(f"{name}: versions {', '.join(str(v) for v, _ in versions)}")
+        for version, path in versions:
+            print(f"  {version}: {describe_version(path)}")

@@ -1,0 +1,138 @@
+"""Dynamic INT8 quantization recipes, FP16 conversion, and the per-MatMul sensitivity used to pick remedies."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from app.tokenizer import TextTokenizer, pad
+
+QUANTIZED_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
+EMBEDDING_OPS = {"Gather", "EmbedLayerNormalization"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    per_channel: bool = True
+    fp32_matmuls: tuple[str, ...] = ()  # MatMul nodes left in fp32
+    fp32_embeddings: bool = False
+
+    def describe(self) -> str:
+        text = "dynamic int8 " + ("per-channel" if self.per_channel else "per-tensor")
+        if self.fp32_matmuls:
+            text += f", {len(self.fp32_matmuls)} MatMul fp32"
+        if self.fp32_embeddings:
+            text += ", fp32 embeddings"
+        return text
+
+    def operators(self) -> list[str]:
+        return [op for op in QUANTIZED_OPS if not (self.fp32_embeddings and op in EMBEDDING_OPS)]
+
+
+def quantize(fp32_path: Path, out_path: Path, recipe: Recipe, optimized: bool) -> None:
+    """Write the int8 graph. ORTQuantizer for plain exports; onnxruntime directly for optimised (fused) graphs,
+    on which ORTQuantizer fails."""
+    if optimized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # It warns through the root logger that pre-processing (shape inference) may help: it does not here.
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(
+                fp32_path, out_path, per_channel=recipe.per_channel, weight_type=QuantType.QInt8,
+                op_types_to_quantize=recipe.operators(), nodes_to_exclude=list(recipe.fp32_matmuls),
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": True},
+            )
+        finally:
+            root.setLevel(level)
+        return
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    config = AutoQuantizationConfig.avx512_vnni(
+        is_static=False, per_channel=recipe.per_channel, nodes_to_exclude=list(recipe.fp32_matmuls),
+        operators_to_quantize=recipe.operators(),
+    )
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
+        ORTQuantizer.from_pretrained(fp32_path.parent, file_name=fp32_path.name).quantize(config, scratch)
+        shutil.move(Path(scratch) / f"{fp32_path.stem}_quantized.onnx", out_path)
+
+
+def to_fp16(fp32_path: Path, out_path: Path) -> None:
+    """FP16 weights and compute for CUDA; inputs and logits stay int64/float32 so callers see no change."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True)
+    onnx.save(model, out_path)
+
+
+def _fake_quantize_weight(weight: np.ndarray) -> np.ndarray:
+    """What symmetric per-output-channel int8 does to a MatMul weight [in, out]."""
+    scale = np.maximum(np.abs(weight).max(axis=0, keepdims=True), 1e-12) / np.float32(127)
+    return np.clip(np.round(weight / scale), -127, 127) * scale
+
+
+def _fake_quantize_activation(x: np.ndarray) -> np.ndarray:
+    """What DynamicQuantizeLinear (per-tensor uint8, asymmetric) does to a MatMul input."""
+    low, high = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = np.float32((high - low) / 255.0 or 1.0)
+    zero = np.float32(np.clip(np.round(-low / scale), 0, 255))
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[str]) -> list[tuple[str, float]]:
+    """Each weight MatMul's effect on the output probabilities (mean absolute change) when it alone is int8,
+    most harmful first.
+
+    One session for all: every such MatMul gets an added `delta` input (a broadcast zero when idle) and its
+    input is exposed. With only node i quantized, its input is unchanged, so feeding delta_i = Q(x)Q(W) - xW
+    reproduces exactly the output of that partly quantized model."""
+    model = onnx.load(fp32_path)
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    exposed = set()
+    for node in nodes:
+        raw, delta = f"{node.output[0]}_raw", f"{node.name}_delta"
+        graph.node.insert(list(graph.node).index(node) + 1, helper.make_node("Add", [raw, delta], [node.output[0]]))
+        node.output[0] = raw
+        graph.input.append(helper.make_tensor_value_info(delta, onnx.TensorProto.FLOAT, None))
+        if node.input[0] not in exposed:
+            exposed.add(node.input[0])
+            graph.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    ids, mask = pad([e.ids for e in tokenizer.encode(texts)], tokenizer.pad_id)
+    base = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in {i.name for i in session.get_inputs()}:
+        base["token_type_ids"] = np.zeros_like(ids)
+    idle = np.zeros((1,), dtype=np.float32)
+    base |= {f"{n.name}_delta": idle for n in nodes}
+    names = [o.name for o in session.get_outputs()]
+
+    def probabilities(logits: np.ndarray) -> np.ndarray:
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    outputs = dict(zip(names, session.run(names, base)))
+    reference = probabilities(outputs[names[0]])
+    effects = []
+    for node in nodes:
+        x = outputs[node.input[0]]
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        delta = _fake_quantize_activation(x) @ _fake_quantize_weight(weight) - x @ weight
+        (logits,) = session.run(names[:1], base | {f"{node.name}_delta": delta.astype(np.float32)})
+        effects.append((node.name, float(np.abs(probabilities(logits) - reference).mean())))
+    return sorted(effects, key=lambda item: -item[1])

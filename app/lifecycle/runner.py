@@ -1,0 +1,41 @@
+"""Run an artifact through the serving code (TextTokenizer + Engine + ServedModel), not a separate path."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from app.engine import Engine
+from app.lifecycle.scores import softmax
+from app.repository import TOKENIZER_FILE, Artifact, ModelConfig
+from app.service import ServedModel
+from app.tokenizer import TextTokenizer
+
+
+def open_artifact(folder: Path, config: ModelConfig, artifact: Artifact, provider: str = "cpu", threads: int = 2):
+    """A ServedModel on exactly this artifact (an fp16 graph is measured on CPU when asked for cpu)."""
+    measured = artifact.model_copy(update={"providers": [provider]})
+    only = config.model_copy(update={"artifacts": [measured]})
+    engine = Engine(folder, only, provider=provider, threads=threads)
+    tokenizer = TextTokenizer(folder / TOKENIZER_FILE, config.max_length)
+    return ServedModel(artifact.file, 0, folder, only, tokenizer, engine)
+
+
+def probabilities(
+    model: ServedModel, texts: list[str], batch_size: int = 8, progress: str | None = None
+) -> tuple[np.ndarray, float]:
+    """Softmax scores in input order, and the seconds spent in encode + infer (length-sorted batches, as served).
+    With `progress`, a progress bar of that name."""
+    started = time.perf_counter()
+    encoded = model.encode(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
+    logits = np.zeros((len(texts), len(model.config.labels)), dtype=np.float32)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, file=sys.stderr, leave=False):
+        batch = order[start : start + batch_size]
+        logits[batch] = model.infer([encoded[i].ids for i in batch])
+    return softmax(logits), time.perf_counter() - started

@@ -1,0 +1,43 @@
+"""Classification figures shared by train, the quantization gate and evaluate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def classification_figures(truth: list[int], predicted: list[int], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    indices = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=indices, zero_division=0
+    )
+    return {
+        "accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "macro_f1": round(float(f1_score(truth, predicted, labels=indices, average="macro", zero_division=0)), 4),
+        "per_class": {
+            label: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "f1": round(float(f1[i]), 4),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=indices).tolist(),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def format_confusion(matrix: list[list[int]], labels: list[str]) -> str:
+    width = max(8, *(len(lab) for lab in labels)) + 1
+    lines = ["truth \\ predicted".ljust(width + 8) + "".join(lab.rjust(width) for lab in labels)]
+    for label, row in zip(labels, matrix):
+        lines.append(label.ljust(width + 8) + "".join(str(n).rjust(width) for n in row))
+    return "\n".join(lines)
