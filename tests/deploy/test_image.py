@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import ROOT, free_port, prom_query, run, stop_process, tool, wait_for, wait_until_ready
+from tests.conftest import free_port
+from tests.deploy.conftest import ROOT, prom_query, run, stop_process, tool, wait_for, wait_until_ready
 
 pytestmark = pytest.mark.deploy
 

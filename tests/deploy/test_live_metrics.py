@@ -6,17 +6,16 @@ returns data."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, ROOT, free_port, stop_process, tool, wait_for, wait_until_ready
+from tests.conftest import Server, free_port
+from tests.deploy.conftest import DEPLOY, stop_process, tool, wait_for
 from tests.deploy.conftest import prom_query as query
 from tests.deploy.conftest import prom_scalar as scalar
 from tests.deploy.test_dashboard import EXPORTED, dashboard, metric_names
@@ -29,25 +28,11 @@ RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape 
 
 @pytest.fixture(scope="module")
 def bertserve(tiny_model_repo, tmp_path_factory):
-    port = free_port()
     work = tmp_path_factory.mktemp("bertserve-live")
-    env = {**os.environ, "BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning"}
-    log = open(work / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--model-repository", str(tiny_model_repo)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, proc)
-        yield url
-    except Exception:
-        log.seek(0)
-        print(log.read())
-        raise
-    finally:
-        stop_process(proc)
-        log.close()
+    env = {"BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning"}
+    server = Server(tiny_model_repo, workers=2, env=env)
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
