@@ -135,7 +135,7 @@ def _point(rps, p50, errors=0):
 
 
 def _results():
-    raw_round = lambda limit: {  # noqa: E731
+    raw_round = lambda limit: {
         "1p x 2t b1 arrival": {"seq_s": 0.8 * limit, "p50_ms": 6.0},
         "1p x 1t b1 arrival": {"seq_s": 0.5 * limit, "p50_ms": 8.0},
         "2p x 1t b4 sorted": {"seq_s": limit},
@@ -170,6 +170,16 @@ def test_summary_ratios_and_targets():
     assert checks["errors"] == {"value": 0, "ok": True}
     text = report.markdown(_results(), summary, "benchmarks.png")
     assert "| 32 | 185.0" in text and "![" in text and "2p x 1t b4 sorted" in text
+
+
+def test_points_with_raw_probes_are_divided_by_the_limit_measured_around_them():
+    results = _results()
+    for rnd in results["servers"][0]["rounds"]:
+        for point in rnd.values():
+            point["raw_local"] = 2 * point["rps"]
+    (server,) = report.summarize(results)["servers"]
+    assert all(p["ratio"] == 0.5 for p in server["points"])
+    assert not server["checks"]["ratio_c32"]["ok"]
 
 
 def test_missed_targets_are_flagged():

@@ -8,7 +8,7 @@ import pytest
 
 from app.engine import Engine, provider_attempts
 from app.errors import ModelLoadError
-from app.repository import Artifact, ModelConfig, read_config
+from app.repository import Artifact, read_config
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 

@@ -1,0 +1,332 @@
+"""bertserve benchmark: the raw engine limit and the served model, measured in one run, alternating.
+
+    python benchmarks/bench.py [--model-repository models] [--model drug-review-sentiment] [--duration 8]
+                               [--servers 2x1,1x2] [--concurrency 1,8,32,64] [--rounds 3] [--url URL] ...
+
+1. Raw engine: the artifact the server would pick (app.repository + app.engine + app.tokenizer), on real review
+   texts, tokenization included: batch sizes 1..64 in arrival order and length-sorted with intra-op threads =
+   cores, 1 process x 1 thread at batch 1, and N processes x 1 thread (batch 1, and batch 4 sorted). The raw
+   limit is the best sequences/s of any of them.
+2. Service: `bertserve serve` subprocesses on 127.0.0.1 (one per --servers entry: WORKERSxTHREADS, all started
+   before measuring, idle while another is measured), or --url, driven by wrk (installed from Debian when missing,
+   else a Python raw-socket client) from a separate process, closed loop at each concurrency for --duration s.
+3. Rounds alternate: raw, service(s), raw, service(s), ..., raw; each service round is compared with the raw
+   rounds just before and after it (this machine's speed drifts minute to minute).
+4. Writes docs/benchmarks.md and docs/benchmarks.png (and --json, the raw results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import raw, report
+from benchmarks.common import batch_plan, load_reviews, padded_tokens, shuffled, write_bodies
+from benchmarks.service import Client, Server, cpu_seconds, descendants, ensure_wrk, machine_cpu, model_info, other_load
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-repository", type=Path, default=ROOT / "models", help="Model repository (default models).")
+    p.add_argument("--model", default="drug-review-sentiment",
+                   help="Model name; when absent and the repository holds one model, that one.")
+    p.add_argument("--duration", type=float, default=8.0, help="Seconds per service point (default 8).")
+    p.add_argument("--concurrency", default="1,8,32,64", help="Closed-loop connections per point (default 1,8,32,64).")
+    p.add_argument("--rounds", type=int, default=3, help="Service rounds per server (default 3; raw rounds = this + 1).")
+    p.add_argument("--servers", default="2x1,1x2",
+                   help="Server configurations, comma-separated (default 2x1,1x2): WORKERSxTHREADS (THREADS goes to "
+                        "BERTSERVE_INTRA_OP_THREADS), optionally +KEY=VALUE for that server's environment and "
+                        "+src=DIR to run it from another checkout, e.g. 2x1+BERTSERVE_MAX_BATCH_SIZE=8+src=/tmp/copy.")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="Extra environment for every server, e.g. BERTSERVE_MAX_BATCH_SIZE=8 (repeatable).")
+    p.add_argument("--url", help="Drive this running server instead of starting one (its settings are read from "
+                                 "GET /models; --servers is then only its label, e.g. 2x1).")
+    p.add_argument("--api-key", default=os.environ.get("BENCH_API_KEY"),
+                   help="Bearer key for a server that requires one (--url; default $BENCH_API_KEY). Servers this "
+                        "script starts run without keys.")
+    p.add_argument("--provider", default="auto", help="Provider for the raw engine and the servers (default auto).")
+    p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                   help="auto: wrk, installed with apt-get when missing and possible, else the Python client.")
+    p.add_argument("--raw-seconds", type=float, default=0.7,
+                   help="Seconds per raw configuration per full raw round (default 0.7); each round goes on through the texts where "
+                        "the last one stopped.")
+    p.add_argument("--probe-configs", type=int, default=2,
+                   help="Before and after every service point, re-measure this many of the best raw configurations "
+                        "(of the last full raw round) for --probe-seconds each; each point is then compared with the "
+                        "raw limit measured right around it. 0: compare with the full raw rounds only (default 2).")
+    p.add_argument("--probe-seconds", type=float, default=0.7, help="Seconds per probe configuration (default 0.7).")
+    p.add_argument("--raw-batches", default="1,2,4,8,16,32,64", help="Raw batch sizes (default 1,2,4,8,16,32,64).")
+    p.add_argument("--warmup", type=float, default=2.0, help="Seconds of unrecorded load per server first (default 2).")
+    p.add_argument("--output-md", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--output-png", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    p.add_argument("--json", type=Path, help="Also write every measurement as JSON here.")
+    p.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
+    return p.parse_args(argv)
+
+
+def parse_servers(text: str) -> list[dict]:
+    """`WxT[+KEY=VALUE...][+src=DIR]`, comma-separated: workers x intra-op threads, extra environment for that
+    server only, and optionally another checkout to run it from (to compare a change within one run)."""
+    out = []
+    for part in text.split(","):
+        head, *extras = part.strip().split("+")
+        workers, sep, threads = head.strip().lower().partition("x")
+        if not sep or not workers.isdigit() or not threads.isdigit() or int(workers) < 1 or int(threads) < 1:
+            raise SystemExit(f"bench: bad server spec {part!r}: want WORKERSxTHREADS[+KEY=VALUE...][+src=DIR]")
+        env, src = {}, None
+        for extra in extras:
+            key, eq, value = extra.partition("=")
+            if not eq:
+                raise SystemExit(f"bench: bad server option {extra!r} in {part!r}: want KEY=VALUE")
+            if key == "src":
+                src = value
+            else:
+                env[key] = value
+        out.append({"workers": int(workers), "threads": int(threads), "env": env, "src": src})
+    return out
+
+
+def server_label(spec: dict) -> str:
+    w, t = spec["workers"], spec["threads"]
+    label = f"{w} worker{'s' if w > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
+    extras = [f"{k.removeprefix('BERTSERVE_')}={v}" for k, v in spec["env"].items()]
+    if spec.get("src"):
+        extras.append(f"src={Path(spec['src']).name}")
+    return label + (f" ({', '.join(extras)})" if extras else "")
+
+
+def find_version(repository: Path, model: str) -> tuple[str, int, Path]:
+    """The model's highest version: the one a request naming no version is answered by."""
+    from app.repository import version_dirs
+
+    found = {name: versions[-1] for name, versions in version_dirs(repository).items()}
+    if model in found:
+        return (model, *found[model])
+    if len(found) == 1:
+        (only, latest), = found.items()
+        print(f"bench: no model {model!r} in {repository}; using the only one there, {only!r}", flush=True)
+        return (only, *latest)
+    raise SystemExit(f"bench: model {model!r} not found in {repository} (found: {sorted(found)})")
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
+    return {"cpu_model": model, "cores": len(os.sched_getaffinity(0)), "avx512_vnni": "avx512_vnni" in flags,
+            "memory_gib": mem / 2**20}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def raw_round(model: raw.RawModel, pool: raw.SingleThreadPool | None, texts: list[str], lengths: list[int],
+              configs: list[raw.Config], seconds: float, offsets: dict[str, int]) -> dict[str, dict]:
+    out = {}
+    for label, procs, threads, batch, order in configs:
+        gc.collect()
+        gc.disable()
+        try:
+            if procs == 1 and threads == model.threads:
+                result = model.until(texts, shuffled(batch_plan(lengths, batch, order)), offsets.get(label, 0), seconds)
+                offsets[label] = result.pop("next_offset")
+            else:
+                result = pool.measure(procs, batch, order, seconds, lengths)
+        finally:
+            gc.enable()
+        out[label] = raw.summarize_call(result, batch)
+        time.sleep(0.05)  # let a spinning onnxruntime pool go idle before the next configuration
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
+    args = parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    server_specs = parse_servers(args.servers)
+    extra_env = dict(kv.split("=", 1) for kv in args.server_env)
+    if args.provider != "auto":
+        extra_env.setdefault("BERTSERVE_PROVIDER", args.provider)
+    name, version, version_dir = find_version(args.model_repository, args.model)
+    cores = len(os.sched_getaffinity(0))
+
+    texts = load_reviews()
+    work = Path(tempfile.mkdtemp(prefix="bertserve-bench-"))
+    bodies = write_bodies(work / "bodies.jsonl", texts)
+
+    wrk = ensure_wrk(install=args.client == "auto") if args.client in ("auto", "wrk") else None
+    if args.client == "wrk" and not wrk:
+        raise SystemExit("bench: --client wrk but wrk is not installed")
+    client = Client(wrk, bodies, args.api_key)
+
+    n_points = len(server_specs) * args.rounds * len(concurrency)
+    log(f"model {name} v{version} ({version_dir}); {len(texts)} reviews; client: {client.name}; "
+        f"{n_points} service points x {args.duration:.0f} s + {args.rounds + 1} raw rounds + raw probes around every "
+        f"point; work dir {work}")
+
+    # ---- raw engine: one session with threads = cores here, and single-thread sessions in their own processes
+    model = raw.RawModel(version_dir, threads=cores, provider=args.provider)
+    lengths = model.lengths(texts)
+    model.warm(texts)
+    procs = max(1, cores)
+    pool = raw.SingleThreadPool(procs, version_dir, args.provider, texts)
+    configs = raw.configs(cores, [int(b) for b in args.raw_batches.split(",")], procs)
+
+    # ---- servers, started one after another so their warm-up and autotuning do not overlap
+    servers: list[Server] = []
+    server_results = []
+    try:
+        if args.url:
+            targets = [(args.url.rstrip("/"), server_specs[0], None)]
+        else:
+            for spec in server_specs:
+                log(f"starting bertserve serve: {server_label(spec)} ...")
+                server = Server(args.model_repository, spec["workers"], spec["threads"], {**extra_env, **spec["env"]},
+                                work, src=Path(spec["src"]) if spec["src"] else None)
+                servers.append(server)
+            targets = [(s.url, spec, s) for s, spec in zip(servers, server_specs)]
+        for url, spec, server in targets:
+            info, choices = model_info(url, name, version, args.api_key)
+            label = server_label(spec)
+            server_results.append({"label": label, "url": url, "workers": spec["workers"], "threads": spec["threads"],
+                                   "env": {**extra_env, **spec["env"]}, "src": spec["src"], "batching": choices,
+                                   "model": info, "concurrency": concurrency, "rounds": []})
+            if info.get("artifact") and info["artifact"] != model.engine.artifact.file:
+                log(f"WARNING: server serves {info['artifact']} but the raw engine runs {model.engine.artifact.file}")
+            log(f"{label}: batching {choices}; warm-up {args.warmup:.0f} s")
+            if args.warmup > 0:
+                client.run(url, 8, args.warmup)
+
+        raw_rounds = []
+        raw_offsets: dict[str, int] = {}
+
+        raw_load = []
+
+        def do_raw(k: int) -> None:
+            t0 = time.perf_counter()
+            own_before, machine_before = cpu_seconds(descendants(os.getpid())), machine_cpu()
+            r = raw_round(model, pool, texts, lengths, configs, args.raw_seconds, raw_offsets)
+            own = cpu_seconds(descendants(os.getpid())) - own_before
+            raw_load.append(other_load(machine_before, machine_cpu(), own, time.perf_counter() - t0))
+            raw_rounds.append(r)
+            best = max(r, key=lambda key: r[key]["seq_s"])
+            log(f"raw round {k}: limit {r[best]['seq_s']:.1f} seq/s ({best}); b1 p50 "
+                + ", ".join(f"{key.split(' b1')[0]} {v['p50_ms']:.2f} ms" for key, v in r.items() if "p50_ms" in v)
+                + f"; other load {raw_load[-1]['other_cpu_pct']:.0f} %, steal {raw_load[-1]['steal_pct']:.0f} %"
+                + f" [{time.perf_counter() - t0:.0f} s]")
+
+        probes: list[dict] = []
+
+        def do_probe() -> float:
+            """The best raw configurations of the last full round again, briefly: the raw limit right now."""
+            last = raw_rounds[-1]
+            top = sorted(last, key=lambda key: last[key]["seq_s"], reverse=True)[: args.probe_configs]
+            chosen = [c for c in configs if c[0] in top]
+            r = raw_round(model, pool, texts, lengths, chosen, args.probe_seconds, raw_offsets)
+            probes.append({"t": time.perf_counter() - started, **{k: v["seq_s"] for k, v in r.items()}})
+            return max(v["seq_s"] for v in r.values())
+
+        for rnd in range(args.rounds):
+            do_raw(rnd)
+            for (url, _, server), result in zip(targets, server_results):
+                pids = server.pids() if server else []
+                points = {}
+                before = do_probe() if args.probe_configs else None
+                for c in concurrency:
+                    point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids)
+                    if args.probe_configs:
+                        after = do_probe()
+                        point["raw_before"], point["raw_after"] = before, after
+                        point["raw_local"] = (before + after) / 2
+                        before = after
+                    points[str(c)] = point
+                    log(f"  {result['label']} round {rnd} c={c}: {point['rps']:.1f} req/s"
+                        + (f" (raw limit around it {point['raw_local']:.1f}: x{point['rps'] / point['raw_local']:.2f})"
+                           if "raw_local" in point else "")
+                        + f", p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
+                        f"client CPU {point['client_cpu_pct']:.0f} %"
+                        + (f", server CPU {point['server_cpu_pct']:.0f} %, other load {point['other_cpu_pct']:.0f} %, "
+                           f"steal {point['steal_pct']:.0f} %" if point.get("server_cpu_pct") else ""))
+                result["rounds"].append(points)
+        do_raw(args.rounds)
+    finally:
+        for server in servers:
+            server.stop()
+        pool.close()
+
+    import onnxruntime
+    import tokenizers
+
+    results = {
+        "meta": {
+            **machine(),
+            "command": "python benchmarks/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "tokenizers": tokenizers.__version__,
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+            "model": name, "version": version, "artifact": model.engine.artifact.file,
+            "quantization": model.engine.artifact.quantization or model.engine.artifact.precision,
+            "provider": model.engine.provider, "max_length": model.config.max_length,
+            "texts": len(texts), "tokens_mean": statistics.fmean(lengths),
+            "tokens_median": statistics.median(lengths), "tokens_max": max(lengths),
+            "padding_overhead": {str(b): padded_tokens(batch_plan(lengths, b, "arrival"), lengths) / sum(lengths)
+                                 for b in (4, 16, 64)},
+            "client": client.name, "duration_s": args.duration, "rounds": args.rounds,
+            "notes": args.note,
+            "loadavg_start": " ".join(load_start), "loadavg_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        },
+        "raw": {"configs": [c[0] for c in configs], "rounds": raw_rounds, "load": raw_load, "probes": probes},
+        "servers": server_results,
+    }
+    results["meta"]["wall_s"] = time.perf_counter() - started
+    summary = report.summarize(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=1, default=str))
+    args.output_md.parent.mkdir(parents=True, exist_ok=True)
+    png_name = None
+    if args.output_png:
+        try:
+            report.plot(summary, args.output_png, f"bertserve, {name} v{version} ({results['meta']['quantization']}), "
+                                                  f"{results['meta']['cpu_model']}, {cores} cores")
+            png_name = os.path.relpath(args.output_png, args.output_md.parent)
+        except ImportError:
+            log("matplotlib is missing (pip install -e '.[bench]'): no plot")
+    args.output_md.write_text(report.markdown(results, summary, png_name))
+
+    log(f"raw limit {summary['raw_limit']:.1f} seq/s (best: {summary['best']['config']}); raw b1 p50 "
+        + ", ".join(f"{k}: {v:.2f} ms" for k, v in summary["raw_b1_p50_ms"].items()))
+    for s in summary["servers"]:
+        for p in s["points"]:
+            log(f"{s['label']} c={p['concurrency']}: {p['rps']:.1f} req/s = {p['ratio']:.2f} x raw, p50 "
+                f"{p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, errors {p['errors']}, client CPU "
+                f"{p['client_cpu_pct']:.0f} %")
+        log(f"{s['label']} targets: " + ", ".join(f"{k} {v['value']:.2f} {'OK' if v['ok'] else 'MISSED'}"
+                                                  for k, v in s["checks"].items()))
+    log(f"wrote {args.output_md}" + (f" and {args.output_png}" if png_name else "")
+        + f" in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

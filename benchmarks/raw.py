@@ -1,0 +1,157 @@
+"""The raw engine, as the server runs it: same artifact choice, same session options, tokenization included.
+
+`RawModel` wraps app.repository.read_config + app.engine.Engine + app.tokenizer.TextTokenizer + app.tokenizer.pad,
+i.e. exactly what a worker's inference path does minus HTTP and the batcher. `SingleThreadPool` keeps N
+processes, each with its own 1-thread session, alive across rounds (started once, idle between rounds) for the
+"N processes x 1 thread" configurations.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.common import batch_plan, percentile, shuffled
+
+# (label, processes, threads per session, batch, order); the threads=None rows use one session with
+# intra-op threads = CPU cores.
+Config = tuple[str, int, int, int, str]
+
+
+def configs(cores: int, batches: Sequence[int], procs: int) -> list[Config]:
+    out: list[Config] = []
+    for batch in batches:
+        for order in ("arrival", "sorted"):
+            if batch == 1 and order == "sorted":
+                continue  # one text per call: the order changes nothing
+            out.append((f"1p x {cores}t b{batch} {order}", 1, cores, batch, order))
+    out.append(("1p x 1t b1 arrival", 1, 1, 1, "arrival"))
+    if procs > 1:
+        out.append((f"{procs}p x 1t b1 arrival", procs, 1, 1, "arrival"))
+        out.append((f"{procs}p x 1t b4 sorted", procs, 1, 4, "sorted"))
+    return out
+
+
+class RawModel:
+    def __init__(self, version_dir: Path, threads: int, provider: str = "auto") -> None:
+        from app.engine import Engine
+        from app.repository import TOKENIZER_FILE, read_config
+        from app.tokenizer import TextTokenizer, pad
+
+        self.threads = threads
+        self.config = read_config(version_dir)
+        self.tokenizer = TextTokenizer(version_dir / TOKENIZER_FILE, self.config.max_length)
+        self.engine = Engine(version_dir, self.config, provider=provider, threads=threads)
+        self._pad = pad
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode(list(texts))]
+
+    def run(self, texts: list[str]):
+        """What a worker does per batch: tokenize, pad, run."""
+        encoded = self.tokenizer.encode(texts)
+        return self.engine.run(*self._pad([e.ids for e in encoded], self.tokenizer.pad_id))
+
+    def warm(self, texts: Sequence[str]) -> None:
+        for k in (1, 4, 16):
+            self.run(list(texts[:k]))
+        self.run([max(texts, key=len)] * 2)
+
+    def until(self, texts: Sequence[str], plan: list[list[int]], offset: int, seconds: float) -> dict:
+        """Batches of the plan, cyclically from `offset`, for `seconds`; sequences/s and per-call latencies.
+        Time-bounded so that a round takes the same time for every configuration, and so that processes sharing
+        the CPU are all busy for the whole measured time. Callers pass the next round the returned offset."""
+        latencies, seqs, k = [], 0, offset
+        start = time.perf_counter()
+        end = start
+        while end - start < seconds:
+            batch = plan[k % len(plan)]
+            k += 1
+            t0 = time.perf_counter()
+            self.run([texts[i] for i in batch])
+            end = time.perf_counter()
+            latencies.append(end - t0)
+            seqs += len(batch)
+        elapsed = end - start
+        return {"seq_s": seqs / elapsed, "seqs": seqs, "elapsed_s": elapsed, "call_latencies_s": latencies,
+                "next_offset": k}
+
+
+def _worker(conn, barrier, version_dir: str, provider: str, texts: list[str]) -> None:
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model = RawModel(Path(version_dir), threads=1, provider=provider)
+    model.warm(texts)
+    conn.send("ready")
+    offsets: dict[tuple[int, str], int] = {}
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        _, batch, order, seconds, shard, shards, lengths = msg
+        plan = shuffled(batch_plan(lengths, batch, order))
+        key = (batch, order, shards)
+        offset = offsets.get(key, shard * len(plan) // shards)
+        if shards > 1:
+            barrier.wait()
+        result = model.until(texts, plan, offset, seconds)
+        offsets[key] = result.pop("next_offset")  # next round goes on where this one stopped: all texts get used
+        conn.send(result)
+
+
+class SingleThreadPool:
+    """N processes with a 1-thread session each, started once and kept idle between measurements."""
+
+    def __init__(self, n: int, version_dir: Path, provider: str, texts: list[str]) -> None:
+        ctx = mp.get_context("spawn")
+        self.barrier = ctx.Barrier(n)
+        self.conns, self.procs = [], []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, self.barrier, str(version_dir), provider, texts),
+                               daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if conn.recv() != "ready":
+                raise RuntimeError("raw worker failed to start")
+
+    def measure(self, procs: int, batch: int, order: str, seconds: float, lengths: list[int]) -> dict:
+        """`procs` of the processes run at once (the others stay idle); sequences/s summed over them."""
+        if procs != len(self.conns) and procs != 1:
+            raise ValueError("measure with 1 process or all of them (they meet at one barrier)")
+        used = self.conns[:procs]
+        for k, conn in enumerate(used):
+            conn.send(("run", batch, order, seconds, k, procs, lengths))
+        results = [c.recv() for c in used]
+        latencies = [x for r in results for x in r["call_latencies_s"]]
+        return {
+            "seq_s": sum(r["seq_s"] for r in results),
+            "seqs": sum(r["seqs"] for r in results),
+            "elapsed_s": max(r["elapsed_s"] for r in results),
+            "call_latencies_s": latencies,
+        }
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def summarize_call(result: dict, batch: int) -> dict:
+    lat = result["call_latencies_s"]
+    out = {"seq_s": result["seq_s"], "seqs": result["seqs"], "elapsed_s": result["elapsed_s"]}
+    if batch == 1:
+        out["p50_ms"] = percentile(lat, 50) * 1000
+        out["p99_ms"] = percentile(lat, 99) * 1000
+    return out
