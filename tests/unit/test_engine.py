@@ -120,3 +120,16 @@ def test_io_binding_path_gives_the_same_logits(tiny_model_repo):
     plain = engine.run(ids, mask)
     engine.use_io_binding = True
     np.testing.assert_allclose(engine.run(ids, mask), plain, rtol=1e-6, atol=1e-6)
+
+
+def test_missing_artifact_or_tokenizer_is_named(tiny_model_repo, tmp_path):
+    import shutil
+
+    path = tmp_path / "incomplete"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    (path / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match=r"model.onnx: missing \(named by .*bertserve.json\)"):
+        read_config(path)
+    (path / "bertserve.json").write_text('{"labels": ["a"], "max_length": 8, "artifacts": []}')
+    with pytest.raises(ModelLoadError, match="bertserve.json: labels"):
+        read_config(path)
