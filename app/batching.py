@@ -1,8 +1,9 @@
 """Dynamic batcher: asyncio in front, tokenization and inference each in their own worker thread.
 
 Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> inference thread -> futures.
-- Continuous: whenever the engine is free and sequences are ready, a batch runs at once; there is no wait
-  timer, so a lone request pays no batching delay.
+- Continuous: whenever an engine slot is free and sequences are ready, a batch runs at once; there is no wait
+  timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
+  fastest layout on a small CPU), that many batches run at once, all cut from the one queue.
 - A batch is cut around the oldest ready sequence (nobody starves) from the ready sequences sorted by token
   length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count).
 - Tokenization of new arrivals overlaps the running batch.
@@ -35,7 +36,8 @@ class BatchModel(Protocol):
     def encode(self, texts: list[str]) -> list[Encoded]: ...
 
     def infer(self, sequences: list[list[int]]) -> Any:
-        """Run one batch; returns something indexable by row (one row per sequence, in order)."""
+        """Run one batch; returns something indexable by row (one row per sequence, in order). Called from up to
+        `parallel` threads at once."""
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_tokens: int,
         max_queue_size: int,
+        parallel: int = 1,
         name: str = "model",
         on_batch: BatchObserver | None = None,
         on_load: LoadObserver | None = None,
@@ -81,6 +84,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_size = max_queue_size
+        self.parallel = parallel  # batches that may run at once (one per engine session)
         self.name = name
         self._on_batch = on_batch or (lambda size, tokens: None)
         self._on_load = on_load or (lambda load: None)
@@ -90,7 +94,7 @@ class Batcher:
         self._have_incoming = asyncio.Event()
         self._have_ready = asyncio.Event()
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{name}")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._infer_pool = ThreadPoolExecutor(parallel, thread_name_prefix=f"infer-{name}")
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._throughput = 100.0  # sequences/s, refreshed per batch; only used for Retry-After
@@ -192,29 +196,47 @@ class Batcher:
             self._have_ready.set()
 
     async def _infer_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._have_ready.wait()
-            self._have_ready.clear()
-            while batch := self._cut():
-                start = time.perf_counter()
-                try:
-                    rows = await loop.run_in_executor(self._infer_pool, self.model.infer, [i.ids for i in batch])
-                except Exception:
-                    log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(BackendError("inference failed"))
-                    continue
-                elapsed = time.perf_counter() - start
-                self._throughput = 0.8 * self._throughput + 0.2 * (len(batch) / max(elapsed, 1e-6))
-                self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
-                for row, item in enumerate(batch):
-                    if not item.future.done():
-                        item.timing.queue_s = start - item.enqueued - item.timing.tokenize_s
-                        item.timing.inference_s = elapsed
-                        item.timing.batch_size = len(batch)
-                        item.future.set_result((rows[row], item.timing))
+        """Dispatch a batch whenever an engine slot is free and sequences are ready."""
+        running: set[asyncio.Task] = set()
+
+        def finished(task: asyncio.Task) -> None:
+            running.discard(task)
+            self._have_ready.set()  # a slot is free: look at the queue again
+
+        try:
+            while True:
+                await self._have_ready.wait()
+                self._have_ready.clear()
+                while len(running) < self.parallel and (batch := self._cut()):
+                    task = asyncio.create_task(self._run(batch))
+                    running.add(task)
+                    task.add_done_callback(finished)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run(self, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(
+                self._infer_pool, self.model.infer, [i.ids for i in batch]
+            )
+        except Exception:
+            log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(BackendError("inference failed"))
+            return
+        elapsed = time.perf_counter() - start
+        rate = self.parallel * len(batch) / max(elapsed, 1e-6)
+        self._throughput = 0.8 * self._throughput + 0.2 * rate
+        self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
+        for row, item in enumerate(batch):
+            if not item.future.done():
+                item.timing.queue_s = start - item.enqueued - item.timing.tokenize_s
+                item.timing.inference_s = elapsed
+                item.timing.batch_size = len(batch)
+                item.future.set_result((rows[row], item.timing))
 
     def _cut(self) -> list[_Item]:
         """Take the next batch out of the ready sequences (see the module docstring)."""

@@ -60,6 +60,7 @@ class Engine:
         else:
             raise ModelLoadError(f"{model_dir}: cannot start a session with provider={provider}: {'; '.join(errors)}")
 
+        self.threads = threads
         self.use_io_binding = self.provider == "cuda"
         self.input_names = {i.name for i in self.session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self.input_names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +34,25 @@ State = Literal["loading", "ready", "failed", "unloading"]
 
 @dataclass(eq=False)
 class ServedModel:
-    """One model version: tokenizer + engine behind its own batcher."""
+    """One model version: tokenizer + engine sessions behind its own batcher."""
 
     name: str
     version: int
     path: Path
     config: ModelConfig
     tokenizer: TextTokenizer
-    engine: Engine
+    engines: list[Engine]
     batcher: Batcher | None = None
     batch_choice: dict[str, Any] = field(default_factory=dict)
+    _idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self) -> None:
+        for engine in self.engines:
+            self._idle.put(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines[0]
 
     @property
     def max_length(self) -> int:
@@ -52,7 +62,12 @@ class ServedModel:
         return self.tokenizer.encode(texts)
 
     def infer(self, sequences: list[list[int]]) -> np.ndarray:
-        return self.engine.run(*pad(sequences, self.tokenizer.pad_id))
+        """Run on an idle session; the batcher never runs more batches at once than there are sessions."""
+        engine = self._idle.get()
+        try:
+            return engine.run(*pad(sequences, self.tokenizer.pad_id))
+        finally:
+            self._idle.put(engine)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -61,6 +76,8 @@ class ServedModel:
             "provider": self.engine.provider,
             "artifact": self.engine.artifact.file,
             "quantization": describe(self.engine.artifact),
+            "sessions": len(self.engines),
+            "intra_op_threads": self.engine.threads,
             "batching": self.batch_choice,
             "report": self.config.report,
         }
@@ -93,8 +110,12 @@ def load_model(name: str, version: int, path: Path, settings: Settings) -> Serve
     """Open, check and warm one model version (blocking; run it in a thread)."""
     config = read_config(path)
     tokenizer = TextTokenizer(path / TOKENIZER_FILE, config.max_length)
-    engine = Engine(path, config, provider=settings.provider, threads=settings.threads_per_worker())
-    model = ServedModel(name, version, path, config, tokenizer, engine)
+    sessions, threads = settings.engine_layout()
+    engine = Engine(path, config, provider=settings.provider, threads=threads)
+    engines = [engine]
+    if engine.provider == "cpu":  # a GPU runs one batch at a time anyway: one session there
+        engines += [Engine(path, config, provider="cpu", threads=threads) for _ in range(sessions - 1)]
+    model = ServedModel(name, version, path, config, tokenizer, engines)
     # Warm-up: the first runs allocate and pick kernels; do them before the version takes traffic.
     sample = tokenizer.encode(["warm-up", "a longer warm-up sentence " * 64])
     for _ in range(2):
@@ -204,6 +225,7 @@ class Service:
             max_batch_size=model.batch_choice["max_batch_size"],
             max_batch_tokens=model.batch_choice["max_batch_tokens"],
             max_queue_size=self.settings.max_queue_size,
+            parallel=len(model.engines),
             name=f"{slot.name}:{slot.version}",
             on_batch=_batch_observer(slot.name),
             on_load=metrics.QUEUE_SIZE.labels(slot.name).set,

@@ -43,7 +43,12 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA when it really initialises, else CPU; cuda: fail without it; cpu."
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads per worker; 0 = CPU cores / workers."
+        0, ge=0, description="onnxruntime intra-op threads per session; 0 = the worker's cores / sessions."
+    )
+    engine_sessions: int = Field(
+        0, ge=0, description="onnxruntime sessions per model version and worker, running batches in parallel; "
+        "0 = one per core of the worker's share (single-thread sessions beat one multi-thread session on CPU); "
+        "CUDA always uses one.",
     )
 
     # --- batching and admission ---
@@ -109,7 +114,11 @@ class Settings(BaseSettings):
             raise ValueError(f"BERTSERVE_API_KEYS_FILE {self.api_keys_file} is not a readable file")
         return self
 
-    def threads_per_worker(self) -> int:
+    def engine_layout(self) -> tuple[int, int]:
+        """(sessions, intra-op threads per session) for a CPU model: the worker's share of the cores, split."""
+        cores = max(1, (os.cpu_count() or 1) // self.workers)
+        if self.engine_sessions:
+            return self.engine_sessions, self.intra_op_threads or max(1, cores // self.engine_sessions)
         if self.intra_op_threads:
-            return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+            return max(1, cores // self.intra_op_threads), self.intra_op_threads
+        return cores, 1

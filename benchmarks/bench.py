@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-png", type=Path, default=ROOT / "docs" / "benchmarks.png")
     p.add_argument("--json", type=Path, help="Also write every measurement as JSON here.")
     p.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
+    p.add_argument("--render-only", type=Path, metavar="JSON",
+                   help="Measure nothing: write the page and plot again from a --json file of an earlier run "
+                        "(with this run's --note lines, if any).")
     return p.parse_args(argv)
 
 
@@ -101,8 +104,13 @@ def parse_servers(text: str) -> list[dict]:
 
 
 def server_label(spec: dict) -> str:
+    """E.g. "1 worker x 2 sessions x 1 thread": the engine layout the server derives (app.settings)."""
+    from app.settings import Settings
+
     w, t = spec["workers"], spec["threads"]
-    label = f"{w} worker{'s' if w > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
+    n = int(spec["env"].get("BERTSERVE_ENGINE_SESSIONS", 0))
+    sessions, _ = Settings(workers=w, intra_op_threads=t, engine_sessions=n).engine_layout()
+    label = f"{w} worker{'s' if w > 1 else ''} x {sessions} session{'s' if sessions > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
     extras = [f"{k.removeprefix('BERTSERVE_')}={v}" for k, v in spec["env"].items()]
     if spec.get("src"):
         extras.append(f"src={Path(spec['src']).name}")
@@ -161,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     load_start = Path("/proc/loadavg").read_text().split()[:3]
     args = parse_args(argv)
+    if args.render_only:
+        results = json.loads(args.render_only.read_text())["results"]
+        if args.note:
+            results["meta"]["notes"] = args.note
+        write_outputs(args, results)
+        return
     concurrency = [int(c) for c in args.concurrency.split(",")]
     server_specs = parse_servers(args.servers)
     extra_env = dict(kv.split("=", 1) for kv in args.server_env)
@@ -249,10 +263,12 @@ def main(argv: list[str] | None = None) -> None:
             do_raw(rnd)
             for (url, _, server), result in zip(targets, server_results):
                 pids = server.pids() if server else []
+                workers = server.worker_pids() if server else []
                 points = {}
                 before = do_probe() if args.probe_configs else None
                 for c in concurrency:
-                    point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids)
+                    point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids,
+                                       worker_pids=workers if len(workers) > 1 else [])
                     if args.probe_configs:
                         after = do_probe()
                         point["raw_before"], point["raw_after"] = before, after
@@ -262,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                     log(f"  {result['label']} round {rnd} c={c}: {point['rps']:.1f} req/s"
                         + (f" (raw limit around it {point['raw_local']:.1f}: x{point['rps'] / point['raw_local']:.2f})"
                            if "raw_local" in point else "")
+                        + (f", connections per worker {'/'.join(map(str, point['connections_per_worker']))}"
+                           if point.get("connections_per_worker") else "")
                         + f", p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
                         f"client CPU {point['client_cpu_pct']:.0f} %"
                         + (f", server CPU {point['server_cpu_pct']:.0f} %, other load {point['other_cpu_pct']:.0f} %, "
@@ -300,21 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         "servers": server_results,
     }
     results["meta"]["wall_s"] = time.perf_counter() - started
-    summary = report.summarize(results)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=1, default=str))
-    args.output_md.parent.mkdir(parents=True, exist_ok=True)
-    png_name = None
-    if args.output_png:
-        try:
-            report.plot(summary, args.output_png, f"bertserve, {name} v{version} ({results['meta']['quantization']}), "
-                                                  f"{results['meta']['cpu_model']}, {cores} cores")
-            png_name = os.path.relpath(args.output_png, args.output_md.parent)
-        except ImportError:
-            log("matplotlib is missing (pip install -e '.[bench]'): no plot")
-    args.output_md.write_text(report.markdown(results, summary, png_name))
-
+    summary = write_outputs(args, results)
     log(f"raw limit {summary['raw_limit']:.1f} seq/s (best: {summary['best']['config']}); raw b1 p50 "
         + ", ".join(f"{k}: {v:.2f} ms" for k, v in summary["raw_b1_p50_ms"].items()))
     for s in summary["servers"]:
@@ -324,8 +328,26 @@ def main(argv: list[str] | None = None) -> None:
                 f"{p['client_cpu_pct']:.0f} %")
         log(f"{s['label']} targets: " + ", ".join(f"{k} {v['value']:.2f} {'OK' if v['ok'] else 'MISSED'}"
                                                   for k, v in s["checks"].items()))
-    log(f"wrote {args.output_md}" + (f" and {args.output_png}" if png_name else "")
-        + f" in {time.perf_counter() - started:.0f} s")
+    log(f"wrote {args.output_md} and {args.output_png} in {time.perf_counter() - started:.0f} s")
+
+
+def write_outputs(args: argparse.Namespace, results: dict) -> dict:
+    summary = report.summarize(results)
+    if args.json and not args.render_only:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=1, default=str))
+    args.output_md.parent.mkdir(parents=True, exist_ok=True)
+    png_name = None
+    if args.output_png:
+        meta = results["meta"]
+        try:
+            report.plot(summary, args.output_png, f"bertserve, {meta['model']} v{meta['version']} ({meta['quantization']}), "
+                                                  f"{meta['cpu_model']}, {meta['cores']} cores")
+            png_name = os.path.relpath(args.output_png, args.output_md.parent)
+        except ImportError:
+            log("matplotlib is missing (pip install -e '.[bench]'): no plot")
+    args.output_md.write_text(report.markdown(results, summary, png_name))
+    return summary
 
 
 if __name__ == "__main__":

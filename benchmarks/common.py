@@ -178,5 +178,15 @@ def system_cpu(proc_stat: str, clock_ticks: int) -> dict[str, float]:
             "steal": steal / clock_ticks}
 
 
+def established_inodes(proc_net_tcp: str, port: int) -> set[int]:
+    """Socket inodes of ESTABLISHED connections whose local port is `port`, from /proc/net/tcp or tcp6."""
+    out = set()
+    for line in proc_net_tcp.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 9 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            out.add(int(f[9]))
+    return out
+
+
 def parent_pid_from_stat(stat_line: str) -> int:
     return int(stat_line[stat_line.rindex(")") + 2 :].split()[1])

@@ -61,6 +61,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "other_cpu_pct": median([p["other_cpu_pct"] for p in per_round if p.get("other_cpu_pct") is not None]),
                 "steal_pct": median([p["steal_pct"] for p in per_round if p.get("steal_pct") is not None]),
                 "rounds": len(per_round),
+                "connections": [p["connections_per_worker"] for p in per_round if p.get("connections_per_worker")],
             })
         servers.append({**{k: v for k, v in server.items() if k != "rounds"}, "points": points,
                         "raw_b1_p50_same_threads_ms": same, "checks": _checks(points, same)})
@@ -156,16 +157,19 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
                    + "; ".join(_batching(b) for b in batching) + ".")
         if s.get("raw_b1_p50_same_threads_ms") is not None:
             out.append(f"Raw batch-1 p50 with {s['threads']} thread(s): {_f(s['raw_b1_p50_same_threads_ms'], 2)} ms.")
+        multi = s["workers"] > 1
         out += ["", ("| concurrency | req/s (min–max) | p50 ms | p99 ms | raw limit around it | ratio to raw limit "
-                     "(min–max) | errors | client CPU % | server CPU % | other load % |"),
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                     "(min–max) | errors | client CPU % | server CPU % | other load % |"
+                     + (" connections per worker, by round |" if multi else "")),
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if multi else "")]
         for p in s["points"]:
             out.append(
                 f"| {p['concurrency']} | {_f(p['rps'])} ({_f(p['rps_min'], 0)}–{_f(p['rps_max'], 0)}) | "
                 f"{_f(p['p50_ms'], 2)} | {_f(p['p99_ms'], 2)} | {_f(p.get('raw_local'))} | "
                 f"{_f(p['ratio'], 2)} ({_f(p['ratio_min'], 2)}–"
                 f"{_f(p['ratio_max'], 2)}) | {p['errors']} / {p['requests']} | {_f(p['client_cpu_pct'], 0)} | "
-                f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_pct'], 0)} |")
+                f"{_f(p['server_cpu_pct'], 0)} | {_f(p['other_cpu_pct'], 0)} |"
+                + (f" {', '.join('/'.join(map(str, c)) for c in p['connections']) or '–'} |" if multi else ""))
         out.append("")
 
     out += ["## Raw engine", "",

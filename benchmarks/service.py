@@ -16,7 +16,14 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchmarks.common import cpu_seconds_from_stat, parent_pid_from_stat, parse_wrk, summarize_latencies, system_cpu
+from benchmarks.common import (
+    cpu_seconds_from_stat,
+    established_inodes,
+    parent_pid_from_stat,
+    parse_wrk,
+    summarize_latencies,
+    system_cpu,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,6 +72,31 @@ def other_load(before: dict[str, float], after: dict[str, float], own_cpu_s: flo
     busy = after["busy"] - before["busy"]
     return {"other_cpu_pct": max(0.0, 100 * (busy - own_cpu_s) / wall_s),
             "steal_pct": 100 * (after["steal"] - before["steal"]) / wall_s}
+
+
+def connections_per_process(port: int, pids: list[int]) -> list[int]:
+    """How many established client connections each process holds on `port` (keep-alive pins them there)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            inodes |= established_inodes(Path(table).read_text(), port)
+        except OSError:
+            pass
+    counts = []
+    for pid in pids:
+        n = 0
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                    n += 1
+        except OSError:
+            pass
+        counts.append(n)
+    return counts
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -197,7 +229,15 @@ class Client:
                 "--path", "/predict", "--bodies", str(self.bodies), "-c", str(concurrency), "-d", str(duration),
                 "--offset", str(offset)] + (["--authorization", f"Bearer {self.api_key}"] if self.api_key else [])
 
-    def run(self, url: str, concurrency: int, duration: float, offset: int = 0, server_pids: list[int] = ()) -> dict:
+    def run(self, url: str, concurrency: int, duration: float, offset: int = 0, server_pids: list[int] = (),
+            worker_pids: list[int] = ()) -> dict:
+        import threading
+
+        conns: list[int] = []
+        if worker_pids:  # halfway through: which worker holds how many of the client's connections
+            port = urlsplit(url).port
+            timer = threading.Timer(duration / 2, lambda: conns.extend(connections_per_process(port, list(worker_pids))))
+            timer.start()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_before = cpu_seconds(list(server_pids))
         own_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -224,4 +264,7 @@ class Client:
         if server_pids:  # with --url the server's CPU is unknown, so nothing can be told apart
             result.update(other_load(machine_before, machine_after, own, wall))
         result["concurrency"] = concurrency
+        if worker_pids:
+            timer.join()
+            result["connections_per_worker"] = conns
         return result

@@ -272,3 +272,38 @@ def test_closed_batcher_refuses_new_work():
 def test_token_budget_below_max_length_is_refused():
     with pytest.raises(ValueError, match="max_batch_tokens"):
         Batcher(FakeModel(), max_batch_size=4, max_batch_tokens=4, max_queue_size=10)
+
+
+def test_parallel_slots_run_batches_at_once_from_one_queue():
+    class TwoSlotModel(FakeModel):
+        """Blocks every call until two are inside at once (or times out), like two sessions side by side."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = 0
+            self.most_inside = 0
+            self.lock = threading.Lock()
+            self.both = threading.Barrier(2, timeout=5)
+
+        def infer(self, sequences):
+            with self.lock:
+                self.inside += 1
+                self.most_inside = max(self.most_inside, self.inside)
+            try:
+                self.both.wait()
+            except threading.BrokenBarrierError:
+                pass
+            with self.lock:
+                self.inside -= 1
+            return super().infer(sequences)
+
+    async def scenario():
+        model = TwoSlotModel()
+        batcher = make(model, max_batch_size=2, parallel=2)
+        results = await asyncio.gather(*(batcher.submit([text(3, f"p{i}_")]) for i in range(4)))
+        await batcher.close()
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert model.most_inside == 2  # two batches in the engine at the same time
+    assert len(results) == 4 and sum(len(b) for b in model.batches) == 4

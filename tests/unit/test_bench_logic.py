@@ -15,6 +15,7 @@ from benchmarks.common import (
     bracketing_ratios,
     clean_review,
     cpu_seconds_from_stat,
+    established_inodes,
     padded_tokens,
     parent_pid_from_stat,
     parse_reviews,
@@ -107,6 +108,16 @@ def test_proc_stat_fields_survive_odd_process_names():
     assert cpu == {"busy": 1.6, "idle": 8.1, "steal": 0.2}
 
 
+def test_established_connections_on_a_port_are_found():
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1\n"
+        "   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1\n"
+        "   2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 333 1\n"
+    )
+    assert established_inodes(table, 8080) == {222}  # not the listener (0A), not the client's end
+
+
 def test_http_response_heads_are_parsed():
     assert parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\ncontent-type: application/json") == (200, 12, True)
     assert parse_head(b"HTTP/1.1 429 Too Many\r\nContent-Length: 0\r\nConnection: close") == (429, 0, False)
@@ -119,11 +130,14 @@ def test_http_response_heads_are_parsed():
     assert body == b'{"inputs":"x"}' and b"Content-Length: 14" in head and b"Authorization: Bearer k" in head
 
 
-def test_server_specs():
+def test_server_specs(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     specs = parse_servers("2x1, 1x2+BERTSERVE_MAX_BATCH_SIZE=8+src=/tmp/copy")
     assert specs[0] == {"workers": 2, "threads": 1, "env": {}, "src": None}
     assert specs[1] == {"workers": 1, "threads": 2, "env": {"BERTSERVE_MAX_BATCH_SIZE": "8"}, "src": "/tmp/copy"}
-    assert server_label(specs[1]) == "1 worker x 2 threads (MAX_BATCH_SIZE=8, src=copy)"
+    assert server_label(specs[1]) == "1 worker x 1 session x 2 threads (MAX_BATCH_SIZE=8, src=copy)"
+    assert server_label(specs[0]) == "2 workers x 1 session x 1 thread"
+    assert server_label(parse_servers("1x1")[0]) == "1 worker x 2 sessions x 1 thread"
     for bad in ("2", "0x1", "2x1+oops"):
         with pytest.raises(SystemExit):
             parse_servers(bad)

@@ -39,11 +39,13 @@ def test_bad_combinations_are_refused(monkeypatch, env):
         Settings()
 
 
-def test_threads_per_worker(monkeypatch):
+def test_engine_layout(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert Settings(workers=2).threads_per_worker() == 4
-    assert Settings(workers=16).threads_per_worker() == 1
-    assert Settings(workers=2, intra_op_threads=3).threads_per_worker() == 3
+    assert Settings(workers=2).engine_layout() == (4, 1)  # single-thread sessions, one per core of the share
+    assert Settings(workers=16).engine_layout() == (1, 1)
+    assert Settings(workers=2, intra_op_threads=2).engine_layout() == (2, 2)
+    assert Settings(workers=1, engine_sessions=2).engine_layout() == (2, 4)
+    assert Settings(workers=1, engine_sessions=1, intra_op_threads=3).engine_layout() == (1, 3)
 
 
 def test_gpu_gets_larger_batch_bounds_unless_set():
