@@ -22,7 +22,7 @@ def open_artifact(folder: Path, config: ModelConfig, artifact: Artifact, provide
     only = config.model_copy(update={"artifacts": [measured]})
     engine = Engine(folder, only, provider=provider, threads=threads)
     tokenizer = TextTokenizer(folder / TOKENIZER_FILE, config.max_length)
-    return ServedModel(artifact.file, 0, folder, only, tokenizer, engine)
+    return ServedModel(artifact.file, 0, folder, only, tokenizer, [engine])
 
 
 def probabilities(

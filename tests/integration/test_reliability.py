@@ -22,7 +22,8 @@ from tests.conftest import hammer, metric, post, worker_pids
 from tests.integration.test_serving import REVIEW
 
 LONG = " ".join(["headache nausea and dizziness every single day"] * 60)  # well over 256 tokens: truncated
-SLOW_ENV = {
+SLOW_ENV = {  # one engine session, held busy by one full batch
+    "BERTSERVE_ENGINE_SESSIONS": "1",
     "BERTSERVE_BATCH_AUTOTUNE": "false",
     "BERTSERVE_MAX_BATCH_SIZE": "32",
     "BERTSERVE_MAX_BATCH_TOKENS": str(32 * 256),
