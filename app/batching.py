@@ -180,7 +180,7 @@ class Batcher:
                         item.future.set_exception(BackendError("tokenization failed"))
                 continue
             elapsed = time.perf_counter() - start
-            for index, (item, enc) in enumerate(zip(items, encoded)):
+            for item, enc in zip(items, encoded, strict=True):
                 if enc.truncated and not item.truncate:
                     if not item.future.done():
                         item.future.set_exception(
