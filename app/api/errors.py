@@ -7,6 +7,7 @@ import logging
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -34,6 +35,15 @@ _KIND_OF_STATUS = {401: "unauthorized", 404: "not_found", 405: "validation", 413
 def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": message, "error_type": kind})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The most specific problem, located like `inputs[1]` or `inputs[0].datatype`. Pydantic's union-branch
+    tags in the location (`constrained-str`, `list[...]`) say nothing to a client and are left out."""
+    first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+    parts = [p for p in first["loc"] if isinstance(p, int) or not any(c in p for c in "-[")]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
+    return f"{where}: {first['msg']}"
 
 
 def status_of(exc: BaseException) -> int:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import metrics
+from app.api.errors import validation_message
 from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
 from app.api.security import require_api_key, require_api_key_for_metrics
 from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
@@ -27,10 +28,7 @@ def parse_predict(body: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
-        first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))  # the most specific one
-        loc = first["loc"]  # e.g. ("inputs", 2, "constrained-str"): keep the field and the item index
-        where = (str(loc[0]) + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))) if loc else "body"
-        raise InvalidInput(f"{where}: {first['msg']}") from None
+        raise InvalidInput(validation_message(exc)) from None
 
 
 @router.post(

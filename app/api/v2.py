@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from starlette.responses import Response
 
 from app import __version__
-from app.api.errors import error_response
+from app.api.errors import error_response, validation_message
 from app.api.schemas import ErrorResponse
 from app.api.security import require_api_key
 from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
@@ -317,13 +317,6 @@ def _header_length(value: str | None, size: int) -> int | None:
     return int(value)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))  # the most specific one
-    loc = first["loc"]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
-    return f"{where}: {first['msg']}"
-
-
 def _flatten(data: list[Any]) -> list[Any]:
     """Row-major elements of flat data, or of data nested one level (shape [n, 1]); deeper nesting is refused."""
     flat: list[Any] = []
@@ -371,7 +364,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str) -> Parsed:
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request JSON is malformed: {exc}") from None
     except ValidationError as exc:
-        raise InvalidInput(_validation_message(exc)) from None
+        raise InvalidInput(validation_message(exc)) from None
     params = req.parameters or {}
 
     [tensor] = req.inputs
