@@ -104,6 +104,20 @@ class Server:
         self.wait_until("/health/live")
         if wait_ready:
             self.wait_until("/health/ready")
+            if workers > 1:
+                self.wait_for_workers(workers)
+
+    def wait_for_workers(self, workers: int, timeout_s: float = 120) -> None:
+        """Readiness answers from whichever worker takes the connection; a worker counts as loaded once its
+        per-pid queue gauge appears in /metrics, so wait for all of them before the test talks to the server."""
+        deadline = time.monotonic() + timeout_s
+        while len(set(re.findall(r'bertserve_queue_size\{[^}]*pid="(\d+)"', self.metrics_text()))) < workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {workers} workers loaded:\n{self.output()}")
+            time.sleep(0.05)
+
+    def metrics_text(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5, verify=self.verify).text
 
     def wait_until(self, path: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
