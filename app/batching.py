@@ -1,12 +1,15 @@
-"""Dynamic batcher: asyncio in front, tokenization and inference each in their own worker thread.
+"""Dynamic batcher: asyncio in front; tokenization and inference in their own threads, which feed themselves.
 
-Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> inference thread -> futures.
-- Continuous: whenever an engine slot is free and sequences are ready, a batch runs at once; there is no wait
-  timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
+Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `parallel` inference threads -> futures.
+- The worker threads take their next work straight from the shared queues (under one lock) instead of waiting
+  for the event loop to hand it over: an engine session never idles while the loop is busy with HTTP. The loop
+  is touched twice per batch: submit() and one call_soon_threadsafe() that answers the whole batch.
+- Continuous: whenever an inference thread is free and sequences are ready, a batch runs at once; there is no
+  wait timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
   fastest layout on a small CPU), that many batches run at once, all cut from the one queue.
 - A batch is cut around the oldest ready sequence (nobody starves) from the ready sequences sorted by token
   length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count).
-- Tokenization of new arrivals overlaps the running batch.
+- Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
 - Admission is bounded: past max_queue_size queued + running sequences, submit() raises Overloaded at once.
 - Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference.
 
@@ -18,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,7 +61,7 @@ class _Item:
     timing: Timing = field(default_factory=Timing)
 
 
-BatchObserver = Callable[[int, int], None]  # (batch size, padded batch tokens)
+BatchObserver = Callable[[int, int], None]  # (batch size, padded batch tokens); called from inference threads
 LoadObserver = Callable[[int], None]  # queued + running sequences
 
 
@@ -88,15 +91,16 @@ class Batcher:
         self.name = name
         self._on_batch = on_batch or (lambda size, tokens: None)
         self._on_load = on_load or (lambda load: None)
+        self._load = 0  # event-loop thread only
+        # Shared with the worker threads, under _lock:
+        self._lock = threading.Lock()
+        self._have_incoming = threading.Condition(self._lock)
+        self._have_ready = threading.Condition(self._lock)
         self._incoming: list[_Item] = []
         self._ready: list[_Item] = []
-        self._load = 0
-        self._have_incoming = asyncio.Event()
-        self._have_ready = asyncio.Event()
-        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{name}")
-        self._infer_pool = ThreadPoolExecutor(parallel, thread_name_prefix=f"infer-{name}")
-        self._tasks: list[asyncio.Task] = []
         self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._throughput = 100.0  # sequences/s, refreshed per batch; only used for Retry-After
 
     # ---- public ----
@@ -107,10 +111,12 @@ class Batcher:
         return self._load
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._tokenize_loop(), name=f"tokenize-{self.name}"),
-            asyncio.create_task(self._infer_loop(), name=f"infer-{self.name}"),
-        ]
+        """Start the worker threads; call from the event loop that will submit()."""
+        self._loop = asyncio.get_running_loop()
+        targets = [(self._tokenize_worker, "tokenize")] + [(self._infer_worker, f"infer{k}") for k in range(self.parallel)]
+        self._threads = [threading.Thread(target=t, name=f"{n}-{self.name}", daemon=True) for t, n in targets]
+        for thread in self._threads:
+            thread.start()
 
     async def submit(self, texts: list[str], truncate: bool = True) -> list[tuple[Any, Timing]]:
         """Results (row, timing) in the order of `texts`. Leaving early (error, timeout, cancellation)
@@ -129,8 +135,9 @@ class Batcher:
             item.future.add_done_callback(self._release)
         self._load += len(items)
         self._on_load(self._load)
-        self._incoming.extend(items)
-        self._have_incoming.set()
+        with self._lock:
+            self._incoming.extend(items)
+            self._have_incoming.notify()
         try:
             return [await item.future for item in items]
         finally:
@@ -138,108 +145,118 @@ class Batcher:
                 item.future.cancel()  # no-op for finished ones
 
     async def close(self) -> None:
-        """Stop the loops and fail whatever is still waiting; call after draining."""
-        self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for item in self._incoming + self._ready:
+        """Stop the worker threads (a running batch finishes) and fail whatever is still waiting; call after
+        draining."""
+        with self._lock:
+            self._closed = True
+            self._have_incoming.notify_all()
+            self._have_ready.notify_all()
+            left = self._incoming + self._ready
+            self._incoming, self._ready = [], []
+        await asyncio.to_thread(lambda: [t.join() for t in self._threads])
+        for item in left:
             if not item.future.done():
                 item.future.set_exception(NotReady(f"model {self.name} was unloaded"))
-        self._incoming.clear()
-        self._ready.clear()
-        self._tokenize_pool.shutdown(wait=True)
-        self._infer_pool.shutdown(wait=True)
+        self._on_load(0)
 
     async def drained(self, poll_s: float = 0.01) -> None:
         while self._load:
             await asyncio.sleep(poll_s)
 
-    # ---- pipeline ----
+    # ---- event-loop side ----
 
-    def _release(self, _future: asyncio.Future) -> None:
+    def _release(self, future: asyncio.Future) -> None:
         self._load -= 1
-        self._on_load(self._load)
+        if future.cancelled():  # answered ones are reported once per batch, in _settle
+            self._on_load(self._load)
 
-    async def _tokenize_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _settle(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
+        """Answer futures (in the event loop): a result, or an exception where one is given. The load gauge is
+        written once here, not per sequence (their done-callbacks, which lower _load, run right after this)."""
+        answered = 0
+        for item, result, error in outcomes:
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(result)
+            answered += 1
+        self._on_load(self._load - answered)
+
+    def _answer(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
+        """Hand outcomes from a worker thread to the event loop, in one wake-up."""
+        try:
+            self._loop.call_soon_threadsafe(self._settle, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    # ---- worker threads ----
+
+    def _tokenize_worker(self) -> None:
         while True:
-            await self._have_incoming.wait()
-            self._have_incoming.clear()
-            items = [item for item in self._incoming if not item.future.done()]
-            self._incoming.clear()
+            with self._lock:
+                while not self._incoming and not self._closed:
+                    self._have_incoming.wait()
+                if self._closed:
+                    return
+                items = [item for item in self._incoming if not item.future.done()]
+                self._incoming = []
             if not items:
                 continue
             start = time.perf_counter()
             try:
-                encoded = await loop.run_in_executor(self._tokenize_pool, self.model.encode, [i.text for i in items])
+                encoded = self.model.encode([i.text for i in items])
             except Exception:
                 log.exception("tokenization failed for model %s", self.name)
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(BackendError("tokenization failed"))
+                self._answer([(item, None, BackendError("tokenization failed")) for item in items])
                 continue
             elapsed = time.perf_counter() - start
-            for item, enc in zip(items, encoded, strict=True):
-                if enc.truncated and not item.truncate:
-                    if not item.future.done():
-                        item.future.set_exception(
-                            InvalidInput(
-                                f"an input is longer than the {self.model.max_length} tokens model "
-                                f"{self.name} accepts and truncate is false"
-                            )
+            refused = []
+            with self._lock:
+                for item, enc in zip(items, encoded, strict=True):
+                    if enc.truncated and not item.truncate:
+                        error = InvalidInput(
+                            f"an input is longer than the {self.model.max_length} tokens model "
+                            f"{self.name} accepts and truncate is false"
                         )
-                    continue
-                item.ids = enc.ids
-                item.timing.tokenize_s = elapsed
-                self._ready.append(item)
-            self._have_ready.set()
+                        refused.append((item, None, error))
+                        continue
+                    item.ids = enc.ids
+                    item.timing.tokenize_s = elapsed
+                    self._ready.append(item)
+                self._have_ready.notify(self.parallel)
+            if refused:
+                self._answer(refused)
 
-    async def _infer_loop(self) -> None:
-        """Dispatch a batch whenever an engine slot is free and sequences are ready."""
-        running: set[asyncio.Task] = set()
-
-        def finished(task: asyncio.Task) -> None:
-            running.discard(task)
-            self._have_ready.set()  # a slot is free: look at the queue again
-
-        try:
-            while True:
-                await self._have_ready.wait()
-                self._have_ready.clear()
-                while len(running) < self.parallel and (batch := self._cut()):
-                    task = asyncio.create_task(self._run(batch))
-                    running.add(task)
-                    task.add_done_callback(finished)
-        finally:
-            for task in running:
-                task.cancel()
-
-    async def _run(self, batch: list[_Item]) -> None:
-        start = time.perf_counter()
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(
-                self._infer_pool, self.model.infer, [i.ids for i in batch]
-            )
-        except Exception:
-            log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
+    def _infer_worker(self) -> None:
+        """Take the next batch as soon as this thread's session is free, run it, answer it."""
+        while True:
+            with self._lock:
+                while not (batch := self._cut()) and not self._closed:
+                    self._have_ready.wait()
+                if not batch:
+                    return
+            start = time.perf_counter()
+            try:
+                rows = self.model.infer([i.ids for i in batch])
+            except Exception:
+                log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
+                self._answer([(item, None, BackendError("inference failed")) for item in batch])
+                continue
+            elapsed = time.perf_counter() - start
+            self._throughput = 0.8 * self._throughput + 0.2 * self.parallel * len(batch) / max(elapsed, 1e-6)
+            self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(BackendError("inference failed"))
-            return
-        elapsed = time.perf_counter() - start
-        rate = self.parallel * len(batch) / max(elapsed, 1e-6)
-        self._throughput = 0.8 * self._throughput + 0.2 * rate
-        self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
-        for row, item in enumerate(batch):
-            if not item.future.done():
                 item.timing.queue_s = start - item.enqueued - item.timing.tokenize_s
                 item.timing.inference_s = elapsed
                 item.timing.batch_size = len(batch)
-                item.future.set_result((rows[row], item.timing))
+            self._answer([(item, (rows[row], item.timing), None) for row, item in enumerate(batch)])
 
     def _cut(self) -> list[_Item]:
-        """Take the next batch out of the ready sequences (see the module docstring)."""
+        """Take the next batch out of the ready sequences (see the module docstring). Caller holds _lock."""
+        # future.done() is read outside the event loop: a plain attribute read; at worst a sequence cancelled
+        # this instant still runs, and its answer is dropped.
         ready = sorted((i for i in self._ready if not i.future.done()), key=lambda i: len(i.ids))
         if not ready:
             self._ready = []

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__, metrics
 from app.api import errors, v2
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import router
+from app.api.routes import LEAN_ROUTES, router
 from app.api.schemas import PredictRequest
 from app.logs import log_config
 from app.service import Service
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = settings.accepted_keys()
     errors.install(app)
+    app.router.routes.extend(LEAN_ROUTES)  # matched first: ahead of the routers' declarations
     app.include_router(router)
     app.include_router(v2.router)
     if settings.cors_origins:

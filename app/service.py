@@ -32,6 +32,28 @@ ScoreFunction = Literal["softmax", "sigmoid", "none"]
 State = Literal["loading", "ready", "failed", "unloading"]
 
 
+class ModelMetrics:
+    """A model's labelled metric children, looked up once instead of per request."""
+
+    def __init__(self, name: str, labels: list[str]) -> None:
+        self.tokenize = metrics.TOKENIZATION_DURATION.labels(name)
+        self.queue = metrics.QUEUE_DURATION.labels(name)
+        self.inference = metrics.INFERENCE_DURATION.labels(name)
+        self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
+        self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
+
+    def observe(self, probabilities: np.ndarray, timings: list[Timing]) -> None:
+        """Per-request stage durations, and the predicted label mix and confidence for drift watching."""
+        for timing in timings:
+            self.tokenize.observe(timing.tokenize_s)
+            self.queue.observe(timing.queue_s)
+            self.inference.observe(timing.inference_s)
+        for row in probabilities.tolist():
+            top = max(range(len(row)), key=row.__getitem__)
+            self.predictions[top].inc()
+            self.confidence.observe(row[top])
+
+
 @dataclass(eq=False)
 class ServedModel:
     """One model version: tokenizer + engine sessions behind its own batcher."""
@@ -49,6 +71,7 @@ class ServedModel:
     def __post_init__(self) -> None:
         for engine in self.engines:
             self._idle.put(engine)
+        self.metrics = ModelMetrics(self.name, self.config.labels)
 
     @property
     def engine(self) -> Engine:
@@ -146,9 +169,10 @@ def apply_function(logits: np.ndarray, function: ScoreFunction) -> np.ndarray:
 
 
 def ranked(labels: list[str], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
-    """Every label (or the top_k), best first: the Hugging Face text-classification shape."""
-    order = np.argsort(-scores)[:top_k]
-    return [{"label": labels[i], "score": float(scores[i])} for i in order]
+    """Every label (or the top_k), best first: the Hugging Face text-classification shape. Plain Python: for a
+    handful of labels numpy's per-call cost (and its GIL release) is most of the work."""
+    pairs = sorted(zip(scores.tolist(), labels), key=lambda pair: -pair[0])[:top_k]
+    return [{"label": label, "score": score} for score, label in pairs]
 
 
 class Service:
@@ -384,7 +408,7 @@ class Service:
             raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
         logits = np.stack([row for row, _ in rows])
         probabilities = apply_function(logits, "softmax")
-        _observe(served, probabilities, [timing for _, timing in rows])
+        served.metrics.observe(probabilities, [timing for _, timing in rows])
         return served, probabilities if function == "softmax" else apply_function(logits, function)
 
 
@@ -408,18 +432,3 @@ def _batch_observer(name: str):
         tokens_hist.observe(tokens)
 
     return observe
-
-
-def _observe(model: ServedModel, probabilities: np.ndarray, timings: list[Timing]) -> None:
-    """Per-request stage durations, and the predicted label mix and confidence for drift watching."""
-    name = model.name
-    tokenize_h, queue_h = metrics.TOKENIZATION_DURATION.labels(name), metrics.QUEUE_DURATION.labels(name)
-    infer_h, confidence_h = metrics.INFERENCE_DURATION.labels(name), metrics.PREDICTION_CONFIDENCE.labels(name)
-    for timing in timings:
-        tokenize_h.observe(timing.tokenize_s)
-        queue_h.observe(timing.queue_s)
-        infer_h.observe(timing.inference_s)
-    top = probabilities.argmax(axis=-1)
-    for index, confidence in zip(top, probabilities[np.arange(len(top)), top]):
-        metrics.PREDICTIONS.labels(name, model.config.labels[index]).inc()
-        confidence_h.observe(float(confidence))

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import raw, report
-from benchmarks.common import batch_plan, load_reviews, padded_tokens, shuffled, write_bodies
+from benchmarks.common import batch_plan, load_reviews, padded_tokens, percentile, shuffled, write_bodies
 from benchmarks.service import Client, Server, cpu_seconds, descendants, ensure_wrk, machine_cpu, model_info, other_load
 
 
@@ -259,6 +259,23 @@ def main(argv: list[str] | None = None) -> None:
             probes.append({"t": time.perf_counter() - started, **{k: v["seq_s"] for k, v in r.items()}})
             return max(v["seq_s"] for v in r.values())
 
+        def do_b1_pass(threads: int) -> list[float]:
+            """Raw batch-1 latency (tokenization included) over every text once, with the server's intra-op
+            threads: the c=1 point's own comparison, taken right before and after it over the same texts."""
+            plan = shuffled(batch_plan(lengths, 1, "arrival"))
+            gc.collect()
+            gc.disable()
+            try:
+                if threads == model.threads:
+                    result = model.until(texts, plan, 0, 0.0, calls=len(plan))
+                elif threads == 1:
+                    result = pool.measure(1, 1, "arrival", 0.0, lengths, calls=len(plan))
+                else:
+                    return []
+            finally:
+                gc.enable()
+            return result["call_latencies_s"]
+
         for rnd in range(args.rounds):
             do_raw(rnd)
             for (url, _, server), result in zip(targets, server_results):
@@ -267,8 +284,12 @@ def main(argv: list[str] | None = None) -> None:
                 points = {}
                 before = do_probe() if args.probe_configs else None
                 for c in concurrency:
+                    b1_before = do_b1_pass(spec["threads"]) if c == 1 else []
                     point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids,
                                        worker_pids=workers if len(workers) > 1 else [])
+                    if b1_before:
+                        b1 = b1_before + do_b1_pass(spec["threads"])
+                        point["raw_b1_p50_ms"] = percentile(b1, 50) * 1000
                     if args.probe_configs:
                         after = do_probe()
                         point["raw_before"], point["raw_after"] = before, after
@@ -280,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
                            if "raw_local" in point else "")
                         + (f", connections per worker {'/'.join(map(str, point['connections_per_worker']))}"
                            if point.get("connections_per_worker") else "")
-                        + f", p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
+                        + f", p50 {point['p50_ms']:.2f} ms"
+                        + (f" (raw b1 p50 around it {point['raw_b1_p50_ms']:.2f} ms)" if "raw_b1_p50_ms" in point else "")
+                        + f", p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
                         f"client CPU {point['client_cpu_pct']:.0f} %"
                         + (f", server CPU {point['server_cpu_pct']:.0f} %, other load {point['other_cpu_pct']:.0f} %, "
                            f"steal {point['steal_pct']:.0f} %" if point.get("server_cpu_pct") else ""))

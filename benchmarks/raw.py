@@ -59,14 +59,16 @@ class RawModel:
             self.run(list(texts[:k]))
         self.run([max(texts, key=len)] * 2)
 
-    def until(self, texts: Sequence[str], plan: list[list[int]], offset: int, seconds: float) -> dict:
-        """Batches of the plan, cyclically from `offset`, for `seconds`; sequences/s and per-call latencies.
-        Time-bounded so that a round takes the same time for every configuration, and so that processes sharing
-        the CPU are all busy for the whole measured time. Callers pass the next round the returned offset."""
+    def until(self, texts: Sequence[str], plan: list[list[int]], offset: int, seconds: float,
+              calls: int | None = None) -> dict:
+        """Batches of the plan, cyclically from `offset`, for `seconds` (or exactly `calls` batches); sequences/s
+        and per-call latencies. Time-bounded so that a round takes the same time for every configuration, and so
+        that processes sharing the CPU are all busy for the whole measured time. Callers pass the next round the
+        returned offset."""
         latencies, seqs, k = [], 0, offset
         start = time.perf_counter()
         end = start
-        while end - start < seconds:
+        while (end - start < seconds) if calls is None else (k - offset < calls):
             batch = plan[k % len(plan)]
             k += 1
             t0 = time.perf_counter()
@@ -91,13 +93,13 @@ def _worker(conn, barrier, version_dir: str, provider: str, texts: list[str]) ->
         msg = conn.recv()
         if msg[0] == "stop":
             return
-        _, batch, order, seconds, shard, shards, lengths = msg
+        _, batch, order, seconds, calls, shard, shards, lengths = msg
         plan = shuffled(batch_plan(lengths, batch, order))
         key = (batch, order, shards)
         offset = offsets.get(key, shard * len(plan) // shards)
         if shards > 1:
             barrier.wait()
-        result = model.until(texts, plan, offset, seconds)
+        result = model.until(texts, plan, offset, seconds, calls)
         offsets[key] = result.pop("next_offset")  # next round goes on where this one stopped: all texts get used
         conn.send(result)
 
@@ -120,13 +122,15 @@ class SingleThreadPool:
             if conn.recv() != "ready":
                 raise RuntimeError("raw worker failed to start")
 
-    def measure(self, procs: int, batch: int, order: str, seconds: float, lengths: list[int]) -> dict:
-        """`procs` of the processes run at once (the others stay idle); sequences/s summed over them."""
+    def measure(self, procs: int, batch: int, order: str, seconds: float, lengths: list[int],
+                calls: int | None = None) -> dict:
+        """`procs` of the processes run at once (the others stay idle); sequences/s summed over them. With
+        `calls`, each runs exactly that many batches instead of running for `seconds`."""
         if procs != len(self.conns) and procs != 1:
             raise ValueError("measure with 1 process or all of them (they meet at one barrier)")
         used = self.conns[:procs]
         for k, conn in enumerate(used):
-            conn.send(("run", batch, order, seconds, k, procs, lengths))
+            conn.send(("run", batch, order, seconds, calls, k, procs, lengths))
         results = [c.recv() for c in used]
         latencies = [x for r in results for x in r["call_latencies_s"]]
         return {

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 from starlette.responses import Response
+from starlette.routing import Route
 
 from app import metrics
 from app.api.errors import validation_message
 from app.api.schemas import ErrorResponse, ModelInfo, PredictRequest, PredictResponse, Readiness
-from app.api.security import require_api_key, require_api_key_for_metrics
+from app.api.security import check_bearer, require_api_key, require_api_key_for_metrics
 from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
 from app.errors import InvalidInput, ModelNotFound
 from app.service import Service, ranked
@@ -47,6 +48,17 @@ def parse_predict(body: bytes) -> PredictRequest:
 async def predict(request: Request) -> Response:
     service: Service = request.app.state.service
     return await tracked(service, lambda t: _predict(request, service, t))
+
+
+async def _predict_lean(request: Request) -> Response:
+    check_bearer(request)
+    return await predict(request)
+
+
+# The hot path as a plain Starlette route, mounted ahead of its FastAPI declaration above (which stays for the
+# OpenAPI schema and docs): FastAPI's per-request dependency solving and wrappers cost about 0.16 ms of
+# event-loop CPU per request here, a fifth of the loop's work per prediction (measured at concurrency 32).
+LEAN_ROUTES = [Route("/predict", _predict_lean, methods=["POST"])]
 
 
 async def _predict(request: Request, service: Service, tracking: Tracked) -> Response:

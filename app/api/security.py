@@ -30,8 +30,14 @@ async def require_api_key(
     _check(request, credentials.credentials.encode() if credentials else b"")
 
 
+def check_bearer(request: Request) -> None:
+    """The same check, read straight from the header: for routes served without FastAPI's dependency solving."""
+    if request.app.state.api_keys:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        _check(request, token.strip().encode() if scheme.lower() == "bearer" else b"")
+
+
 async def require_api_key_for_metrics(request: Request) -> None:
     """Declared without a security scheme: /metrics is open unless BERTSERVE_PROTECT_METRICS is set."""
     if request.app.state.settings.protect_metrics:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        _check(request, token.strip().encode() if scheme.lower() == "bearer" else b"")
+        check_bearer(request)
