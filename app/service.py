@@ -183,6 +183,7 @@ class Service:
         self.unloaded_by_admin: set[str] = set()
         self.loading = True
         self.draining = False
+        self._defaults: dict[str, int] = {}  # served model -> default version; see _route()
         self._loaded = asyncio.Event()
         self._sync_lock = asyncio.Lock()
 
@@ -256,6 +257,7 @@ class Service:
         )
         model.batcher.start()
         slot.model, slot.state = model, "ready"
+        self._route()
         _model_info(model, 1)
         log.info(
             "model %s version %d ready: provider %s, artifact %s (%s), batching %s",
@@ -266,6 +268,7 @@ class Service:
     async def _unload(self, slot: Slot) -> None:
         """Stop routing to the version, let its queue drain, then free it."""
         slot.state = "unloading"
+        self._route()
         if slot.model and slot.model.batcher:
             try:
                 async with asyncio.timeout(self.settings.drain_timeout_s):
@@ -275,6 +278,7 @@ class Service:
             await slot.model.batcher.close()
             _model_info(slot.model, 0)
         del self.slots[slot.name][slot.version]
+        self._route()
         log.info("model %s version %d unloaded", slot.name, slot.version)
 
     async def admin_load(self, name: str) -> None:
@@ -338,15 +342,23 @@ class Service:
         listed += [{"name": n, "state": "failed", "reason": r} for n, r in sorted(self.broken.items())]
         return listed
 
+    def _route(self) -> None:
+        """Rebuild the table of served models and their default (highest ready) versions. Called on every
+        state change, so that each request reads one dict instead of scanning the slots."""
+        self._defaults = {
+            name: max(ready)
+            for name, slots in self.slots.items()
+            if (ready := [v for v, s in slots.items() if s.state == "ready"])
+        }
+
     def default_version(self, name: str) -> int | None:
-        ready = [v for v, s in self.slots.get(name, {}).items() if s.state == "ready"]
-        return max(ready, default=None)
+        return self._defaults.get(name)
 
     def model_name(self, name: str | None) -> str:
         """The model a request is for: the one named, else the only (or default) model."""
         if name is not None:
             return name
-        names = [n for n in self.slots if self.default_version(n) is not None]
+        names = list(self._defaults)
         if len(names) == 1:
             return names[0]
         if self.settings.default_model:

@@ -66,17 +66,28 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
-    """Await `work`, cancelling it (so its queued sequences are dropped) if the client disconnects."""
-    task = asyncio.ensure_future(work)
+    """Await `work`, cancelling it (so its queued sequences are dropped) if the client disconnects. The work
+    runs in the calling task; only the watcher is a task of its own (one task per request, not two)."""
+    current = asyncio.current_task()
+    assert current is not None
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    finished = False
+
+    def client_left(done: asyncio.Future) -> None:
+        if not finished and not done.cancelled() and done.exception() is None:
+            current.cancel("client disconnected")
+
+    watcher.add_done_callback(client_left)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+            current.uncancel()  # our own cancellation, turned into an answer
+            raise ClientGone from None
+        raise
     finally:
+        finished = True  # a disconnect noticed from now on no longer cancels this task
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientGone
-    return task.result()
 
 
 class Tracked:
