@@ -284,11 +284,11 @@ def main(argv: list[str] | None = None) -> None:
                 points = {}
                 before = do_probe() if args.probe_configs else None
                 for c in concurrency:
-                    b1_before = do_b1_pass(spec["threads"]) if c == 1 else []
+                    b1_before = do_b1_pass(result["threads"]) if c == 1 else []
                     point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids,
                                        worker_pids=workers if len(workers) > 1 else [])
                     if b1_before:
-                        b1 = b1_before + do_b1_pass(spec["threads"])
+                        b1 = b1_before + do_b1_pass(result["threads"])
                         point["raw_b1_p50_ms"] = percentile(b1, 50) * 1000
                     if args.probe_configs:
                         after = do_probe()

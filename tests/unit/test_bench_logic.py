@@ -196,6 +196,20 @@ def test_points_with_raw_probes_are_divided_by_the_limit_measured_around_them():
     assert not server["checks"]["ratio_c32"]["ok"]
 
 
+def test_c1_is_compared_with_the_raw_batch_1_passes_around_it():
+    results = _results()
+    rounds = results["servers"][0]["rounds"]
+    rounds[0]["1"]["raw_b1_p50_ms"] = 7.0  # service 9.0: +2.0
+    rounds[1]["1"]["raw_b1_p50_ms"] = 7.0  # service 9.5: +2.5
+    summary = report.summarize(results)
+    (server,) = summary["servers"]
+    c1 = next(p for p in server["points"] if p["concurrency"] == 1)
+    assert c1["raw_b1_p50_ms"] == 7.0 and c1["p50_gap_ms"] == pytest.approx(2.25)
+    # the per-round pairs decide, not the full raw rounds' 8.0 ms (which would give +1.25 and pass)
+    assert server["checks"]["p50_gap_c1_ms"] == {"value": pytest.approx(2.25), "ok": False}
+    assert "right before and after the concurrency-1 point: 7.00 ms" in report.markdown(results, summary, None)
+
+
 def test_missed_targets_are_flagged():
     results = _results()
     results["servers"][0]["rounds"][0]["64"] = _point(100, 600, errors=3)
