@@ -8,7 +8,8 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
   wait timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
   fastest layout on a small CPU), that many batches run at once, all cut from the one queue.
 - A batch is cut around the oldest ready sequence (nobody starves) from the ready sequences sorted by token
-  length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count).
+  length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count), and
+  only while the padding stays within max_batch_padding of the batch's real tokens.
 - Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
 - Admission is bounded: past max_queue_size queued + running sequences, submit() raises Overloaded at once.
 - Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference.
@@ -73,6 +74,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_tokens: int,
         max_queue_size: int,
+        max_batch_padding: float | None = None,
         parallel: int = 1,
         name: str = "model",
         on_batch: BatchObserver | None = None,
@@ -86,6 +88,7 @@ class Batcher:
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_padding = math.inf if max_batch_padding is None else max_batch_padding
         self.max_queue_size = max_queue_size
         self.parallel = parallel  # batches that may run at once (one per engine session)
         self.name = name
@@ -263,13 +266,20 @@ class Batcher:
             return []
         anchor = min(range(len(ready)), key=lambda k: ready[k].enqueued)
         lo, hi = anchor, anchor + 1  # the batch is ready[lo:hi]; its padded width is len(ready[hi - 1].ids)
-        base = len(ready[anchor].ids)
+        base = real = len(ready[anchor].ids)  # real: the batch's unpadded tokens
+
+        def fits(width: int, joining: int) -> bool:
+            padded = width * (hi - lo + 1)
+            return padded <= self.max_batch_tokens and padded <= (1 + self.max_batch_padding) * (real + joining)
+
         while hi - lo < self.max_batch_size:
-            right_fits = hi < len(ready) and len(ready[hi].ids) * (hi - lo + 1) <= self.max_batch_tokens
-            left_fits = lo > 0 and len(ready[hi - 1].ids) * (hi - lo + 1) <= self.max_batch_tokens
+            right_fits = hi < len(ready) and fits(len(ready[hi].ids), len(ready[hi].ids))
+            left_fits = lo > 0 and fits(len(ready[hi - 1].ids), len(ready[lo - 1].ids))
             if right_fits and (not left_fits or len(ready[hi].ids) - base <= base - len(ready[lo - 1].ids)):
+                real += len(ready[hi].ids)
                 hi += 1
             elif left_fits:
+                real += len(ready[lo - 1].ids)
                 lo -= 1
             else:
                 break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,14 +120,16 @@ class Slot:
     config_mtime: float = 0.0  # a failed version is retried when its bertserve.json changes
 
 
-def batch_bounds(settings: Settings, provider: str) -> tuple[int, int]:
-    """Upper bounds for the batch caps. A GPU gains from far larger batches than a CPU, so on CUDA the
-    defaults are raised 4x; values set explicitly are kept."""
-    size, tokens = settings.max_batch_size, settings.max_batch_tokens
+def batch_bounds(settings: Settings, provider: str) -> tuple[int, int, float]:
+    """Upper bounds for the batch caps, and the padding allowed. A GPU gains from far larger batches than a
+    CPU and pays little for padded tokens, so on CUDA the default caps are raised 4x and padding is not
+    capped; values set explicitly are kept."""
+    size, tokens, padding = settings.max_batch_size, settings.max_batch_tokens, settings.max_batch_padding
     if provider == "cuda":
         size *= 1 if "max_batch_size" in settings.model_fields_set else 4
         tokens *= 1 if "max_batch_tokens" in settings.model_fields_set else 4
-    return size, tokens
+        padding = padding if "max_batch_padding" in settings.model_fields_set else math.inf
+    return size, tokens, padding
 
 
 def load_model(name: str, version: int, path: Path, settings: Settings) -> ServedModel:
@@ -148,13 +151,13 @@ def load_model(name: str, version: int, path: Path, settings: Settings) -> Serve
             f"BERTSERVE_MAX_BATCH_TOKENS ({settings.max_batch_tokens}) is below the max length of {path} "
             f"({config.max_length}): a full-length input could never be scheduled"
         )
-    max_size, max_tokens = batch_bounds(settings, engine.provider)
+    max_size, max_tokens, max_padding = batch_bounds(settings, engine.provider)
     choice = {"max_batch_size": max_size, "max_batch_tokens": max_tokens}
     if settings.batch_autotune:
         choice = autotune(
             engine, sample[1].ids, config.max_length, max_size, max_tokens, settings.batch_latency_budget_ms / 1000
         )
-    model.batch_choice = choice
+    model.batch_choice = {**choice, "max_batch_padding": None if math.isinf(max_padding) else max_padding}
     return model
 
 
@@ -249,6 +252,7 @@ class Service:
             model,
             max_batch_size=model.batch_choice["max_batch_size"],
             max_batch_tokens=model.batch_choice["max_batch_tokens"],
+            max_batch_padding=model.batch_choice["max_batch_padding"],
             max_queue_size=self.settings.max_queue_size,
             parallel=len(model.engines),
             name=f"{slot.name}:{slot.version}",

@@ -142,6 +142,28 @@ def test_batches_group_similar_lengths_and_respect_the_token_budget():
     assert [7, 8] in queued_batches and [8, 8] in queued_batches
 
 
+def test_padding_cap_keeps_lengths_apart():
+    async def scenario():
+        model = FakeModel(gated=True)
+        # Room for 4 x 8 tokens, but at most 25 % padding: 8 joins 7 (16 <= 1.25 x 15) and 1 joins 1, never 8 and 1.
+        batcher = make(model, max_batch_size=4, max_batch_tokens=64, max_batch_padding=0.25)
+        first = await block_engine(model, batcher)
+        lengths = [8, 1, 7, 1, 8, 2]
+        tasks = [asyncio.create_task(batcher.submit([text(n, f"s{i}_")])) for i, n in enumerate(lengths)]
+        await wait_for(lambda: len(batcher._ready) == len(lengths))  # all tokenized, so the cuts see them all
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        await batcher.close()
+        return model
+
+    model = asyncio.run(scenario())
+    queued_batches = model.batches[1:]
+    assert sorted(n for b in queued_batches for n in b) == [1, 1, 2, 7, 8, 8]
+    for batch in queued_batches:
+        assert max(batch) * len(batch) <= 1.25 * sum(batch)
+    assert [7, 8, 8] in queued_batches and [1, 1] in queued_batches and [2] in queued_batches
+
+
 def test_oldest_request_is_in_the_next_batch():
     async def scenario():
         model = FakeModel(gated=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -49,6 +51,6 @@ def test_engine_layout(monkeypatch):
 
 
 def test_gpu_gets_larger_batch_bounds_unless_set():
-    assert batch_bounds(Settings(), "cpu") == (32, 16384)
-    assert batch_bounds(Settings(), "cuda") == (128, 65536)
-    assert batch_bounds(Settings(max_batch_size=16), "cuda") == (16, 65536)
+    assert batch_bounds(Settings(), "cpu") == (32, 16384, 0.05)
+    assert batch_bounds(Settings(), "cuda") == (128, 65536, math.inf)
+    assert batch_bounds(Settings(max_batch_size=16, max_batch_padding=0.2), "cuda") == (16, 65536, 0.2)
