@@ -327,7 +327,7 @@ class Service:
             models[name] = {str(v): s.state if s.state != "failed" else f"failed: {s.reason}" for v, s in slots.items()}
         for name, reason in self.broken.items():
             models[name] = f"failed: {reason}"
-        serving = {name for name, slots in self.slots.items() if any(s.state == "ready" for s in slots.values())}
+        serving = set(self._defaults)  # the models with a ready version
         ready = not self.loading and not self.draining and bool(serving) and serving == set(models)
         status = "draining" if self.draining else "loading" if self.loading else "ready" if ready else "not ready"
         return ready, {"status": status, "models": models}
