@@ -34,6 +34,13 @@ def serve(args: argparse.Namespace) -> None:
     # Workers build their Settings from the environment: command-line values go there first.
     os.environ.update({f"BERTSERVE_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
     settings = _settings_or_exit()
+    if settings.provider != "auto":  # a provider asked for by name must exist here; say why not before serving
+        from app.engine import available
+
+        why_not = available(settings.provider)
+        if why_not:
+            print(f"bertserve: BERTSERVE_PROVIDER={settings.provider} cannot run here: {why_not}", file=sys.stderr)
+            raise SystemExit(2)
     # Before anything imports prometheus_client (it picks its value store at import): metric files shared by
     # all workers, so counters add up. Emptied, or the last run's counts would come back.
     metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="bertserve-metrics-"))

@@ -1,10 +1,13 @@
-"""onnxruntime session: provider choice and the check of what really runs, IO names, threads, warm-up."""
+"""One onnxruntime session on one provider and artifact: opening it (CPU, the OpenVINO plugin, CUDA), the check of
+what really runs, IO names, threads, running a batch. Which engine serves a model is the loader's choice."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,62 +19,94 @@ from app.repository import Artifact, ModelConfig, Provider
 
 log = logging.getLogger("bertserve.engine")
 
-ORT_PROVIDER = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+ORT_PROVIDER: dict[Provider, str] = {
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 
 SessionFactory = Callable[..., Any]
 
 
-def provider_attempts(setting: str, available: Sequence[str]) -> list[Provider]:
-    """Providers to try, in order. `auto` tries CUDA only when this onnxruntime build has it."""
-    if setting == "cpu":
-        return ["cpu"]
-    if setting == "cuda":
-        return ["cuda"]
-    return ["cuda", "cpu"] if ORT_PROVIDER["cuda"] in available else ["cpu"]
+@functools.cache
+def openvino_device() -> tuple[Any, str]:
+    """onnxruntime's OpenVINO plugin and its CPU device: (device, precision OpenVINO runs fp32 graphs in), or
+    (None, why not). Registered once per process. The plugin lists Intel CPUs only: on AMD there is no device."""
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        return None, "onnxruntime-ep-openvino is not installed (it ships for Linux x86-64 only)"
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        try:
+            ort.register_execution_provider_library(name, plugin.get_library_path())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            return None, f"the OpenVINO plugin did not load: {str(exc).splitlines()[0]}"
+    devices = [
+        d for d in ort.get_ep_devices()
+        if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU" and "ov_meta_device" not in d.ep_metadata
+    ]
+    if not devices:
+        return None, f"the OpenVINO plugin lists no CPU device here (it supports Intel CPUs only; this one: {cpu_name()})"
+    # OpenVINO's default inference precision is bf16 where the CPU computes it natively (AMX, AVX512-BF16).
+    capabilities = devices[0].ep_metadata.get("OPTIMIZATION_CAPABILITIES", "").split()
+    return devices[0], "bf16" if "BF16" in capabilities else "fp32"
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AMX, for logs, /models and benchmark reports."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{model}, AMX {'yes' if 'amx_bf16' in info.split() else 'no'}"
+
+
+def available(provider: Provider) -> str | None:
+    """None when this machine can open sessions on `provider`, else why not."""
+    if provider == "openvino":
+        return openvino_device()[1] if openvino_device()[0] is None else None
+    if ORT_PROVIDER[provider] not in ort.get_available_providers():
+        return f"this onnxruntime build has no {ORT_PROVIDER[provider]} (install the `gpu` extra for CUDA)"
+    return None
 
 
 class Engine:
-    """One inference session on the artifact that suits the provider actually in use."""
+    """One inference session of `provider` on `artifact` (by default the config's first artifact for it)."""
 
     def __init__(
         self,
         model_dir: Path,
         config: ModelConfig,
-        provider: str = "auto",
+        provider: Provider = "cpu",
+        artifact: Artifact | None = None,
         threads: int = 1,
         session_factory: SessionFactory = ort.InferenceSession,
-        available_providers: Sequence[str] | None = None,
     ) -> None:
-        available = ort.get_available_providers() if available_providers is None else available_providers
-        errors = []
-        for wanted in provider_attempts(provider, available):
-            artifact = config.artifact_for(wanted)
-            if artifact is None:
-                errors.append(f"no artifact in {model_dir} is meant for {wanted}")
-                continue
-            session = self._open(model_dir / artifact.file, wanted, threads, session_factory)
-            # onnxruntime falls back to CPU quietly when CUDA fails to initialise: believe only get_providers().
-            in_use = session.get_providers()[0]
-            if in_use == ORT_PROVIDER[wanted]:
-                self.session, self.artifact, self.provider = session, artifact, wanted
-                break
-            errors.append(f"{ORT_PROVIDER[wanted]} was asked for but the session runs on {in_use}")
-            log.warning("model %s: %s; trying the next provider", model_dir, errors[-1])
-        else:
-            raise ModelLoadError(f"{model_dir}: cannot start a session with provider={provider}: {'; '.join(errors)}")
-
-        self.threads = threads
-        self.use_io_binding = self.provider == "cuda"
+        artifact = artifact or config.artifact_for(provider)
+        if artifact is None:
+            raise ModelLoadError(f"{model_dir}: no artifact is meant for {provider}")
+        self.artifact, self.provider, self.threads = artifact, provider, threads
+        self.precision = openvino_device()[1] if provider == "openvino" else artifact.precision
+        self.session = self._open(model_dir / artifact.file, provider, threads, session_factory)
+        # onnxruntime falls back to CPU quietly when a provider fails to initialise: believe only get_providers().
+        in_use = self.session.get_providers()[0]
+        if in_use != ORT_PROVIDER[provider]:
+            raise ModelLoadError(f"{model_dir / artifact.file}: {ORT_PROVIDER[provider]} was asked for but the "
+                                 f"session runs on {in_use}")
+        self.use_io_binding = provider == "cuda"
         self.input_names = {i.name for i in self.session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self.input_names
         if missing:
-            raise ModelLoadError(f"{model_dir / self.artifact.file}: graph lacks inputs {sorted(missing)}")
+            raise ModelLoadError(f"{model_dir / artifact.file}: graph lacks inputs {sorted(missing)}")
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
         n_labels = outputs[0].shape[-1]
         if isinstance(n_labels, int) and n_labels != len(config.labels):
             raise ModelLoadError(
-                f"{model_dir / self.artifact.file}: graph has {n_labels} outputs but bertserve.json lists "
+                f"{model_dir / artifact.file}: graph has {n_labels} outputs but bertserve.json lists "
                 f"{len(config.labels)} labels"
             )
 
@@ -82,15 +117,26 @@ class Engine:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        providers = [ORT_PROVIDER[provider]] if provider == "cpu" else [ORT_PROVIDER["cuda"], ORT_PROVIDER["cpu"]]
+        providers = [ORT_PROVIDER[provider]] + ([ORT_PROVIDER["cpu"]] if provider == "cuda" else [])
         try:
+            if provider == "openvino":
+                device, why_not = openvino_device()
+                if device is None:
+                    raise ModelLoadError(f"{path}: OpenVINO cannot run here: {why_not}")
+                # The plugin ignores its plain thread and precision options: they go through load_config. One
+                # stream, so that each session is one engine of `threads` cores, like onnxruntime's CPU sessions.
+                cpu = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
+                options.add_provider_for_devices([device], {"load_config": json.dumps({"CPU": cpu})})
+                return session_factory(str(path), sess_options=options)
             return session_factory(str(path), sess_options=options, providers=providers)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
 
-    @property
-    def precision(self) -> str:
-        return self.artifact.precision
+    def describe(self) -> str:
+        """What runs, in one phrase: provider, artifact, precision."""
+        return f"{self.provider} on {self.artifact.file} ({self.precision})"
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits, float32 [batch, labels]. Only the inputs the graph declares are fed."""

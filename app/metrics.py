@@ -54,8 +54,9 @@ QUEUE_SIZE = Gauge(
     multiprocess_mode="liveall",
 )
 MODEL_INFO = Gauge(
-    "bertserve_model_info", "1 for each model version being served, with the provider really in use.",
-    ["model", "version", "provider", "quantization"], multiprocess_mode="livemax",
+    "bertserve_model_info", "1 for each model version being served, with the engine really in use: provider, "
+    "artifact and precision (OpenVINO runs fp32 graphs in bf16 where the CPU has AMX).",
+    ["model", "version", "provider", "quantization", "artifact", "precision"], multiprocess_mode="livemax",
 )
 PREDICTIONS = Counter("bertserve_predictions", "Predicted (top) labels, for watching drift.", ["model", "label"])
 PREDICTION_CONFIDENCE = Histogram(

@@ -4,6 +4,8 @@ A version folder holds:
   bertserve.json     this module's ModelConfig (labels, max length, artifacts, optional quality report)
   *.onnx             one or more exported graphs (e.g. model.onnx in fp32, model.int8.onnx)
   tokenizer.json     a Hugging Face fast tokenizer (plus the other tokenizer files, kept for users)
+  golden.json        optional: sample texts with their fp32 PyTorch probabilities, which every engine must
+                     reproduce before it serves (written by `bertserve export`; older folders have none)
 
 Folders without bertserve.json, or whose name is not an integer, are not versions and are ignored, so a
 publisher can write into a temporary folder and rename it into place atomically.
@@ -22,8 +24,9 @@ from app.errors import ModelLoadError
 CONFIG_FILE = "bertserve.json"
 POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
 TOKENIZER_FILE = "tokenizer.json"
+GOLDEN_FILE = "golden.json"
 
-Provider = Literal["cpu", "cuda"]
+Provider = Literal["cpu", "openvino", "cuda"]
 
 
 class Artifact(BaseModel):
@@ -52,7 +55,34 @@ class ModelConfig(BaseModel):
         return self
 
     def artifact_for(self, provider: Provider) -> Artifact | None:
-        return next((a for a in self.artifacts if provider in a.providers), None)
+        return next(iter(self.artifacts_for(provider)), None)
+
+    def artifacts_for(self, provider: Provider) -> list[Artifact]:
+        """The artifacts `provider` may run, best first. OpenVINO takes fp32 graphs (it runs onnxruntime's dynamic
+        INT8 graphs slower than fp32); folders exported before it existed list it nowhere, so fp32 means it."""
+        listed = [a for a in self.artifacts if provider in a.providers]
+        if provider == "openvino" and not listed:
+            listed = [a for a in self.artifacts if a.precision == "fp32"]
+        return listed
+
+
+class Golden(BaseModel):
+    """Reference outputs of a version (golden.json): the fp32 PyTorch probabilities of sample texts, and the
+    gate any engine must pass on them before it serves on a machine the exporter never saw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1)
+    probabilities: list[list[float]] = Field(description="Softmax of the fp32 PyTorch model, one row per text.")
+    min_agreement: float = Field(ge=0, le=1, description="Least share of decisions equal to the reference.")
+    max_prob_diff: float = Field(gt=0, le=1, description="Largest probability difference to the reference.")
+    source: str = Field("", description="Where the texts came from.")
+
+    @model_validator(mode="after")
+    def _one_row_per_text(self) -> "Golden":
+        if len(self.probabilities) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.probabilities)} rows of probabilities")
+        return self
 
 
 class VersionPolicy(BaseModel):
@@ -100,8 +130,26 @@ def read_config(path: Path) -> ModelConfig:
     return config
 
 
+def read_golden(path: Path, labels: int) -> Golden | None:
+    """The version's golden outputs, or None for a folder exported without them."""
+    golden_path = path / GOLDEN_FILE
+    if not golden_path.is_file():
+        return None
+    try:
+        golden = Golden.model_validate_json(golden_path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise ModelLoadError(f"{golden_path}: {str(exc).splitlines()[0]}") from None
+    if any(len(row) != labels for row in golden.probabilities):
+        raise ModelLoadError(f"{golden_path}: rows of probabilities do not have the model's {labels} labels")
+    return golden
+
+
 def write_config(path: Path, config: ModelConfig) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(config.model_dump(exclude_none=True), indent=2) + "\n")
+
+
+def write_golden(path: Path, golden: Golden) -> None:
+    (path / GOLDEN_FILE).write_text(golden.model_dump_json() + "\n")
 
 
 def version_dirs(root: Path) -> dict[str, list[tuple[int, Path]]]:

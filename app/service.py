@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import queue
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from app import metrics
-from app.batching import Batcher, Timing
-from app.engine import Engine, autotune, describe
+from app.batching import Batcher
+from app.engine import describe
 from app.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -23,88 +21,15 @@ from app.errors import (
     NotReady,
     ShuttingDown,
 )
-from app.repository import CONFIG_FILE, TOKENIZER_FILE, ModelConfig, read_config, wanted_versions
+from app.loader import load_model
+from app.repository import CONFIG_FILE, wanted_versions
+from app.scores import ScoreFunction, apply_function
+from app.served import ServedModel
 from app.settings import Settings
-from app.tokenizer import Encoded, TextTokenizer, pad
 
 log = logging.getLogger("bertserve.service")
 
-ScoreFunction = Literal["softmax", "sigmoid", "none"]
 State = Literal["loading", "ready", "failed", "unloading"]
-
-
-class ModelMetrics:
-    """A model's labelled metric children, looked up once instead of per request."""
-
-    def __init__(self, name: str, labels: list[str]) -> None:
-        self.tokenize = metrics.TOKENIZATION_DURATION.labels(name)
-        self.queue = metrics.QUEUE_DURATION.labels(name)
-        self.inference = metrics.INFERENCE_DURATION.labels(name)
-        self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
-        self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
-
-    def observe(self, probabilities: np.ndarray, timings: list[Timing]) -> None:
-        """Per-request stage durations, and the predicted label mix and confidence for drift watching."""
-        for timing in timings:
-            self.tokenize.observe(timing.tokenize_s)
-            self.queue.observe(timing.queue_s)
-            self.inference.observe(timing.inference_s)
-        for row in probabilities.tolist():
-            top = max(range(len(row)), key=row.__getitem__)
-            self.predictions[top].inc()
-            self.confidence.observe(row[top])
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """One model version: tokenizer + engine sessions behind its own batcher."""
-
-    name: str
-    version: int
-    path: Path
-    config: ModelConfig
-    tokenizer: TextTokenizer
-    engines: list[Engine]
-    batcher: Batcher | None = None
-    batch_choice: dict[str, Any] = field(default_factory=dict)
-    _idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-
-    def __post_init__(self) -> None:
-        for engine in self.engines:
-            self._idle.put(engine)
-        self.metrics = ModelMetrics(self.name, self.config.labels)
-
-    @property
-    def engine(self) -> Engine:
-        return self.engines[0]
-
-    @property
-    def max_length(self) -> int:
-        return self.config.max_length
-
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        return self.tokenizer.encode(texts)
-
-    def infer(self, sequences: list[list[int]]) -> np.ndarray:
-        """Run on an idle session; the batcher never runs more batches at once than there are sessions."""
-        engine = self._idle.get()
-        try:
-            return engine.run(*pad(sequences, self.tokenizer.pad_id))
-        finally:
-            self._idle.put(engine)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "labels": self.config.labels,
-            "max_length": self.config.max_length,
-            "provider": self.engine.provider,
-            "artifact": self.engine.artifact.file,
-            "quantization": describe(self.engine.artifact),
-            "sessions": len(self.engines),
-            "intra_op_threads": self.engine.threads,
-            "batching": self.batch_choice,
-            "report": self.config.report,
-        }
 
 
 @dataclass(eq=False)
@@ -118,57 +43,6 @@ class Slot:
     reason: str | None = None
     model: ServedModel | None = None
     config_mtime: float = 0.0  # a failed version is retried when its bertserve.json changes
-
-
-def batch_bounds(settings: Settings, provider: str) -> tuple[int, int, float]:
-    """Upper bounds for the batch caps, and the padding allowed. A GPU gains from far larger batches than a
-    CPU and pays little for padded tokens, so on CUDA the default caps are raised 4x and padding is not
-    capped; values set explicitly are kept."""
-    size, tokens, padding = settings.max_batch_size, settings.max_batch_tokens, settings.max_batch_padding
-    if provider == "cuda":
-        size *= 1 if "max_batch_size" in settings.model_fields_set else 4
-        tokens *= 1 if "max_batch_tokens" in settings.model_fields_set else 4
-        padding = padding if "max_batch_padding" in settings.model_fields_set else math.inf
-    return size, tokens, padding
-
-
-def load_model(name: str, version: int, path: Path, settings: Settings) -> ServedModel:
-    """Open, check and warm one model version (blocking; run it in a thread)."""
-    config = read_config(path)
-    tokenizer = TextTokenizer(path / TOKENIZER_FILE, config.max_length)
-    sessions, threads = settings.engine_layout()
-    engine = Engine(path, config, provider=settings.provider, threads=threads)
-    engines = [engine]
-    if engine.provider == "cpu":  # a GPU runs one batch at a time anyway: one session there
-        engines += [Engine(path, config, provider="cpu", threads=threads) for _ in range(sessions - 1)]
-    model = ServedModel(name, version, path, config, tokenizer, engines)
-    # Warm-up: the first runs allocate and pick kernels; do them before the version takes traffic.
-    sample = tokenizer.encode(["warm-up", "a longer warm-up sentence " * 64])
-    for _ in range(2):
-        model.infer([e.ids for e in sample])
-    if config.max_length > settings.max_batch_tokens:
-        raise ModelLoadError(
-            f"BERTSERVE_MAX_BATCH_TOKENS ({settings.max_batch_tokens}) is below the max length of {path} "
-            f"({config.max_length}): a full-length input could never be scheduled"
-        )
-    max_size, max_tokens, max_padding = batch_bounds(settings, engine.provider)
-    choice = {"max_batch_size": max_size, "max_batch_tokens": max_tokens}
-    if settings.batch_autotune:
-        choice = autotune(
-            engine, sample[1].ids, config.max_length, max_size, max_tokens, settings.batch_latency_budget_ms / 1000
-        )
-    model.batch_choice = {**choice, "max_batch_padding": None if math.isinf(max_padding) else max_padding}
-    return model
-
-
-def apply_function(logits: np.ndarray, function: ScoreFunction) -> np.ndarray:
-    """Scores from logits, row-wise ([n, labels])."""
-    if function == "softmax":
-        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return exp / exp.sum(axis=-1, keepdims=True)
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    return logits
 
 
 def ranked(labels: list[str], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
@@ -264,9 +138,9 @@ class Service:
         self._route()
         _model_info(model, 1)
         log.info(
-            "model %s version %d ready: provider %s, artifact %s (%s), batching %s",
-            slot.name, slot.version, model.engine.provider, model.engine.artifact.file,
-            describe(model.engine.artifact), model.batch_choice,
+            "model %s version %d ready: %s x %d session(s), %s, batching %s",
+            slot.name, slot.version, model.engine.describe(), len(model.engines),
+            _chosen_over(model), model.batch_choice,
         )
 
     async def _unload(self, slot: Slot) -> None:
@@ -436,8 +310,21 @@ def _mtime(path: Path) -> float:
 
 
 def _model_info(model: ServedModel, value: int) -> None:
-    labels = (model.name, str(model.version), model.engine.provider, describe(model.engine.artifact))
+    engine = model.engine
+    labels = (model.name, str(model.version), engine.provider, describe(engine.artifact), engine.artifact.file,
+              engine.precision)
     metrics.MODEL_INFO.labels(*labels).set(value)
+
+
+def _chosen_over(model: ServedModel) -> str:
+    """The other candidates and why they lost, for the ready log line."""
+    others = [
+        f"{t['provider']} on {t['artifact']}: " + (f"{t['sequences_per_s']} seq/s" if t["passed"] else t["why"])
+        for t in model.engine_choice.get("candidates", []) if not t.get("chosen")
+    ]
+    others += [f"{s['provider']}: {s['why']}" for s in model.engine_choice.get("skipped", [])]
+    chosen = next((t for t in model.engine_choice.get("candidates", []) if t.get("chosen")), {})
+    return f"{chosen.get('sequences_per_s')} seq/s measured, chosen over [{'; '.join(others) or 'none'}]"
 
 
 def _batch_observer(name: str):

@@ -39,16 +39,18 @@ class Settings(BaseSettings):
     max_loaded_versions: int = Field(
         2, ge=1, description="Most versions of one model kept loaded (the highest that its version policy selects)."
     )
-    provider: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto: CUDA when it really initialises, else CPU; cuda: fail without it; cpu."
+    provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
+        "auto", description="auto: the fastest engine that passes the golden gate, measured at load (CUDA first "
+        "where onnxruntime has it; on CPU, onnxruntime's CPU provider on the INT8 artifact or its OpenVINO provider "
+        "on the fp32 one); cpu, openvino, cuda: that one only, or the model fails to load with the reason.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads per session; 0 = the worker's cores / sessions."
+        0, ge=0, description="Intra-op threads per session; 0 = the worker's cores / sessions (OpenVINO: all of them)."
     )
     engine_sessions: int = Field(
         0, ge=0, description="onnxruntime sessions per model version and worker, running batches in parallel; "
         "0 = one per core of the worker's share (single-thread sessions beat one multi-thread session on CPU); "
-        "CUDA always uses one.",
+        "OpenVINO and CUDA always use one (two OpenVINO sessions in one process do not run in parallel: measured).",
     )
 
     # --- batching and admission ---
@@ -119,9 +121,12 @@ class Settings(BaseSettings):
             raise ValueError(f"BERTSERVE_API_KEYS_FILE {self.api_keys_file} is not a readable file")
         return self
 
-    def engine_layout(self) -> tuple[int, int]:
-        """(sessions, intra-op threads per session) for a CPU model: the worker's share of the cores, split."""
+    def engine_layout(self, provider: str = "cpu") -> tuple[int, int]:
+        """(sessions, intra-op threads per session) of one model version: the worker's share of the cores, split
+        into single-thread onnxruntime CPU sessions, or one OpenVINO session using all of them."""
         cores = max(1, (os.cpu_count() or 1) // self.workers)
+        if provider != "cpu":
+            return 1, self.intra_op_threads or cores
         if self.engine_sessions:
             return self.engine_sessions, self.intra_op_threads or max(1, cores // self.engine_sessions)
         if self.intra_op_threads:

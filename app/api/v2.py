@@ -32,7 +32,8 @@ from app.api.schemas import ErrorResponse
 from app.api.security import require_api_key
 from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
 from app.errors import InvalidInput, ModelNotFound
-from app.service import ServedModel, Service
+from app.served import ServedModel
+from app.service import Service
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
 

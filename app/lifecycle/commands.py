@@ -74,7 +74,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--provider", choices=["auto", "cpu", "openvino", "cuda"], default="auto")
     _repository(p)
     p.set_defaults(func=_lazy("evaluate"))
 

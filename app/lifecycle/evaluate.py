@@ -28,7 +28,7 @@ def find_version(repository: Path, reference: str) -> tuple[str, int, Path]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from app.service import load_model
+    from app.loader import load_model
     from app.settings import Settings
 
     repository = Path(args.model_repository)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import shutil
 import sys
 import time
@@ -23,16 +24,19 @@ from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
 from app.lifecycle.scores import classification_figures
-from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, write_config
+from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, read_config, write_config, write_golden
 from app.tokenizer import TextTokenizer
 
 PARITY_TOLERANCE = 1e-3  # largest fp32 ONNX vs PyTorch probability difference accepted at export
+GOLDEN_TEXTS = 256  # evaluation texts kept with their PyTorch probabilities, for the gate every engine passes at load
+# The golden gate's bound on any probability: INT8 drifts up to ~0.1 on the demo model, a broken engine far more.
+GOLDEN_MAX_PROB_DIFF = 0.25
 # Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
 SENSITIVITY_TEXTS, SENSITIVITY_LENGTH = 32, 64
 ARTIFACTS = {
     "int8": Artifact(file="model.int8.onnx", precision="int8", providers=["cpu"]),
     "fp16": Artifact(file="model.fp16.onnx", precision="fp16", providers=["cuda"]),
-    "fp32": Artifact(file="model.onnx", precision="fp32", providers=["cuda", "cpu"]),
+    "fp32": Artifact(file="model.onnx", precision="fp32", providers=["cuda", "openvino", "cpu"]),
 }
 
 
@@ -156,19 +160,28 @@ def export_fp32(source: Path, work: Path, optimize: str) -> Path:
     return work / "optimized" / "model_optimized.onnx"
 
 
-def parity(source: Path, folder: Path, config: ModelConfig, tokenizer, texts: list[str]) -> float:
-    """Largest probability difference between the served fp32 graph and PyTorch on the same texts."""
+def pytorch_probabilities(source: Path, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    """The checkpoint's own fp32 softmax scores: the reference every artifact and engine is held to."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()
-    batch = tokenizer(texts, truncation=True, max_length=config.max_length, padding=True, return_tensors="pt")
+    rows = []
     with torch.no_grad():
-        reference = torch.softmax(
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1
-        ).numpy()
-    served, _ = probabilities(open_artifact(folder, config, ARTIFACTS["fp32"]), texts)
-    return float(np.abs(reference - served).max())
+        for start in range(0, len(texts), 32):
+            batch = tokenizer(texts[start : start + 32], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            rows.append(torch.softmax(logits, -1).numpy())
+    return np.concatenate(rows)
+
+
+def golden_sample(texts: list[str]) -> list[str]:
+    """Up to GOLDEN_TEXTS of the evaluation texts, a seeded sample in their original order."""
+    if len(texts) <= GOLDEN_TEXTS:
+        return list(texts)
+    keep = sorted(random.Random(0).sample(range(len(texts)), GOLDEN_TEXTS))
+    return [texts[i] for i in keep]
 
 
 def measure(
@@ -249,14 +262,25 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         config = ModelConfig(labels=labels, max_length=max_length, artifacts=[fp32])
         write_config(folder, config)
 
-        drift = parity(request.source, folder, config, tokenizer, data.texts[:32])
-        say(f"parity: fp32 ONNX vs PyTorch max probability difference {drift:.2e}")
+        # Golden outputs: PyTorch's probabilities on sample texts. The fp32 graph must match them (parity); every
+        # engine must reproduce them within the gate before it serves, on whatever machine (app.loader).
+        golden_texts = golden_sample(data.texts)
+        golden = pytorch_probabilities(request.source, tokenizer, golden_texts, max_length)
+        onnx_golden, _ = probabilities(open_artifact(folder, config, fp32), golden_texts)
+        drift = float(np.abs(golden - onnx_golden).max())
+        say(f"parity: fp32 ONNX vs PyTorch max probability difference {drift:.2e} on {len(golden_texts)} texts")
         if drift > PARITY_TOLERANCE:
             raise LifecycleError(f"the ONNX graph differs from PyTorch by {drift:.2e} (> {PARITY_TOLERANCE})")
+        write_golden(folder, Golden(
+            texts=golden_texts, probabilities=golden.round(6).tolist(), min_agreement=min(1.0, request.gate.min_agreement),
+            max_prob_diff=GOLDEN_MAX_PROB_DIFF, source=data.source,
+        ))
         reference, fp32_cost = measure(folder, config, fp32, data)
         report: dict[str, Any] = {
             "source": str(request.source),
             "parity_max_prob_diff": float(f"{drift:.2e}"),
+            "golden": {"texts": len(golden_texts), "min_agreement": min(1.0, request.gate.min_agreement),
+                       "max_prob_diff": GOLDEN_MAX_PROB_DIFF},
             "gate": {**asdict(request.gate), "data": data.source, "texts": len(data.texts)},
             "fp32": fp32_cost,
             **request.extra_report,

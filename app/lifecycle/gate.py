@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from app.lifecycle.scores import classification_figures
+from app.scores import drift
 
 
 @dataclass
@@ -25,12 +26,7 @@ class GateData:
 
 def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, labels: list[str]) -> dict[str, Any]:
     """Decision agreement, probability drift and, with labels, accuracy / macro-F1 of both."""
-    diff = np.abs(reference - candidate)
-    figures: dict[str, Any] = {
-        "agreement": round(float((reference.argmax(1) == candidate.argmax(1)).mean()), 4),
-        "max_prob_diff": round(float(diff.max()), 4),
-        "mean_prob_diff": round(float(diff.mean()), 5),
-    }
+    figures: dict[str, Any] = drift(reference, candidate)
     if data.truth is not None:
         for key, probs in (("fp32", reference), ("candidate", candidate)):
             scored = classification_figures(data.truth, probs.argmax(1).tolist(), labels)

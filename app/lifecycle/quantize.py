@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from app.scores import softmax
 from app.tokenizer import TextTokenizer, pad
 
 QUANTIZED_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
@@ -122,17 +123,13 @@ def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[st
     base |= {f"{n.name}_delta": idle for n in nodes}
     names = [o.name for o in session.get_outputs()]
 
-    def probabilities(logits: np.ndarray) -> np.ndarray:
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
-
     outputs = dict(zip(names, session.run(names, base)))
-    reference = probabilities(outputs[names[0]])
+    reference = softmax(outputs[names[0]])
     effects = []
     for node in nodes:
         x = outputs[node.input[0]]
         weight = numpy_helper.to_array(weights[node.input[1]])
         delta = _fake_quantize_activation(x) @ _fake_quantize_weight(weight) - x @ weight
         (logits,) = session.run(names[:1], base | {f"{node.name}_delta": delta.astype(np.float32)})
-        effects.append((node.name, float(np.abs(probabilities(logits) - reference).mean())))
+        effects.append((node.name, float(np.abs(softmax(logits) - reference).mean())))
     return sorted(effects, key=lambda item: -item[1])

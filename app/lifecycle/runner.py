@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from app.engine import Engine
-from app.lifecycle.scores import softmax
+from app.loader import score_texts
 from app.repository import TOKENIZER_FILE, Artifact, ModelConfig
-from app.service import ServedModel
+from app.served import ServedModel
 from app.tokenizer import TextTokenizer
 
 
@@ -28,14 +27,8 @@ def open_artifact(folder: Path, config: ModelConfig, artifact: Artifact, provide
 def probabilities(
     model: ServedModel, texts: list[str], batch_size: int = 8, progress: str | None = None
 ) -> tuple[np.ndarray, float]:
-    """Softmax scores in input order, and the seconds spent in encode + infer (length-sorted batches, as served).
-    With `progress`, a progress bar of that name."""
-    started = time.perf_counter()
-    encoded = model.encode(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
-    logits = np.zeros((len(texts), len(model.config.labels)), dtype=np.float32)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, file=sys.stderr, leave=False):
-        batch = order[start : start + batch_size]
-        logits[batch] = model.infer([encoded[i].ids for i in batch])
-    return softmax(logits), time.perf_counter() - started
+    """Softmax scores in input order, and the seconds spent in encode + infer: the loader's own pass (length-sorted
+    batches, as served). With `progress`, a progress bar of that name."""
+    with tqdm(total=-(-len(texts) // batch_size), desc=progress, unit="batch", disable=progress is None,
+              file=sys.stderr, leave=False) as bar:
+        return score_texts(model, texts, batch_size, on_batch=lambda: bar.update())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 
@@ -28,11 +27,6 @@ def classification_figures(truth: list[int], predicted: list[int], labels: list[
         },
         "confusion_matrix": confusion_matrix(truth, predicted, labels=indices).tolist(),
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def format_confusion(matrix: list[list[int]], labels: list[str]) -> str:

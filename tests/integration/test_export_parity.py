@@ -9,8 +9,8 @@ import pytest
 
 from app.lifecycle.export import ExportRequest, export_model
 from app.lifecycle.gate import Gate
-from app.lifecycle.scores import softmax
-from app.service import load_model
+from app.scores import softmax
+from app.loader import load_model
 from app.settings import Settings
 from tests.tiny import CORPUS, make_tiny_checkpoint
 
@@ -86,7 +86,7 @@ def test_fp16_artifact_for_cuda_keeps_float32_io(tmp_path):
                                               quantize="fp16"))
     config = json.loads((path / "bertserve.json").read_text())
     assert [(a["file"], a["providers"]) for a in config["artifacts"]] == [
-        ("model.fp16.onnx", ["cuda"]), ("model.onnx", ["cuda", "cpu"])
+        ("model.fp16.onnx", ["cuda"]), ("model.onnx", ["cuda", "openvino", "cpu"])
     ]
     import onnx
 

@@ -119,7 +119,11 @@ def test_health_models_docs(tiny_server):
     [model] = httpx.get(tiny_server.url + "/models").json()
     assert model["name"] == "tiny" and model["version"] == 1 and model["state"] == "ready"
     assert model["labels"] == ["negative", "neutral", "positive"] and model["max_length"] == 64
-    assert model["provider"] == "cpu" and model["quantization"] == "fp32"
+    # The engine was chosen by measurement between the candidates this machine has (OpenVINO on Intel CPUs).
+    [chosen] = [c for c in model["engine"]["candidates"] if c["chosen"]]
+    assert (model["provider"], model["artifact"], model["precision"]) == (
+        chosen["provider"], chosen["artifact"], chosen["precision"])
+    assert model["provider"] in ("cpu", "openvino") and model["quantization"] == "fp32"
     assert model["batching"]["autotuned"] is True and model["batching"]["max_batch_size"] >= 1
     [version] = httpx.get(tiny_server.url + "/models/tiny").json()
     assert version["name"] == "tiny" and version["default"] is True
@@ -138,8 +142,10 @@ def test_unknown_route_uses_the_error_shape(tiny_server):
 
 
 def test_provider_reported_in_metrics(tiny_server):
+    [model] = httpx.get(tiny_server.url + "/models").json()
     text = httpx.get(tiny_server.url + "/metrics").text
-    assert metric(text, "bertserve_model_info", model="tiny", version="1", provider="cpu", quantization="fp32") == 1
+    assert metric(text, "bertserve_model_info", model="tiny", version="1", provider=model["provider"],
+                  quantization="fp32", artifact="model.onnx", precision=model["precision"]) == 1
 
 
 def test_two_workers_counters_add_up_and_concurrent_clients_are_batched(tiny_model_repo, start_server):

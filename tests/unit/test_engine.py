@@ -1,23 +1,20 @@
-"""Provider choice and its check. No GPU exists here: CUDA sessions are simulated by a fake session factory
-(the only mock in the suite, for hardware that cannot exist on this machine); CPU sessions are real."""
+"""One session on one provider and artifact, and the check of what really runs. No GPU exists here: CUDA sessions
+are simulated by a fake session factory (the only mock in the suite, for hardware that cannot exist on this
+machine); CPU and OpenVINO sessions are real."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.engine import Engine, provider_attempts
+from app.engine import Engine, openvino_device
 from app.errors import ModelLoadError
 from app.repository import Artifact, read_config
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-
-
-def test_provider_attempts():
-    assert provider_attempts("auto", [CPU]) == ["cpu"]
-    assert provider_attempts("auto", [CUDA, CPU]) == ["cuda", "cpu"]
-    assert provider_attempts("cuda", [CPU]) == ["cuda"]
-    assert provider_attempts("cpu", [CUDA, CPU]) == ["cpu"]
+IDS = np.array([[2, 7, 3, 0], [2, 9, 11, 3]], dtype=np.int64)
+MASK = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
 
 
 class FakeGpuSessions:
@@ -30,6 +27,8 @@ class FakeGpuSessions:
 
     def __call__(self, path, sess_options=None, providers=()):
         self.opened.append((path.rsplit("/", 1)[-1], list(providers)))
+        if CUDA not in providers:  # CPU and OpenVINO sessions are real
+            return ort.InferenceSession(path, sess_options=sess_options, **({"providers": providers} if providers else {}))
         real = ort.InferenceSession(path, sess_options=sess_options, providers=[CPU])
         in_use = [CUDA, CPU] if (CUDA in providers and self.cuda_works) else [CPU]
         real_get_providers = real.get_providers
@@ -56,40 +55,51 @@ def two_artifact_model(tiny_model_repo, tmp_path):
     return path, config
 
 
-def test_auto_on_a_cuda_machine_uses_cuda_with_the_fp32_artifact(two_artifact_model):
+def test_cuda_session_takes_the_cuda_artifact(two_artifact_model):
     path, config = two_artifact_model
     fake = FakeGpuSessions(cuda_works=True)
-    engine = Engine(path, config, "auto", session_factory=fake, available_providers=[CUDA, CPU])
-    assert engine.provider == "cuda"
+    engine = Engine(path, config, "cuda", session_factory=fake)
+    assert engine.provider == "cuda" and engine.use_io_binding
     assert engine.artifact.file == "model.onnx"  # INT8 does not run on CUDA
     assert fake.opened == [("model.onnx", [CUDA, CPU])]
 
 
-def test_auto_falls_back_to_cpu_and_its_int8_artifact_when_cuda_does_not_initialise(two_artifact_model, caplog):
+def test_a_quiet_fallback_to_cpu_is_refused(two_artifact_model):
     path, config = two_artifact_model
-    fake = FakeGpuSessions(cuda_works=False)
-    engine = Engine(path, config, "auto", session_factory=fake, available_providers=[CUDA, CPU])
-    assert engine.provider == "cpu"
-    assert engine.artifact.file == "model.int8.onnx"
-    assert [name for name, _ in fake.opened] == ["model.onnx", "model.int8.onnx"]
-    assert "CUDAExecutionProvider was asked for but the session runs on CPUExecutionProvider" in caplog.text
-
-
-def test_required_cuda_refuses_to_start_without_it(two_artifact_model):
-    path, config = two_artifact_model
-    with pytest.raises(ModelLoadError, match="provider=cuda"):
-        Engine(path, config, "cuda", session_factory=FakeGpuSessions(cuda_works=False),
-               available_providers=[CUDA, CPU])
+    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider was asked for but the session runs on CPU"):
+        Engine(path, config, "cuda", session_factory=FakeGpuSessions(cuda_works=False))
 
 
 def test_real_cpu_session_feeds_only_declared_inputs(tiny_model_repo):
-    import numpy as np
-
     path = tiny_model_repo / "tiny" / "1"
-    engine = Engine(path, read_config(path), "auto")
-    assert engine.provider == "cpu"  # what this machine has
+    engine = Engine(path, read_config(path), "cpu")
+    assert engine.provider == "cpu" and engine.session.get_providers() == [CPU]
     logits = engine.run(np.array([[2, 7, 3]], dtype=np.int64), np.ones((1, 3), dtype=np.int64))
     assert logits.shape == (1, 3) and logits.dtype == np.float32
+
+
+def test_real_openvino_session_gives_the_cpu_logits(tiny_model_repo):
+    """onnxruntime's OpenVINO plugin, really loaded: where it lists no device (AMD CPUs) it says why."""
+    device, precision_or_why = openvino_device()
+    if device is None:
+        pytest.skip(precision_or_why)
+    path = tiny_model_repo / "tiny" / "1"
+    config = read_config(path)
+    engine = Engine(path, config, "openvino", threads=2)
+    assert engine.session.get_providers()[0] == "OpenVINOExecutionProvider"
+    assert engine.artifact.precision == "fp32" and engine.precision in ("fp32", "bf16")
+    atol = 1e-4 if engine.precision == "fp32" else 5e-2
+    np.testing.assert_allclose(engine.run(IDS, MASK), Engine(path, config, "cpu").run(IDS, MASK), atol=atol)
+
+
+def test_openvino_unavailable_is_a_load_error_with_the_reason(tiny_model_repo, monkeypatch):
+    """The AMD case, where the plugin lists no device: simulated by the answer the plugin gives there."""
+    import app.engine
+
+    monkeypatch.setattr(app.engine, "openvino_device", lambda: (None, "the OpenVINO plugin lists no CPU device"))
+    path = tiny_model_repo / "tiny" / "1"
+    with pytest.raises(ModelLoadError, match="OpenVINO cannot run here: the OpenVINO plugin lists no CPU device"):
+        Engine(path, read_config(path), "openvino")
 
 
 def test_label_count_must_match_the_graph(tiny_model_repo):
@@ -111,15 +121,11 @@ def test_corrupt_onnx_file_is_named(tiny_model_repo, tmp_path):
 
 def test_io_binding_path_gives_the_same_logits(tiny_model_repo):
     """The IOBinding path is what CUDA sessions use; on this CPU-only machine it is checked on CPU."""
-    import numpy as np
-
     path = tiny_model_repo / "tiny" / "1"
     engine = Engine(path, read_config(path), "cpu")
-    ids = np.array([[2, 7, 3, 0], [2, 9, 11, 3]], dtype=np.int64)
-    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
-    plain = engine.run(ids, mask)
+    plain = engine.run(IDS, MASK)
     engine.use_io_binding = True
-    np.testing.assert_allclose(engine.run(ids, mask), plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(engine.run(IDS, MASK), plain, rtol=1e-6, atol=1e-6)
 
 
 def test_missing_artifact_or_tokenizer_is_named(tiny_model_repo, tmp_path):

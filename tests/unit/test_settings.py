@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from app.service import batch_bounds
+from app.loader import batch_bounds
 from app.settings import Settings
 
 

@@ -1,0 +1,151 @@
+"""The loader's engine choice on real sessions: candidates by setting and machine, the golden gate, the measured
+choice. CUDA is simulated where needed (FakeGpuSessions: no GPU exists here); CPU and OpenVINO sessions are real."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import app.loader
+from app.engine import Engine, openvino_device
+from app.errors import ModelLoadError
+from app.loader import candidate_groups, load_model, score_texts
+from app.repository import GOLDEN_FILE, Artifact, Golden, read_config, write_config, write_golden
+from app.served import ServedModel
+from app.settings import Settings
+from app.tokenizer import TextTokenizer
+from tests.tiny import CORPUS
+from tests.unit.test_engine import CUDA, CPU, FakeGpuSessions
+
+FAST = {"batch_autotune": False}
+TEXTS = [" ".join(words) for words in itertools.islice(itertools.permutations(CORPUS, 2), 40)] + CORPUS
+
+
+def fp32_probabilities(path, texts):
+    config = read_config(path)
+    model = ServedModel("ref", 1, path, config, TextTokenizer(path / "tokenizer.json", config.max_length),
+                        [Engine(path, config, "cpu", config.artifacts_for("cpu")[-1])])
+    return score_texts(model, texts, 8)[0]
+
+
+@pytest.fixture
+def golden_model(tiny_model_repo, tmp_path):
+    """The tiny model with golden outputs, as `bertserve export` writes them (reference: its own fp32 graph)."""
+    path = tmp_path / "golden" / "1"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    write_golden(path, Golden(texts=TEXTS, probabilities=fp32_probabilities(path, TEXTS).tolist(),
+                              min_agreement=0.97, max_prob_diff=0.25))
+    return path
+
+
+def damage(path, source: str, target: str) -> None:
+    """A copy of the graph whose classifier bias pushes every text to the label the reference picks least."""
+    model = onnx.load(path / source)
+    bias = next(t for t in model.graph.initializer if "classifier" in t.name and t.name.endswith("bias"))
+    least = int(np.bincount(fp32_probabilities(path, TEXTS).argmax(1), minlength=3).argmin())
+    values = numpy_helper.to_array(bias).copy()
+    values[least] += 50.0
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, path / target)
+
+
+def test_candidates_on_this_machine(monkeypatch):
+    config_artifacts = {
+        "cpu": [Artifact(file="m.int8.onnx", precision="int8", providers=["cpu"])],
+        "openvino": [Artifact(file="m.onnx", precision="fp32", providers=["cpu"])],
+        "cuda": [Artifact(file="m.fp16.onnx", precision="fp16", providers=["cuda"]),
+                 Artifact(file="m.onnx", precision="fp32", providers=["cuda"])],
+    }
+    groups, skipped = candidate_groups("auto", config_artifacts.__getitem__)
+    tried = [p for group in groups for p, _ in group]
+    assert "cuda" not in tried and tried[0] == "cpu"  # this onnxruntime build has no CUDA
+    assert ("openvino" in tried) == (openvino_device()[0] is not None)
+    assert all(s["provider"] == "openvino" and s["why"] for s in skipped)
+    assert candidate_groups("cpu", config_artifacts.__getitem__)[0] == [[("cpu", config_artifacts["cpu"][0])]]
+    # On a CUDA machine (simulated): both CUDA artifacts first, then the CPU group.
+    monkeypatch.setattr(app.loader.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(app.loader, "available", lambda provider: None)
+    groups, _ = candidate_groups("auto", config_artifacts.__getitem__)
+    assert [[(p, a.file) for p, a in g] for g in groups] == [
+        [("cuda", "m.fp16.onnx"), ("cuda", "m.onnx")], [("cpu", "m.int8.onnx"), ("openvino", "m.onnx")]]
+
+
+def test_auto_serves_the_fastest_candidate_that_passes(golden_model):
+    model = load_model("tiny", 1, golden_model, Settings(**FAST))
+    trials = model.describe()["engine"]["candidates"]
+    assert {t["provider"] for t in trials} == {"cpu"} | ({"openvino"} if openvino_device()[0] else set())
+    assert all(t["passed"] and t["agreement"] == 1.0 and t["sequences_per_s"] > 0 for t in trials)
+    chosen = max(trials, key=lambda t: t["sequences_per_s"])
+    assert [t["chosen"] for t in trials] == [t is chosen for t in trials]
+    assert (model.engine.provider, model.engine.artifact.file) == (chosen["provider"], chosen["artifact"])
+    assert model.describe()["engine"]["gate"] == {"texts": len(TEXTS), "min_agreement": 0.97, "max_prob_diff": 0.25}
+
+
+def test_a_damaged_artifact_fails_the_gate_and_the_next_candidate_serves(golden_model, caplog):
+    damage(golden_model, "model.onnx", "model.int8.onnx")
+    config = read_config(golden_model)
+    write_config(golden_model, config.model_copy(update={"artifacts": [
+        Artifact(file="model.int8.onnx", precision="int8", providers=["cpu"]), *config.artifacts]}))
+    with caplog.at_level(logging.WARNING, logger="bertserve.loader"):
+        model = load_model("tiny", 1, golden_model, Settings(provider="cpu", **FAST))
+    assert (model.engine.provider, model.engine.artifact.file) == ("cpu", "model.onnx")
+    damaged = model.describe()["engine"]["candidates"][0]
+    assert damaged["artifact"] == "model.int8.onnx" and not damaged["passed"] and not damaged["chosen"]
+    assert damaged["agreement"] < 0.97 and "agreement" in damaged["why"]
+    assert "cpu on model.int8.onnx (int8) fails the golden gate" in caplog.text
+
+
+def test_no_engine_passing_the_gate_fails_the_version_with_every_reason(golden_model):
+    damage(golden_model, "model.onnx", "model.onnx")
+    with pytest.raises(ModelLoadError, match=r"no engine can serve it with provider=cpu: cpu on model.onnx: agreement"):
+        load_model("tiny", 1, golden_model, Settings(provider="cpu", **FAST))
+
+
+def test_a_version_without_golden_outputs_still_loads(golden_model, caplog):
+    (golden_model / GOLDEN_FILE).unlink()
+    with caplog.at_level(logging.WARNING, logger="bertserve.loader"):
+        model = load_model("tiny", 1, golden_model, Settings(provider="cpu", **FAST))
+    assert model.describe()["engine"]["gate"] == "skipped: no golden outputs"
+    assert "has no golden outputs" in caplog.text
+
+
+def test_explicit_openvino_serves_openvino_or_refuses_with_the_reason(golden_model):
+    device, why = openvino_device()
+    if device is None:
+        with pytest.raises(ModelLoadError, match="openvino: "):
+            load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
+        return
+    model = load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
+    assert model.engine.session.get_providers()[0] == "OpenVINOExecutionProvider"
+    assert (len(model.engines), model.engine.threads) == Settings().engine_layout("openvino")
+    assert model.describe()["engine"]["candidates"][0]["agreement"] == 1.0
+
+
+def test_cuda_machine_measures_fp16_and_fp32_and_falls_back_to_cpu_when_cuda_fails(golden_model, monkeypatch):
+    """Simulated CUDA (no GPU here): both CUDA artifacts are proven and timed; when CUDA does not initialise, the
+    CPU group serves and the CUDA attempts are listed with why."""
+    shutil.copy(golden_model / "model.onnx", golden_model / "model.fp16.onnx")
+    config = read_config(golden_model)
+    write_config(golden_model, config.model_copy(update={"artifacts": [
+        Artifact(file="model.fp16.onnx", precision="fp16", providers=["cuda"]), *config.artifacts]}))
+    monkeypatch.setattr(app.loader.ort, "get_available_providers", lambda: [CUDA, CPU])
+    real_available = app.loader.available
+    monkeypatch.setattr(app.loader, "available", lambda p: None if p == "cuda" else real_available(p))
+    # CUDA device memory cannot exist here: the fake CUDA sessions (real CPU ones) run without IOBinding.
+    monkeypatch.setattr(Engine, "_run_bound", lambda self, feed: self.session.run([self.output_name], feed)[0])
+
+    model = load_model("tiny", 1, golden_model, Settings(**FAST), session_factory=FakeGpuSessions(cuda_works=True))
+    trials = model.describe()["engine"]["candidates"]
+    assert [(t["provider"], t["artifact"]) for t in trials] == [("cuda", "model.fp16.onnx"), ("cuda", "model.onnx")]
+    assert model.engine.provider == "cuda" and len(model.engines) == 1
+
+    model = load_model("tiny", 1, golden_model, Settings(**FAST), session_factory=FakeGpuSessions(cuda_works=False))
+    assert model.engine.provider != "cuda"
+    failed = [t for t in model.describe()["engine"]["candidates"] if t["provider"] == "cuda"]
+    assert len(failed) == 2 and all("runs on CPUExecutionProvider" in t["why"] for t in failed)
