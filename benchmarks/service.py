@@ -107,24 +107,34 @@ class Server:
     """`bertserve serve` on 127.0.0.1 and a free port: W workers x T intra-op threads, plus extra BERTSERVE_* env."""
 
     def __init__(self, repository: Path, workers: int, threads: int, env: dict[str, str], log_dir: Path,
-                 src: Path | None = None, ready_timeout_s: float = 600) -> None:
+                 src: Path | None = None, ready_timeout_s: float = 600, command: list[str] | None = None) -> None:
         self.workers, self.threads = workers, threads
-        self.label = f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_API_KEYS")}
-        self.env = {**inherited, "BERTSERVE_INTRA_OP_THREADS": str(threads), "BERTSERVE_LOG_LEVEL": "warning", **env}
+        # threads 0: the server's own layout (as `make run` starts it)
+        own = {"BERTSERVE_INTRA_OP_THREADS": str(threads)} if threads else {}
+        self.env = {**inherited, **own, "BERTSERVE_LOG_LEVEL": "warning", **env}
         if src is not None:  # another checkout: its `app` package first on the path (ahead of an editable install)
             src = Path(src).resolve()
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), self.env.get("PYTHONPATH")]))
         self.log_path = log_dir / f"server-{workers}x{threads}-{self.port}.log"
         self._log = open(self.log_path, "w+")  # noqa: SIM115 - open for the server's whole life, closed in stop()
+        command = command or [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                              "--workers", str(workers), "--model-repository", str(Path(repository).resolve())]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(workers), "--model-repository", str(Path(repository).resolve())],
+            [part.replace("{port}", str(self.port)) for part in command],
             cwd=src or ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._wait_ready(ready_timeout_s)
+
+    @classmethod
+    def plain(cls, version_dir: Path, log_dir: Path) -> "Server":
+        """benchmarks/plain_server.py on 2 uvloop + httptools workers, one single-thread INT8 session each."""
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.plain_server:app", "--host", "127.0.0.1", "--port",
+                   "{port}", "--workers", "2", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                   "--no-access-log"]
+        return cls(version_dir, 2, 1, {"PLAIN_MODEL_DIR": str(Path(version_dir).resolve())}, log_dir, command=command)
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -24,6 +24,7 @@ from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
 from app.lifecycle.scores import classification_figures
+from app.scores import drift
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, read_config, write_config, write_golden
 from app.tokenizer import TextTokenizer
 
@@ -197,10 +198,15 @@ def measure(
 
 def quantize_behind_gate(
     request: ExportRequest, folder: Path, fp32_graph: Path, config: ModelConfig, data: GateData,
-    reference: np.ndarray, gate_report: dict[str, Any],
+    reference: np.ndarray, golden: Golden, gate_report: dict[str, Any],
 ) -> tuple[Artifact | None, np.ndarray | None]:
     """Try recipes from cheapest to safest and keep the first that passes the gate; each attempt's figures go
-    into gate_report["attempts"]. Returns the int8 artifact (None when none passed) and its probabilities."""
+    into gate_report["attempts"]. Returns the int8 artifact (None when none passed) and its probabilities.
+
+    The gate holds on the evaluation data and on the golden pass that the server repeats at load: dynamic INT8
+    scales activations per batch, so its decisions depend on which texts share a batch (on the demo model, 97.4 %
+    agreement over all 379 reviews but 96.1 % over the golden pass), and an artifact must pass where it will be
+    checked again."""
     target = ARTIFACTS["int8"]
     attempts = gate_report.setdefault("attempts", [])
 
@@ -208,11 +214,14 @@ def quantize_behind_gate(
         quantize(fp32_graph, folder / target.file, recipe, optimized=request.optimize != "none")
         probs, cost = measure(folder, config, target, data)
         figures = compare(reference, probs, data, config.labels)
-        why = verdict(figures, request.gate)
-        attempts.append({"recipe": recipe.describe(), **figures, **cost, "passed": why is None, "why": why})
-        say(f"  {recipe.describe()}: agreement {figures['agreement']:.4f}, max prob diff "
-            f"{figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, {cost['sequences_per_s']} seq/s"
-            + (f" -> rejected: {why}" if why else " -> passes"))
+        golden_probs, _ = probabilities(open_artifact(folder, config, target), golden.texts)
+        on_golden = drift(np.asarray(golden.probabilities), golden_probs)
+        why = verdict(figures, request.gate) or golden.verdict(on_golden)
+        attempts.append({"recipe": recipe.describe(), **figures, **cost, "golden": on_golden, "passed": why is None,
+                         "why": why})
+        say(f"  {recipe.describe()}: agreement {figures['agreement']:.4f} ({on_golden['agreement']:.4f} on the "
+            f"golden pass), max prob diff {figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, "
+            f"{cost['sequences_per_s']} seq/s" + (f" -> rejected: {why}" if why else " -> passes"))
         return probs if why is None else None
 
     say(f"quantizing to int8, gate: agreement >= {request.gate.min_agreement}, accuracy loss <= "
@@ -265,20 +274,20 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         # Golden outputs: PyTorch's probabilities on sample texts. The fp32 graph must match them (parity); every
         # engine must reproduce them within the gate before it serves, on whatever machine (app.loader).
         golden_texts = golden_sample(data.texts)
-        golden = pytorch_probabilities(request.source, tokenizer, golden_texts, max_length)
+        torch_golden = pytorch_probabilities(request.source, tokenizer, golden_texts, max_length)
         onnx_golden, _ = probabilities(open_artifact(folder, config, fp32), golden_texts)
-        drift = float(np.abs(golden - onnx_golden).max())
-        say(f"parity: fp32 ONNX vs PyTorch max probability difference {drift:.2e} on {len(golden_texts)} texts")
-        if drift > PARITY_TOLERANCE:
-            raise LifecycleError(f"the ONNX graph differs from PyTorch by {drift:.2e} (> {PARITY_TOLERANCE})")
-        write_golden(folder, Golden(
-            texts=golden_texts, probabilities=golden.round(6).tolist(), min_agreement=min(1.0, request.gate.min_agreement),
-            max_prob_diff=GOLDEN_MAX_PROB_DIFF, source=data.source,
-        ))
+        parity = float(np.abs(torch_golden - onnx_golden).max())
+        say(f"parity: fp32 ONNX vs PyTorch max probability difference {parity:.2e} on {len(golden_texts)} texts")
+        if parity > PARITY_TOLERANCE:
+            raise LifecycleError(f"the ONNX graph differs from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE})")
+        golden = Golden(texts=golden_texts, probabilities=torch_golden.round(6).tolist(),
+                        min_agreement=min(1.0, request.gate.min_agreement), max_prob_diff=GOLDEN_MAX_PROB_DIFF,
+                        source=data.source)
+        write_golden(folder, golden)
         reference, fp32_cost = measure(folder, config, fp32, data)
         report: dict[str, Any] = {
             "source": str(request.source),
-            "parity_max_prob_diff": float(f"{drift:.2e}"),
+            "parity_max_prob_diff": float(f"{parity:.2e}"),
             "golden": {"texts": len(golden_texts), "min_agreement": min(1.0, request.gate.min_agreement),
                        "max_prob_diff": GOLDEN_MAX_PROB_DIFF},
             "gate": {**asdict(request.gate), "data": data.source, "texts": len(data.texts)},
@@ -287,7 +296,8 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         }
         artifacts = [fp32]
         if request.quantize == "int8":
-            int8, int8_probs = quantize_behind_gate(request, folder, fp32_graph, config, data, reference, report["gate"])
+            int8, int8_probs = quantize_behind_gate(request, folder, fp32_graph, config, data, reference, golden,
+                                                    report["gate"])
             report["gate"]["chosen"] = int8.quantization if int8 else None
             if int8 is None:
                 measured = "; ".join(f"{a['recipe']}: {a['why']}" for a in report["gate"]["attempts"])

@@ -133,11 +133,15 @@ def test_http_response_heads_are_parsed():
 def test_server_specs(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     specs = parse_servers("2x1, 1x2+BERTSERVE_MAX_BATCH_SIZE=8+src=/tmp/copy")
-    assert specs[0] == {"workers": 2, "threads": 1, "env": {}, "src": None}
-    assert specs[1] == {"workers": 1, "threads": 2, "env": {"BERTSERVE_MAX_BATCH_SIZE": "8"}, "src": "/tmp/copy"}
+    assert specs[0] == {"workers": 2, "threads": 1, "env": {}, "src": None, "plain": False}
+    assert specs[1] == {"workers": 1, "threads": 2, "env": {"BERTSERVE_MAX_BATCH_SIZE": "8"}, "src": "/tmp/copy",
+                        "plain": False}
     assert server_label(specs[1]) == "1 worker x 1 session x 2 threads (MAX_BATCH_SIZE=8, src=copy)"
     assert server_label(specs[0]) == "2 workers x 1 session x 1 thread"
     assert server_label(parse_servers("1x1")[0]) == "1 worker x 2 sessions x 1 thread"
+    assert server_label(parse_servers("1x0")[0]) == "1 worker, the server's own engine layout (make run)"
+    [plain] = parse_servers("plain")
+    assert plain["plain"] and (plain["workers"], plain["threads"]) == (2, 1)
     for bad in ("2", "0x1", "2x1+oops"):
         with pytest.raises(SystemExit):
             parse_servers(bad)
