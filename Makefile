@@ -9,7 +9,7 @@ DEMO := models/drug-review-sentiment/1/bertserve.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install demo clean
+.PHONY: run test install demo clean gpu-check
 
 run: $(INSTALLED) $(DEMO)
 	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
@@ -33,6 +33,10 @@ demo: $(DEMO)
 
 $(DEMO): | $(INSTALLED)
 	$(BIN)/bertserve build-demo --model-repository models
+
+# On a machine with an NVIDIA GPU (and the demo model): the CUDA path's tests and its fp16 vs fp32 figures.
+gpu-check:
+	bash deploy/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) models/drug-review-sentiment

@@ -257,7 +257,7 @@ class Batcher:
             self._answer([(item, (rows[row], item.timing), None) for row, item in enumerate(batch)])
 
     def _cut(self) -> list[_Item]:
-        """Take the next batch out of the ready sequences (see the module docstring). Caller holds _lock."""
+        """Take the next batch out of the ready sequences (see cut_batch). Caller holds _lock."""
         # future.done() is read outside the event loop: a plain attribute read; at worst a sequence cancelled
         # this instant still runs, and its answer is dropped.
         ready = sorted((i for i in self._ready if not i.future.done()), key=lambda i: len(i.ids))
@@ -265,25 +265,34 @@ class Batcher:
             self._ready = []
             return []
         anchor = min(range(len(ready)), key=lambda k: ready[k].enqueued)
-        lo, hi = anchor, anchor + 1  # the batch is ready[lo:hi]; its padded width is len(ready[hi - 1].ids)
-        base = real = len(ready[anchor].ids)  # real: the batch's unpadded tokens
-
-        def fits(width: int, joining: int) -> bool:
-            padded = width * (hi - lo + 1)
-            return padded <= self.max_batch_tokens and padded <= (1 + self.max_batch_padding) * (real + joining)
-
-        while hi - lo < self.max_batch_size:
-            right_fits = hi < len(ready) and fits(len(ready[hi].ids), len(ready[hi].ids))
-            left_fits = lo > 0 and fits(len(ready[hi - 1].ids), len(ready[lo - 1].ids))
-            if right_fits and (not left_fits or len(ready[hi].ids) - base <= base - len(ready[lo - 1].ids)):
-                real += len(ready[hi].ids)
-                hi += 1
-            elif left_fits:
-                real += len(ready[lo - 1].ids)
-                lo -= 1
-            else:
-                break
+        lo, hi = cut_batch([len(i.ids) for i in ready], anchor, self.max_batch_size, self.max_batch_tokens,
+                           self.max_batch_padding)
         batch = ready[lo:hi]
         self._ready = ready[:lo] + ready[hi:]
         return batch
+
+
+def cut_batch(lengths: list[int], anchor: int, max_size: int, max_tokens: int, max_padding: float) -> tuple[int, int]:
+    """The batch rule, pure: given token lengths sorted ascending and the index of the oldest sequence, the slice
+    [lo, hi) to run next. It grows around the anchor, nearest length first, while the batch stays within max_size
+    sequences, max_tokens padded tokens (longest x count) and max_padding padded tokens per real token."""
+    lo, hi = anchor, anchor + 1  # the batch is lengths[lo:hi]; its padded width is lengths[hi - 1]
+    base = real = lengths[anchor]  # real: the batch's unpadded tokens
+
+    def fits(width: int, joining: int) -> bool:
+        padded = width * (hi - lo + 1)
+        return padded <= max_tokens and padded <= (1 + max_padding) * (real + joining)
+
+    while hi - lo < max_size:
+        right_fits = hi < len(lengths) and fits(lengths[hi], lengths[hi])
+        left_fits = lo > 0 and fits(lengths[hi - 1], lengths[lo - 1])
+        if right_fits and (not left_fits or lengths[hi] - base <= base - lengths[lo - 1]):
+            real += lengths[hi]
+            hi += 1
+        elif left_fits:
+            real += lengths[lo - 1]
+            lo -= 1
+        else:
+            break
+    return lo, hi
 

@@ -80,6 +80,35 @@ def test_int8_artifact_is_listed_first_and_served_on_cpu(tmp_path):
     assert np.abs(together - torch_probabilities(checkpoint, model.max_length)).max() < 0.1
 
 
+def test_export_stores_golden_outputs_that_every_engine_is_held_to(tmp_path):
+    """golden.json: the gate texts (up to 256) with PyTorch's own probabilities, and the gate the loader applies:
+    the export gate's min_agreement, or what the published INT8 artifact scored on those texts if lower."""
+    from app.lifecycle.gate import GateData
+    from app.repository import read_golden
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "bert", "bert")
+    texts = [f"{a} {b}" for a in CORPUS for b in CORPUS]  # 36 texts
+    path, report = export_model(ExportRequest(source=checkpoint, name="tiny", repository=tmp_path / "repo",
+                                              gate=Gate(0.9, 1.0), gate_data=GateData(texts, None, "pairs")))
+    golden = read_golden(path, 3)
+    assert golden.texts == texts and golden.source == "pairs"
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with torch.no_grad():
+        batch = tokenizer(texts, truncation=True, padding=True, max_length=64, return_tensors="pt")
+        expected = torch.softmax(AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1).numpy()
+    np.testing.assert_allclose(np.array(golden.probabilities), expected, atol=1e-5)
+    int8 = report["golden"]["artifacts"]["model.int8.onnx"]
+    assert golden.min_agreement == min(0.9, round(int8["agreement"] - 1 / len(texts), 4))
+    assert golden.max_prob_diff >= max(0.25, int8["max_prob_diff"])
+    model = load_model("tiny", 1, path, Settings(provider="cpu", batch_autotune=False))  # INT8 passes its own gate
+    [trial] = model.describe()["engine"]["candidates"]
+    assert trial["artifact"] == "model.int8.onnx" and trial["passed"] and trial["agreement"] >= golden.min_agreement
+
+
 def test_fp16_artifact_for_cuda_keeps_float32_io(tmp_path):
     checkpoint = make_tiny_checkpoint(tmp_path / "bert", "bert")
     path, report = export_model(ExportRequest(source=checkpoint, name="tiny", repository=tmp_path / "repo",

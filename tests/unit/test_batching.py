@@ -329,3 +329,30 @@ def test_parallel_slots_run_batches_at_once_from_one_queue():
     model, results = asyncio.run(scenario())
     assert model.most_inside == 2  # two batches in the engine at the same time
     assert len(results) == 4 and sum(len(b) for b in model.batches) == 4
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("lengths", "anchor", "caps", "expected"),
+    [
+        # (sorted token lengths, index of the oldest, (max_size, max_tokens, max_padding), [lo, hi))
+        ([10], 0, (8, 512, INF), (0, 1)),  # a lone sequence runs alone
+        ([10, 10, 10, 10], 0, (8, 512, INF), (0, 4)),  # equal lengths: all of them
+        ([10, 10, 10, 10], 2, (2, 512, INF), (2, 4)),  # max_size; ties grow to the right first
+        ([10, 10, 10, 10], 3, (2, 512, INF), (2, 4)),  # at the right end it grows left
+        ([10, 20, 30, 40], 1, (8, 512, INF), (0, 4)),  # uncapped padding takes every one
+        ([10, 20, 30, 40], 1, (8, 60, INF), (1, 3)),  # max_tokens: a third would make 3 x 30 = 90 > 60
+        ([5, 9, 10, 11, 30], 2, (3, 512, INF), (1, 4)),  # nearest lengths around the anchor
+        ([10, 10, 11, 40], 0, (8, 512, 0.05), (0, 2)),  # padding cap: 11 pads 2 of 33 tokens (6 %)
+        ([20, 20, 21, 40], 0, (8, 512, 0.05), (0, 3)),  # ... while 21 pads 2 of 63 (3 %)
+        ([10, 40], 1, (8, 512, 0.05), (1, 2)),  # the oldest runs even when nothing fits beside it
+        ([100], 0, (8, 50, INF), (0, 1)),  # one sequence longer than the budget still runs (the batcher
+                                           # refuses a model whose max length exceeds max_tokens)
+    ],
+)
+def test_cut_batch_table(lengths, anchor, caps, expected):
+    from app.batching import cut_batch
+
+    assert cut_batch(lengths, anchor, *caps) == expected
