@@ -63,7 +63,7 @@ class _Item:
 
 
 BatchObserver = Callable[[int, int], None]  # (batch size, padded batch tokens); called from inference threads
-LoadObserver = Callable[[int], None]  # queued + running sequences
+QueueSizeObserver = Callable[[int], None]  # queued + running sequences
 
 
 class Batcher:
@@ -78,7 +78,7 @@ class Batcher:
         parallel: int = 1,
         name: str = "model",
         on_batch: BatchObserver | None = None,
-        on_load: LoadObserver | None = None,
+        on_queue_size: QueueSizeObserver | None = None,
     ) -> None:
         if max_batch_tokens < model.max_length:
             raise ValueError(
@@ -93,7 +93,7 @@ class Batcher:
         self.parallel = parallel  # batches that may run at once (one per engine session)
         self.name = name
         self._on_batch = on_batch or (lambda size, tokens: None)
-        self._on_load = on_load or (lambda load: None)
+        self._on_queue_size = on_queue_size or (lambda size: None)
         self._load = 0  # event-loop thread only
         # Shared with the worker threads, under _lock:
         self._lock = threading.Lock()
@@ -137,7 +137,7 @@ class Batcher:
         for item in items:
             item.future.add_done_callback(self._release)
         self._load += len(items)
-        self._on_load(self._load)
+        self._on_queue_size(self._load)
         with self._lock:
             self._incoming.extend(items)
             self._have_incoming.notify()
@@ -160,7 +160,7 @@ class Batcher:
         for item in left:
             if not item.future.done():
                 item.future.set_exception(NotReady(f"model {self.name} was unloaded"))
-        self._on_load(0)
+        self._on_queue_size(0)
 
     async def drained(self, poll_s: float = 0.01) -> None:
         while self._load:
@@ -171,7 +171,7 @@ class Batcher:
     def _release(self, future: asyncio.Future) -> None:
         self._load -= 1
         if future.cancelled():  # answered ones are reported once per batch, in _settle
-            self._on_load(self._load)
+            self._on_queue_size(self._load)
 
     def _settle(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
         """Answer futures (in the event loop): a result, or an exception where one is given. The load gauge is
@@ -185,7 +185,7 @@ class Batcher:
             else:
                 item.future.set_result(result)
             answered += 1
-        self._on_load(self._load - answered)
+        self._on_queue_size(self._load - answered)
 
     def _answer(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
         """Hand outcomes from a worker thread to the event loop, in one wake-up."""

@@ -134,7 +134,7 @@ class Engine:
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         """What runs, in one phrase: provider, artifact, precision."""
         return f"{self.provider} on {self.artifact.file} ({self.precision})"
 
@@ -159,10 +159,6 @@ class Engine:
         binding.bind_output(self.output_name, device)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
-
-
-def describe(artifact: Artifact) -> str:
-    return artifact.quantization or artifact.precision
 
 
 def _time_batch(engine: Engine, batch: int, length: int, sample_ids: list[int], repeats: int) -> float:

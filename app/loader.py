@@ -159,11 +159,11 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
             if trial["passed"]:
                 passing.append((trial["sequences_per_s"], model))
                 log.info("model %s version %d: candidate %s: %.1f sequences/s, gate %s", name, version,
-                         model.engine.describe(), trial["sequences_per_s"],
+                         model.engine, trial["sequences_per_s"],
                          _gate_figures(trial) if golden else "skipped (no golden outputs)")
             else:
                 log.warning("model %s version %d: %s fails the golden gate (%s) and will not serve; %s",
-                            name, version, model.engine.describe(), trial["why"], _gate_figures(trial))
+                            name, version, model.engine, trial["why"], _gate_figures(trial))
         if passing:
             _, chosen = max(passing, key=lambda pair: pair[0])
             for trial in trials:

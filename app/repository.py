@@ -37,6 +37,11 @@ class Artifact(BaseModel):
     providers: list[Provider] = Field(description="Providers this artifact is meant for, best first.")
     quantization: str | None = Field(None, description="How it was quantized, e.g. 'dynamic int8 per-channel'.")
 
+    @property
+    def numerics(self) -> str:
+        """How its numbers are stored, in one phrase: the quantization recipe, else the precision."""
+        return self.quantization or self.precision
+
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

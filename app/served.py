@@ -12,7 +12,7 @@ import numpy as np
 
 from app import metrics
 from app.batching import Batcher, Timing
-from app.engine import Engine, describe
+from app.engine import Engine
 from app.repository import ModelConfig
 from app.tokenizer import Encoded, TextTokenizer, pad
 
@@ -85,7 +85,7 @@ class ServedModel:
             "provider": self.engine.provider,
             "artifact": self.engine.artifact.file,
             "precision": self.engine.precision,
-            "quantization": describe(self.engine.artifact),
+            "quantization": self.engine.artifact.numerics,
             "sessions": len(self.engines),
             "intra_op_threads": self.engine.threads,
             "engine": self.engine_choice,

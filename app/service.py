@@ -12,7 +12,6 @@ import numpy as np
 
 from app import metrics
 from app.batching import Batcher
-from app.engine import describe
 from app.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -131,7 +130,7 @@ class Service:
             parallel=len(model.engines),
             name=f"{slot.name}:{slot.version}",
             on_batch=_batch_observer(slot.name),
-            on_load=metrics.QUEUE_SIZE.labels(slot.name).set,
+            on_queue_size=metrics.QUEUE_SIZE.labels(slot.name).set,
         )
         model.batcher.start()
         slot.model, slot.state = model, "ready"
@@ -139,7 +138,7 @@ class Service:
         _model_info(model, 1)
         log.info(
             "model %s version %d ready: %s x %d session(s), %s, batching %s",
-            slot.name, slot.version, model.engine.describe(), len(model.engines),
+            slot.name, slot.version, model.engine, len(model.engines),
             _chosen_over(model), model.batch_choice,
         )
 
@@ -311,7 +310,7 @@ def _mtime(path: Path) -> float:
 
 def _model_info(model: ServedModel, value: int) -> None:
     engine = model.engine
-    labels = (model.name, str(model.version), engine.provider, describe(engine.artifact), engine.artifact.file,
+    labels = (model.name, str(model.version), engine.provider, engine.artifact.numerics, engine.artifact.file,
               engine.precision)
     metrics.MODEL_INFO.labels(*labels).set(value)
 

@@ -14,7 +14,7 @@ def describe_version(path: Path) -> str:
         config = read_config(path)
     except ModelLoadError as exc:
         return f"unreadable: {exc}"
-    artifacts = ", ".join(f"{a.file} ({a.quantization or a.precision})" for a in config.artifacts)
+    artifacts = ", ".join(f"{a.file} ({a.numerics})" for a in config.artifacts)
     text = f"{len(config.labels)} labels, max_length {config.max_length}; {artifacts}"
     report = config.report or {}
     attempts = [a for a in report.get("gate", {}).get("attempts", []) if a.get("passed")]

@@ -23,7 +23,8 @@ GAUGES = {"bertserve_queue_size", "bertserve_model_info"}
 EXPORTED = ({f"{c}_total" for c in COUNTERS} | GAUGES
             | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")})
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "or", "vector", "le", "model",
-                "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization"}
+                "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization",
+                "artifact", "precision"}
 
 
 def dashboard() -> dict:
