@@ -220,9 +220,9 @@ async def ready(request: Request) -> Response:
 
 def _versions(service: Service, name: str) -> list[int]:
     """Ready versions of a model, or ModelNotFound."""
-    versions = sorted(v for v, s in service.slots.get(name, {}).items() if s.state == "ready")
+    versions = [v for v, state in service.version_states(name).items() if state == "ready"]
     if not versions:
-        raise ModelNotFound(f"model {name!r} is not served; served: {sorted(service.slots)}")
+        raise ModelNotFound(f"model {name!r} has no ready version")
     return versions
 
 
@@ -258,20 +258,17 @@ async def model_version_metadata(name: str, version: Version, request: Request) 
 
 def _model_ready(service: Service, name: str, version: str | None) -> Response:
     """200 when ready; 404 when the server does not know the model (version); 400 when it is not ready."""
-    slots = service.slots.get(name)
-    if not slots:
-        raise ModelNotFound(f"model {name!r} is not served; served: {sorted(service.slots)}")
-    if version is not None and int(version) not in slots:
-        raise ModelNotFound(f"model {name!r} version {version} is not served; versions: {sorted(slots)}")
-    chosen = [slots[int(version)]] if version is not None else list(slots.values())
+    states = service.version_states(name)
+    if version is not None and int(version) not in states:
+        raise ModelNotFound(f"model {name!r} version {version} is not served; versions: {sorted(states)}")
+    chosen = {int(version): states[int(version)]} if version is not None else states
     if service.draining:
         problem = "the server is draining"
-    elif any(slot.state == "ready" for slot in chosen):
+    elif "ready" in chosen.values():
         return json_response({"name": name, "version": version, "ready": True})
     else:
         problem = "; ".join(
-            f"version {slot.version} " + ("failed to load" if slot.state == "failed" else f"is {slot.state}")
-            for slot in chosen
+            f"version {v} " + ("failed to load" if state == "failed" else f"is {state}") for v, state in chosen.items()
         )
     return error_response(400, f"model {name!r} is not ready: {problem}", "unhealthy")
 
