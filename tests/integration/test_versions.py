@@ -97,12 +97,13 @@ def test_hot_reload_under_load_drops_nothing(tiny_model_repo, second_model, tmp_
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(seen) >= 20)  # traffic on version 1 first
         publish(second_model, repo / "tiny" / "2")
         wait_for(lambda: any(v == "2" for _, v in seen[-4:]))
         shutil.rmtree(repo / "tiny" / "1")
         wait_for(lambda: versions_served(server, "tiny") == {2: "ready"})
-        time.sleep(0.5)
+        after = len(seen)
+        wait_for(lambda: len(seen) >= after + 20)  # and on version 2 after version 1 is gone
     finally:
         stop.set()
         for t in threads:
