@@ -94,7 +94,8 @@ def test_image_is_non_root_small_and_has_no_build_tools(podman, image):
     assert "8000/tcp" in ports
     size = int(podman("image", "inspect", image, "--format", "{{.Size}}").stdout)
     base = int(podman("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
-    assert size - base < 320e6, f"the service adds {(size - base) / 1e6:.0f} MB to the base image"
+    # onnxruntime ~60 MB, the OpenVINO plugin (CPU device only) ~100 MB, numpy, tokenizers, the web stack
+    assert size - base < 380e6, f"the service adds {(size - base) / 1e6:.0f} MB to the base image"
     check = ("for t in gcc cc g++ make pip pip3; do command -v $t && exit 1; done; "
              "python -c 'import importlib.util as u, sys; "
              "sys.exit(any(u.find_spec(m) for m in (\"torch\", \"transformers\", \"optimum\")))'; "

@@ -34,13 +34,17 @@ def fp32_probabilities(path, texts):
     return score_texts(model, texts, 8)[0]
 
 
+def write_tiny_golden(path, min_agreement=0.97, max_prob_diff=0.25):
+    write_golden(path, Golden(texts=TEXTS, probabilities=fp32_probabilities(path, TEXTS).tolist(),
+                              min_agreement=min_agreement, max_prob_diff=max_prob_diff))
+
+
 @pytest.fixture
 def golden_model(tiny_model_repo, tmp_path):
     """The tiny model with golden outputs, as `bertserve export` writes them (reference: its own fp32 graph)."""
     path = tmp_path / "golden" / "1"
     shutil.copytree(tiny_model_repo / "tiny" / "1", path)
-    write_golden(path, Golden(texts=TEXTS, probabilities=fp32_probabilities(path, TEXTS).tolist(),
-                              min_agreement=0.97, max_prob_diff=0.25))
+    write_tiny_golden(path)
     return path
 
 
@@ -80,8 +84,11 @@ def test_auto_serves_the_fastest_candidate_that_passes(golden_model):
     model = load_model("tiny", 1, golden_model, Settings(**FAST))
     trials = model.describe()["engine"]["candidates"]
     assert {t["provider"] for t in trials} == {"cpu"} | ({"openvino"} if openvino_device()[0] else set())
-    assert all(t["passed"] and t["agreement"] == 1.0 and t["sequences_per_s"] > 0 for t in trials)
-    chosen = max(trials, key=lambda t: t["sequences_per_s"])
+    assert all(t["sequences_per_s"] > 0 and "agreement" in t for t in trials)
+    # onnxruntime on the very graph the reference came from; OpenVINO in fp32 too, unless the CPU has bf16 (AMX),
+    # where a random tiny model's near-uniform scores may flip and fail the gate: then the CPU provider serves.
+    assert all(t["passed"] and t["agreement"] == 1.0 for t in trials if t["precision"] == "fp32")
+    chosen = max((t for t in trials if t["passed"]), key=lambda t: t["sequences_per_s"])
     assert [t["chosen"] for t in trials] == [t is chosen for t in trials]
     assert (model.engine.provider, model.engine.artifact.file) == (chosen["provider"], chosen["artifact"])
     assert model.describe()["engine"]["gate"] == {"texts": len(TEXTS), "min_agreement": 0.97, "max_prob_diff": 0.25}
@@ -121,10 +128,15 @@ def test_explicit_openvino_serves_openvino_or_refuses_with_the_reason(golden_mod
         with pytest.raises(ModelLoadError, match="openvino: "):
             load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
         return
+    if why == "bf16":  # this test is about the session, not about bf16 on a random model's near-uniform scores
+        write_tiny_golden(golden_model, min_agreement=0.0, max_prob_diff=1.0)
     model = load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
     assert model.engine.session.get_providers()[0] == "OpenVINOExecutionProvider"
     assert (len(model.engines), model.engine.threads) == Settings().engine_layout("openvino")
-    assert model.describe()["engine"]["candidates"][0]["agreement"] == 1.0
+    [trial] = model.describe()["engine"]["candidates"]
+    assert trial["precision"] == why and trial["passed"]
+    if why == "fp32":  # the same arithmetic as the reference's graph
+        assert trial["agreement"] == 1.0
 
 
 def test_cuda_machine_measures_fp16_and_fp32_and_falls_back_to_cpu_when_cuda_fails(golden_model, monkeypatch):
