@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -127,16 +127,24 @@ class ModelServing(BaseModel):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
 
 
-def read_config(path: Path) -> ModelConfig:
-    config_path = path / CONFIG_FILE
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read(schema: type[M], path: Path) -> M:
+    """A JSON file of the repository, validated; a problem is a ModelLoadError naming the file and the field."""
     try:
-        config = ModelConfig.model_validate_json(config_path.read_bytes())
+        return schema.model_validate_json(path.read_bytes())
     except OSError as exc:
-        raise ModelLoadError(f"{config_path}: cannot read ({exc.strerror})") from None
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ModelLoadError(f"{config_path}: {where}: {first['msg']}") from None
+        raise ModelLoadError(f"{path}: {where}: {first['msg']}") from None
+
+
+def read_config(path: Path) -> ModelConfig:
+    config_path = path / CONFIG_FILE
+    config = _read(ModelConfig, config_path)
     for needed in [TOKENIZER_FILE, *(a.file for a in config.artifacts)]:
         if not (path / needed).is_file():
             raise ModelLoadError(f"{path / needed}: missing (named by {config_path})")
@@ -148,10 +156,7 @@ def read_golden(path: Path, labels: int) -> Golden | None:
     golden_path = path / GOLDEN_FILE
     if not golden_path.is_file():
         return None
-    try:
-        golden = Golden.model_validate_json(golden_path.read_bytes())
-    except (OSError, ValidationError) as exc:
-        raise ModelLoadError(f"{golden_path}: {str(exc).splitlines()[0]}") from None
+    golden = _read(Golden, golden_path)
     if any(len(row) != labels for row in golden.probabilities):
         raise ModelLoadError(f"{golden_path}: rows of probabilities do not have the model's {labels} labels")
     return golden
@@ -185,10 +190,7 @@ def read_policy(model_dir: Path) -> VersionPolicy:
     path = model_dir / POLICY_FILE
     if not path.is_file():
         return VersionPolicy()
-    try:
-        return ModelServing.model_validate_json(path.read_bytes()).version_policy
-    except (OSError, ValidationError) as exc:
-        raise ModelLoadError(f"{path}: {str(exc).splitlines()[0]}") from None
+    return _read(ModelServing, path).version_policy
 
 
 def wanted_versions(root: Path, max_loaded: int) -> dict[str, list[tuple[int, Path]] | str]:

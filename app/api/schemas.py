@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from app.registry import State
+from app.scores import ScoreFunction
+
 Text = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -15,7 +18,7 @@ class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
-    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+    function_to_apply: ScoreFunction | None = Field(
         None, description="Score function; softmax by default."
     )
 
@@ -62,7 +65,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    state: Literal["loading", "ready", "failed", "unloading"]
+    state: State
     version: int | None = None
     default: bool | None = Field(None, description="Whether requests naming no version go to this one.")
     labels: list[str] | None = None
