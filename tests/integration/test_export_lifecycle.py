@@ -42,7 +42,7 @@ def test_train_export_evaluate_models(tmp_path, base, data, capsys):
     capsys.readouterr()
 
     cli(["evaluate", "tiny:1", "--data", str(data), "--text-column", "review", "--label-column", "sentiment",
-         "--model-repository", str(repo)])
+         "--model-repository", str(repo), "--provider", "cpu"])  # auto may measure OpenVINO faster on this model
     out = capsys.readouterr().out
     assert "tiny:1 (model.int8.onnx, cpu) on 30 texts" in out
     assert "accuracy" in out and "macro-F1" in out and "sequences/s" in out and "truth \\ predicted" in out
