@@ -36,7 +36,8 @@ def test_promtool_check_rules():
 
 
 def test_promtool_rule_unit_tests():
-    run([tool("promtool"), "test", "rules", str(RULE_TESTS)], timeout=60)
+    out = run([tool("promtool"), "test", "rules", str(RULE_TESTS)], timeout=60)
+    assert "SUCCESS" in out.stdout + out.stderr
 
 
 def test_every_alert_asked_for_exists_and_has_a_firing_unit_test():
