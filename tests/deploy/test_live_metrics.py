@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -90,7 +89,9 @@ def traffic(bertserve, prometheus):
             assert client.post("/predict", json={"inputs": "x", "model": "nope"}).status_code == 404
             sent["422"] += 1
             sent["404"] += 1
-            time.sleep(2.5)
+            # the next burst only after a scrape has seen this one, so rates have two samples to work with
+            wait_for(lambda: scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="200"})')
+                     == sent["200"] or None, 20, f"a scrape with {sent['200']} answered")
     return sent
 
 
