@@ -22,6 +22,12 @@ class Unauthorized(ServiceError):
     kind = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """A valid key that lacks the role the route needs (a client key on an admin route)."""
+
+    kind = "forbidden"
+
+
 class PayloadTooLarge(ServiceError):
     kind = "payload_too_large"
 

@@ -15,8 +15,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__, metrics
 from app.api import errors, v2
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import LEAN_ROUTES, router
+from app.api.routes import LEAN_ROUTES, admin_router, router
 from app.api.schemas import PredictRequest
+from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
 from app.logs import log_config
 from app.service import Service
 from app.settings import Settings
@@ -57,17 +58,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.settings = settings
-    app.state.api_keys = settings.accepted_keys()
+    keys = Keys(settings)
     errors.install(app)
     app.router.routes.extend(LEAN_ROUTES)  # matched first: ahead of the routers' declarations
     app.include_router(router)
     app.include_router(v2.router)
+    if keys.admin_served:
+        app.include_router(admin_router)
+    _log_access_policy(settings, keys)
+    if keys.enforced:  # innermost of the layers: CORS preflights and request ids come before it
+        app.add_middleware(AuthMiddleware, keys=keys)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
     app.add_middleware(RequestContextMiddleware, log_access=settings.access_log)
-    _add_request_schema(app)
+    _add_request_schema(app, keys)
     return app
+
+
+def _log_access_policy(settings: Settings, keys: Keys) -> None:
+    """One start-up line on who may call what (counts, never keys); a warning when admin routes are open."""
+    admin = "admin key" if keys.admin else "OPEN (BERTSERVE_ADMIN_WITHOUT_KEY)" if keys.admin_served else "not served"
+    log.info("access: %d client key(s), %d admin key(s); prediction and model routes: %s; /admin: %s; /metrics: %s",
+             len(keys.client), len(keys.admin), "client key" if keys.client else "open", admin,
+             "key" if keys.needs("metrics") else "open")
+    if settings.admin_without_key:
+        log.warning("BERTSERVE_ADMIN_WITHOUT_KEY is set: anyone who reaches this port can load and unload models; "
+                    "use it only on a trusted network, or set BERTSERVE_ADMIN_API_KEYS")
+    if settings.protect_metrics and not keys.enforced:
+        log.warning("BERTSERVE_PROTECT_METRICS is set but no key is configured: /metrics stays open")
 
 
 def _drain_on_sigterm(service: Service, timeout_s: float) -> None:
@@ -98,8 +117,9 @@ def _drain_on_sigterm(service: Service, timeout_s: float) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _add_request_schema(app: FastAPI) -> None:
-    """/predict reads its body itself (one-pass validation from bytes); publish that body's schema."""
+def _add_request_schema(app: FastAPI, keys: Keys) -> None:
+    """/predict reads its body itself (one-pass validation from bytes); publish that body's schema. And the two
+    security schemes, on each operation as app.api.security decides them (one source for the rule and its doc)."""
     default_openapi = app.openapi
 
     def openapi() -> dict:
@@ -109,6 +129,13 @@ def _add_request_schema(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(request_schema.pop("$defs", {}))
             components["PredictRequest"] = request_schema
+            schema["components"]["securitySchemes"] = SCHEMES
+            for path, operations in schema.get("paths", {}).items():
+                security = keys.openapi_security(route_group(path))
+                for operation in operations.values():
+                    operation.pop("security", None)
+                    if security:
+                        operation["security"] = security
             app.openapi_schema = schema
         return app.openapi_schema
 

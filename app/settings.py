@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,26 +88,60 @@ class Settings(BaseSettings):
     # --- security ---
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated keys accepted as `Authorization: Bearer <key>` on /predict and /models; "
-        "several allow rotation. Empty (and no keys file): no authentication.",
+        description="Comma-separated client keys, accepted as `Authorization: Bearer <key>` on /predict, /models and "
+        "the /v2 model routes; a key may be given as `sha256:<hex>` of the key; several allow rotation. Empty "
+        "(and no keys file): those routes are open.",
     )
-    api_keys_file: Path | None = Field(None, description="File with one API key per line, added to api_keys.")
-    protect_metrics: bool = Field(False, description="Require an API key on /metrics too (health stays open).")
+    api_keys_file: Path | None = Field(None, description="File with one client key (or sha256:<hex>) per line.")
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated admin keys (or sha256:<hex>): the only keys accepted on /admin (model load "
+        "and unload), and accepted on client routes too. Empty (and no file): the admin routes are not served.",
+    )
+    admin_api_keys_file: Path | None = Field(None, description="File with one admin key (or sha256:<hex>) per line.")
+    admin_without_key: bool = Field(
+        False, description="Serve the admin routes with no key when no admin key is set: only on a trusted "
+        "network; logged as a warning at start.",
+    )
+    protect_metrics: bool = Field(
+        False, description="Require a client or admin key on /metrics too (health stays open)."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: CORS off."
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
+    def key_digests(self, role: Literal["client", "admin"] = "client") -> list[bytes]:
+        """SHA-256 digests of every key of a role (settings and key file): keys given as `sha256:<hex>` as they
+        are, plain keys hashed. A presented key is hashed once and compared in constant time with each."""
+        given, file = (self.api_keys, self.api_keys_file) if role == "client" else (
+            self.admin_api_keys, self.admin_api_keys_file)
+        keys = [k.get_secret_value() for k in given]
+        if file:
+            keys += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        return [_digest(k) for k in keys]
+
     def accepted_keys(self) -> list[bytes]:
-        """Every valid API key (settings and key file), as bytes for constant-time comparison."""
-        keys = [k.get_secret_value() for k in self.api_keys]
-        if self.api_keys_file:
-            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
-        return [k.encode() for k in keys]
+        """Digests of every client key (see key_digests)."""
+        return self.key_digests("client")
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> "Settings":
+        for role, file, name in (("client", self.api_keys_file, "API_KEYS"),
+                                 ("admin", self.admin_api_keys_file, "ADMIN_API_KEYS")):
+            if file is not None and not file.is_file():
+                raise ValueError(f"BERTSERVE_{name}_FILE {file} is not a readable file")
+            try:
+                self.key_digests(role)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ValueError(f"BERTSERVE_{name} (or _FILE): {exc}") from None
+        if self.admin_without_key and (self.admin_api_keys or self.admin_api_keys_file):
+            raise ValueError("BERTSERVE_ADMIN_WITHOUT_KEY contradicts BERTSERVE_ADMIN_API_KEYS: set one of them")
+        return self
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":
@@ -117,8 +152,6 @@ class Settings(BaseSettings):
             )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("BERTSERVE_SSL_CERTFILE and BERTSERVE_SSL_KEYFILE go together")
-        if self.api_keys_file is not None and not self.api_keys_file.is_file():
-            raise ValueError(f"BERTSERVE_API_KEYS_FILE {self.api_keys_file} is not a readable file")
         return self
 
     def engine_layout(self, provider: str = "cpu") -> tuple[int, int]:
@@ -132,3 +165,13 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return max(1, cores // self.intra_op_threads), self.intra_op_threads
         return cores, 1
+
+
+def _digest(key: str) -> bytes:
+    """A key's SHA-256 digest; `sha256:<64 hex digits>` is taken as the digest itself. Never echoes the key."""
+    if key.lower().startswith("sha256:"):
+        hex_digest = key[7:]
+        if len(hex_digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hex_digest):
+            raise ValueError("a sha256: key must be followed by 64 hex digits")
+        return bytes.fromhex(hex_digest)
+    return hashlib.sha256(key.encode()).digest()

@@ -18,6 +18,7 @@ log = logging.getLogger("bertserve.api")
 STATUS = {
     "validation": 422,
     "unauthorized": 401,
+    "forbidden": 403,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "not_found": 404,
@@ -29,7 +30,7 @@ STATUS = {
 }
 
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
-_KIND_OF_STATUS = {401: "unauthorized", 404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
+_KIND_OF_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:

@@ -22,14 +22,13 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.responses import Response
 
 from app import __version__
 from app.api.errors import error_response, validation_message
 from app.api.schemas import ErrorResponse
-from app.api.security import require_api_key
 from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
 from app.errors import InvalidInput, ModelNotFound
 from app.served import ServedModel
@@ -45,7 +44,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _CONTENT_TYPES = {"", "application/json", "application/octet-stream"}
 _SCORE_FUNCTIONS = {"softmax", "sigmoid", "none"}
 
-_KEY = [Depends(require_api_key)]
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 404, 422, 500)}
 _INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 500, 503, 504)
@@ -242,7 +240,7 @@ def _metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
 
 
 @router.get("/models/{name}", summary="Model metadata (the highest ready version)", response_model=ModelMetadata,
-            responses=_ERRORS, dependencies=_KEY)
+            responses=_ERRORS)
 async def model_metadata(name: str, request: Request) -> Response:
     service: Service = request.app.state.service
     versions = _versions(service, name)
@@ -250,7 +248,7 @@ async def model_metadata(name: str, request: Request) -> Response:
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata", response_model=ModelMetadata,
-            responses=_ERRORS, dependencies=_KEY)
+            responses=_ERRORS)
 async def model_version_metadata(name: str, version: Version, request: Request) -> Response:
     model = request.app.state.service.resolve(name, int(version))
     return json_response(_metadata(model, [model.version]))
@@ -274,13 +272,13 @@ def _model_ready(service: Service, name: str, version: str | None) -> Response:
 
 
 @router.get("/models/{name}/ready", summary="Model ready: 200 if it can infer now, else 400 (404: unknown)",
-            response_model=ModelReady, responses={**_ERRORS, 400: {"model": ErrorResponse}}, dependencies=_KEY)
+            response_model=ModelReady, responses={**_ERRORS, 400: {"model": ErrorResponse}})
 async def model_ready(name: str, request: Request) -> Response:
     return _model_ready(request.app.state.service, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready (400: not ready, 404: unknown)",
-            response_model=ModelReady, responses={**_ERRORS, 400: {"model": ErrorResponse}}, dependencies=_KEY)
+            response_model=ModelReady, responses={**_ERRORS, 400: {"model": ErrorResponse}})
 async def model_version_ready(name: str, version: Version, request: Request) -> Response:
     return _model_ready(request.app.state.service, name, version)
 
@@ -500,14 +498,14 @@ async def _infer_tracked(request: Request, service: Service, tracking: Tracked, 
 
 
 @router.post("/models/{name}/infer", summary="Inference (the highest ready version)", response_model=InferResponse,
-             responses=_INFER_RESPONSES, dependencies=_KEY, openapi_extra=_INFER_OPENAPI,
+             responses=_INFER_RESPONSES, openapi_extra=_INFER_OPENAPI,
              description=_INFER_DESCRIPTION)
 async def infer(name: str, request: Request) -> Response:
     return await _infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference with one model version",
-             response_model=InferResponse, responses=_INFER_RESPONSES, dependencies=_KEY,
+             response_model=InferResponse, responses=_INFER_RESPONSES,
              openapi_extra=_INFER_OPENAPI, description=_INFER_DESCRIPTION)
 async def infer_version(name: str, version: Version, request: Request) -> Response:
     return await _infer(request, name, int(version))

@@ -26,6 +26,9 @@ VARIANTS = {
                             "extraEnv": [{"name": "TZ", "value": "UTC"}], "tmpVolume": {"medium": "Memory"}},
     "existing-claim": {"models": {"pvc": {"existingClaim": "my-models"}}, "podDisruptionBudget": {"enabled": False},
                        "monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}}},
+    "api-keys": {"auth": {"clientKeys": {"secretName": "bertserve-client-keys", "key": "keys"},
+                          "adminKeys": {"secretName": "bertserve-admin-keys", "key": "admin.txt"}},
+                 "config": {"protect_metrics": True}, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
 }
 CRD_GROUP = "monitoring.coreos.com/"
 
@@ -107,6 +110,8 @@ BAD_VALUES = {
     "autoscaling without a metric": {"autoscaling": {"cpu": {"enabled": False}}},
     "min replicas above max": {"autoscaling": {"minReplicas": 9, "maxReplicas": 3}},
     "queue smaller than a request": {"config": {"max_queue_size": 8, "max_client_batch_size": 32}},
+    "plain keys in the ConfigMap": {"config": {"api_keys": "k"}},
+    "secret name that is not a DNS name": {"auth": {"adminKeys": {"secretName": "Admin Keys"}}},
 }
 
 
@@ -143,6 +148,30 @@ def test_deployment_probes_security_and_shutdown(render_chart):
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     assert mounts["/models"]["readOnly"] and "persistentVolumeClaim" in volumes[mounts["/models"]["name"]]
     assert c["envFrom"][0]["configMapRef"]["name"] == by_kind(docs, "ConfigMap")[0]["metadata"]["name"]
+
+
+def test_api_keys_come_from_secrets_as_key_files(render_chart):
+    """Both kinds of key are mounted from Secrets and named by *_FILE variables; none is in the ConfigMap. By
+    default no key is configured: the admin routes are then not served by the service."""
+    docs = render_chart(VARIANTS["api-keys"])
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    c = container(docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["BERTSERVE_API_KEYS_FILE"] == "/etc/bertserve/client-keys/keys"
+    assert env["BERTSERVE_ADMIN_API_KEYS_FILE"] == "/etc/bertserve/admin-keys/admin.txt" and env["TZ"] == "UTC"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name, secret, key in (("client-keys", "bertserve-client-keys", "keys"),
+                              ("admin-keys", "bertserve-admin-keys", "admin.txt")):
+        assert mounts[name]["readOnly"] and volumes[name]["secret"]["secretName"] == secret
+        assert volumes[name]["secret"]["items"] == [{"key": key, "path": key}]
+        assert env[f"BERTSERVE_{'ADMIN_' if name == 'admin-keys' else ''}API_KEYS_FILE"].startswith(
+            mounts[name]["mountPath"] + "/")
+    config = by_kind(docs, "ConfigMap")[0]["data"]
+    assert not [k for k in config if "KEYS" in k] and config["BERTSERVE_PROTECT_METRICS"] == "true"
+    default = render_chart({})
+    assert "env" not in container(default)
+    assert not [v for v in by_kind(default, "Deployment")[0]["spec"]["template"]["spec"]["volumes"] if "secret" in v]
 
 
 def test_configmap_holds_every_setting_as_env(render_chart):

@@ -271,7 +271,7 @@ def test_openapi_documents_the_v2_routes(tiny_server):
     assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 1
     assert "Inference-Header-Content-Length" in infer["description"]
     assert set(infer["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
-    assert infer["security"] == [{"HTTPBearer": []}]
+    assert infer["security"] == [{"ClientKey": []}, {"AdminKey": []}]
     assert "security" not in spec["paths"]["/v2/health/ready"]["get"]
 
 

@@ -117,10 +117,12 @@ def test_hot_reload_under_load_drops_nothing(tiny_model_repo, second_model, tmp_
     print(f"hot reload: {len(seen)} requests, {first_v2} on version 1, {len(seen) - first_v2} on 2, 0 failed")
 
 
-def test_admin_unload_and_load_behind_the_api_key(tiny_model_repo, start_server):
-    server = start_server(tiny_model_repo, env={"BERTSERVE_API_KEYS": "k", "BERTSERVE_POLL_INTERVAL_S": "0.2"})
+def test_admin_unload_and_load_behind_the_admin_key(tiny_model_repo, start_server):
+    env = {"BERTSERVE_API_KEYS": "c", "BERTSERVE_ADMIN_API_KEYS": "k", "BERTSERVE_POLL_INTERVAL_S": "0.2"}
+    server = start_server(tiny_model_repo, env=env)
     auth = {"Authorization": "Bearer k"}
     assert httpx.post(server.url + "/admin/models/tiny/unload").status_code == 401
+    assert httpx.post(server.url + "/admin/models/tiny/unload", headers={"Authorization": "Bearer c"}).status_code == 403
     assert httpx.post(server.url + "/admin/models/tiny/unload", headers=auth).status_code == 200
     assert post(server, {"inputs": REVIEW, "model": "tiny"}, headers=auth).status_code == 404
     time.sleep(0.5)  # polling does not bring back what an operator unloaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -19,9 +20,20 @@ def test_env_variables_and_lists(monkeypatch, tmp_path):
     monkeypatch.setenv("BERTSERVE_CORS_ORIGINS", "https://x.example")
     monkeypatch.setenv("BERTSERVE_MAX_BATCH_SIZE", "8")
     s = Settings()
-    assert s.accepted_keys() == [b"key-alpha", b"key-beta", b"from-file"]
+    assert s.accepted_keys() == [hashlib.sha256(k).digest() for k in (b"key-alpha", b"key-beta", b"from-file")]
     assert s.cors_origins == ["https://x.example"] and s.max_batch_size == 8
     assert "key-alpha" not in repr(s)  # keys are secrets: never printed
+
+
+def test_keys_may_be_given_as_sha256_digests(monkeypatch, tmp_path):
+    digest = hashlib.sha256(b"admin-secret").hexdigest()
+    keys = tmp_path / "admin-keys"
+    keys.write_text(f"sha256:{digest.upper()}\nplain-admin\n")
+    monkeypatch.setenv("BERTSERVE_ADMIN_API_KEYS_FILE", str(keys))
+    monkeypatch.setenv("BERTSERVE_API_KEYS", f"sha256:{hashlib.sha256(b'c').hexdigest()}")
+    s = Settings()
+    assert s.key_digests("admin") == [hashlib.sha256(b"admin-secret").digest(), hashlib.sha256(b"plain-admin").digest()]
+    assert s.key_digests("client") == [hashlib.sha256(b"c").digest()]
 
 
 @pytest.mark.parametrize(
@@ -30,6 +42,10 @@ def test_env_variables_and_lists(monkeypatch, tmp_path):
         {"BERTSERVE_MAX_QUEUE_SIZE": "4", "BERTSERVE_MAX_CLIENT_BATCH_SIZE": "8"},
         {"BERTSERVE_SSL_CERTFILE": "/tmp/cert.pem"},
         {"BERTSERVE_API_KEYS_FILE": "/nonexistent/keys"},
+        {"BERTSERVE_ADMIN_API_KEYS_FILE": "/nonexistent/keys"},
+        {"BERTSERVE_API_KEYS": "sha256:abc"},  # a hashed key is 64 hex digits
+        {"BERTSERVE_ADMIN_API_KEYS": "sha256:" + "g" * 64},
+        {"BERTSERVE_ADMIN_API_KEYS": "k", "BERTSERVE_ADMIN_WITHOUT_KEY": "true"},  # one or the other
         {"BERTSERVE_PROVIDER": "tpu"},
         {"BERTSERVE_MAX_BATCH_SIZE": "0"},
     ],
