@@ -6,13 +6,12 @@ import asyncio
 import logging
 import logging.config
 import os
-import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__, metrics
+from app import __version__, metrics, shutdown
 from app.api import errors, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import LEAN_ROUTES, admin_router, router
@@ -33,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         metrics.forget_dead_workers()
-        _drain_on_sigterm(service, settings.drain_timeout_s)
+        shutdown.install(service, settings.drain_timeout_s)  # SIGTERM: stop listening, answer all, close
         # Models load after start-up so liveness answers at once and readiness says "loading" meanwhile.
         background = [asyncio.create_task(service.load_all())]
         if settings.poll_interval_s:
@@ -71,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
-    app.add_middleware(RequestContextMiddleware, log_access=settings.access_log)
+    app.add_middleware(RequestContextMiddleware, log_access=settings.access_log, service=service)
     _add_request_schema(app, keys)
     return app
 
@@ -87,34 +86,6 @@ def _log_access_policy(settings: Settings, keys: Keys) -> None:
                     "use it only on a trusted network, or set BERTSERVE_ADMIN_API_KEYS")
     if settings.protect_metrics and not keys.enforced:
         log.warning("BERTSERVE_PROTECT_METRICS is set but no key is configured: /metrics stays open")
-
-
-def _drain_on_sigterm(service: Service, timeout_s: float) -> None:
-    """On SIGTERM, first drain: readiness turns 503 and new requests get 503 (closing their connection) while
-    everything already accepted finishes; only then does uvicorn's own handler stop the server. Stopping at
-    once would reset connections whose requests were already sent."""
-    uvicorn_handler = signal.getsignal(signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-
-    async def drain_then_stop(signum: int) -> None:
-        await service.drain(timeout_s)
-        # Linger a moment answering 503 + Connection: close, so keep-alive clients learn of the shutdown from
-        # an answer rather than from a connection closed under a request they just sent.
-        await asyncio.sleep(min(1.0, timeout_s / 4))
-        log.info("drained; stopping")
-        if callable(uvicorn_handler):
-            uvicorn_handler(signum, None)
-
-    def on_sigterm(signum, frame):
-        if service.draining:  # a second SIGTERM: stop now
-            if callable(uvicorn_handler):
-                uvicorn_handler(signum, frame)
-            return
-        service.draining = True
-        log.info("SIGTERM: draining for at most %.1f s", timeout_s)
-        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum)))
-
-    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _add_request_schema(app: FastAPI, keys: Keys) -> None:

@@ -1,5 +1,6 @@
 """Request IDs: accept the caller's X-Request-ID (or make one), echo it, and put it on every log line;
-optionally one access-log line per request (method, path, status, duration; never the body)."""
+optionally one access-log line per request (method, path, status, duration; never the body, nor the query);
+while the server drains, every response closes its connection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,9 +21,10 @@ access_log = logging.getLogger("bertserve.access")
 class RequestContextMiddleware:
     """Plain ASGI (no BaseHTTPMiddleware): one header and one context variable per request."""
 
-    def __init__(self, app: ASGIApp, log_access: bool = False) -> None:
+    def __init__(self, app: ASGIApp, log_access: bool = False, service: Any = None) -> None:
         self.app = app
         self.log_access = log_access
+        self.service = service  # anything with a `draining` flag
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +40,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                headers = message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                if self.service is not None and self.service.draining and not any(
+                    k.lower() == b"connection" for k, _ in headers
+                ):
+                    headers.append((b"connection", b"close"))  # the client opens its next connection elsewhere
             await send(message)
 
         try:

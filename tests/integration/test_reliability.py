@@ -201,6 +201,74 @@ def test_sigterm_under_load_answers_everything_accepted_and_exits_0(tiny_model_r
     print(f"SIGTERM: {outcomes.count('200')} answered 200, {outcomes.count('503')} refused 503, lost {len(lost)}")
 
 
+def _sigterm_with_clients_that_keep_posting(server, clients: int) -> dict[str, int]:
+    """`clients` keep-alive clients post without pause — after a 503 or a refused connection too — until the
+    server process has exited; SIGTERM once they have had ten answers each, on average, after warming. Counts outcomes; a request sent on a
+    connection and never answered (the connection closed or reset under it) is "lost"."""
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    exited = threading.Event()
+    warmed = threading.Barrier(clients + 1)
+
+    def client_loop():
+        with httpx.Client(timeout=30) as client:  # keep-alive, as real clients do
+            for _ in range(3):  # warm: each client has its connection and answers
+                assert client.post(server.url + "/predict", json={"inputs": REVIEW}).status_code == 200
+            warmed.wait(60)
+            while not exited.is_set():
+                try:
+                    r = client.post(server.url + "/predict", json={"inputs": REVIEW})
+                    outcome = str(r.status_code)
+                    if r.status_code == 503 and r.headers.get("connection") != "close":
+                        outcome = "503 without Connection: close"
+                except httpx.ConnectError:
+                    outcome = "refused"  # never accepted: nothing was sent
+                except httpx.HTTPError as exc:
+                    outcome = f"lost: {type(exc).__name__}: {exc}"
+                with lock:
+                    outcomes.append(outcome)
+                if outcome == "refused":
+                    exited.wait(0.01)  # pace the reconnect attempts until the process is gone
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    warmed.wait(60)
+    with lock:
+        before = len(outcomes)
+    while True:  # steady load: every client is posting on its keep-alive connection
+        with lock:
+            if len(outcomes) >= before + 10 * clients:
+                break
+        time.sleep(0.005)
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(30)
+    exited.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    lost = [o for o in outcomes if o.startswith("lost")]
+    assert code == 0, server.output()[-3000:]
+    assert not lost, (lost[:5], server.output()[-3000:])
+    assert set(outcomes) <= {"200", "503", "refused"}, set(outcomes)
+    return {"answered": outcomes.count("200"), "refused": outcomes.count("503") + outcomes.count("refused"),
+            "refused_503": outcomes.count("503"), "refused_connect": outcomes.count("refused"), "lost": len(lost)}
+
+
+def test_sigterm_with_32_keep_alive_clients_that_keep_posting_loses_nothing(tiny_model_repo, start_server):
+    """Five times: 32 keep-alive clients posting continuously, SIGTERM: every request sent on a connection gets
+    an answer (200, or 503 with Connection: close), connection refusals aside, and the process exits 0."""
+    runs = []
+    for _ in range(5):
+        server = start_server(tiny_model_repo, env={"BERTSERVE_DRAIN_TIMEOUT_S": "10"})
+        runs.append(_sigterm_with_clients_that_keep_posting(server, clients=32))
+        log = server.output()
+        assert "stopped listening" in log and "drained in" in log
+    total = {k: sum(r[k] for r in runs) for k in runs[0]}
+    print(f"SIGTERM x5, 32 clients: {runs}; total {total}")
+    assert total["lost"] == 0 and total["answered"] > 0
+
+
 def test_killed_worker_is_replaced_and_its_counts_are_kept_once(tiny_model_repo, start_server):
     server = start_server(tiny_model_repo, workers=2)
     assert asyncio.run(hammer(server.url, [REVIEW] * 100, concurrency=8)) == [200] * 100
