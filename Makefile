@@ -39,4 +39,4 @@ gpu-check:
 	bash deploy/gpu-check.sh
 
 clean:
-	rm -rf $(VENV) models/drug-review-sentiment
+	rm -rf $(VENV) models/drug-review-sentiment models/.checkpoints

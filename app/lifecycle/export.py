@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
 from app.lifecycle.data import BUILTIN_SAMPLE, column, read_table
-from app.lifecycle.gate import Gate, GateData, compare, verdict
+from app.lifecycle.gate import Gate, GateData, TeacherReference, compare, judge_student, verdict
 from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
@@ -60,6 +61,11 @@ class ExportRequest:
     gate: Gate = field(default_factory=Gate)
     fp32_when_gate_fails: bool = False  # publish fp32 alone (with a warning) instead of nothing
     extra_report: dict[str, Any] = field(default_factory=dict)
+    # Distillation: the student's fp32 must pass this gate against its teacher, or nothing is published.
+    teacher: TeacherReference | None = None
+    # Figures measured on the finished version folder (artifacts and config in place) just before it is published,
+    # merged into the report (distill: the teacher's and the student's speed, side by side).
+    measure_staged: Callable[[Path, ModelConfig], dict[str, Any]] | None = None
 
 
 def say(message: str) -> None:
@@ -280,6 +286,14 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
             "fp32": fp32_cost,
             **request.extra_report,
         }
+        if request.teacher is not None:
+            judged = report["teacher_gate"] = judge_student(request.teacher, reference, data, labels)
+            say(f"student vs teacher: agreement {judged['agreement']:.4f}" + (
+                f", accuracy {judged['student_accuracy']:.4f} (teacher {judged['teacher_accuracy']:.4f})"
+                if "student_accuracy" in judged else "") + (f" -> rejected: {judged['why']}" if judged["why"] else ""))
+            if not judged["passed"]:
+                raise GateFailed(f"the student misses its gate against the teacher, nothing published "
+                                 f"({judged['why']})", report)
         artifacts = [fp32]
         if request.quantize == "int8":
             int8, int8_probs = quantize_behind_gate(request, folder, fp32_graph, config, data, reference, report["gate"])
@@ -291,6 +305,8 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
                 say(f"WARNING: no int8 recipe passed the accuracy gate ({measured}); publishing fp32 only")
             else:
                 artifacts.insert(0, int8)
+                if request.teacher is not None:  # what the CPU will serve, against the teacher: recorded
+                    report["teacher_gate"]["int8"] = judge_student(request.teacher, int8_probs, data, labels)
         elif request.quantize == "fp16":
             artifacts.insert(0, add_fp16(folder, fp32_graph, config, data, reference, report))
         if data.truth is not None:
@@ -302,6 +318,8 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         write_golden(folder, golden)
         report["golden"] = {"texts": len(golden.texts), "min_agreement": golden.min_agreement,
                             "max_prob_diff": golden.max_prob_diff, "artifacts": golden_figures}
+        if request.measure_staged is not None:
+            report.update(request.measure_staged(folder, config))
         report["export_s"] = round(time.perf_counter() - started, 1)
         config = config.model_copy(update={"report": report})
         write_config(folder, config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -34,11 +34,29 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, labels
     return figures
 
 
-def verdict(figures: dict[str, Any], gate: Gate) -> str | None:
-    """None when the figures pass, else why not."""
+def verdict(figures: dict[str, Any], gate: Gate, reference: str = "fp32") -> str | None:
+    """None when the figures pass, else why not (`reference`: what the candidate was compared with)."""
     if figures["agreement"] < gate.min_agreement:
         return f"agreement {figures['agreement']:.4f} < {gate.min_agreement}"
     if "fp32_accuracy" in figures and figures["fp32_accuracy"] - figures["candidate_accuracy"] > gate.max_accuracy_loss:
         return (f"accuracy {figures['candidate_accuracy']:.4f} is more than {gate.max_accuracy_loss} below "
-                f"fp32 {figures['fp32_accuracy']:.4f}")
+                f"{reference} {figures['fp32_accuracy']:.4f}")
     return None
+
+
+@dataclass
+class TeacherReference:
+    """Distillation: the teacher's fp32 probabilities on the gate data. The student's fp32 model is held to them
+    (decision agreement, and accuracy loss when labels are known) instead of to itself."""
+
+    source: str
+    probabilities: np.ndarray
+    gate: Gate
+
+
+def judge_student(teacher: TeacherReference, student: np.ndarray, data: GateData, labels: list[str]) -> dict[str, Any]:
+    """The student's figures against its teacher, with the gate's verdict."""
+    figures = compare(teacher.probabilities, student, data, labels)
+    why = verdict(figures, teacher.gate, reference="the teacher's")
+    named = {k.replace("fp32_", "teacher_").replace("candidate_", "student_"): v for k, v in figures.items()}
+    return {**asdict(teacher.gate), "teacher": teacher.source, **named, "passed": why is None, "why": why}

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,63 @@ def split_validation(texts, targets, fraction: float, seed: int):
     return train_test_split(texts, targets, test_size=n_validation, stratify=targets, random_state=seed)
 
 
+def balanced_weights(targets: list[int], classes: int) -> torch.Tensor:
+    """Balanced class weights: rare classes count as much as common ones in the loss."""
+    counts = np.bincount(targets, minlength=classes).astype(np.float64)
+    return torch.tensor(len(targets) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def fit(
+    model, lengths: list[int], batch_loss: Callable[[list[int]], torch.Tensor],
+    validate: Callable[[], dict[str, Any]], options: TrainOptions, best_by: str,
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """The training loop of `train` and `distill`: AdamW with linear warm-up and decay over length-grouped batches
+    of the examples (`lengths` = their token counts), a progress bar per epoch, `validate()` after each epoch,
+    early stop after `options.patience` epochs without a better `validate()[best_by]`. The model ends with the
+    best epoch's weights. Returns the history, the best epoch and its validation figures."""
+    rng = random.Random(options.seed)
+    steps_per_epoch = -(-len(lengths) // options.batch_size)
+    # A few hundred examples cannot teach a whole vocabulary; freezing it also saves a third of the optimizer work.
+    model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel for all parameters, about 10x faster than the per-tensor loop on CPU.
+    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.01, fused=True)
+    schedule = get_linear_schedule_with_warmup(
+        optimizer, int(0.1 * steps_per_epoch * options.epochs), steps_per_epoch * options.epochs
+    )
+    history, best, best_state, stale = [], None, None, 0
+    for epoch in range(1, options.epochs + 1):
+        model.train()
+        total = 0.0
+        bar = tqdm(length_grouped_batches(lengths, options.batch_size, rng), desc=f"epoch {epoch}/{options.epochs}",
+                   unit="batch", file=sys.stderr, mininterval=1.0)
+        for batch in bar:
+            loss = batch_loss(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        figures = validate()
+        scalars = {k: v for k, v in figures.items() if isinstance(v, float)}
+        history.append({"epoch": epoch, "train_loss": round(total / len(bar), 4),
+                        **{f"val_{k}": v for k, v in scalars.items()}})
+        print(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, validation "
+              + ", ".join(f"{k.replace('_', '-')} {v:.4f}" for k, v in scalars.items()), file=sys.stderr)
+        if best is None or figures[best_by] > best[1][best_by]:
+            best, best_state, stale = (epoch, figures), copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= options.patience:
+                print(f"early stop: no better validation {best_by.replace('_', '-')} for {stale} epochs",
+                      file=sys.stderr)
+                break
+    model.load_state_dict(best_state)
+    return history, best[0], best[1]
+
+
 def train_classifier(
     texts: list[str], labels: list[str], base: str, output: Path, options: TrainOptions | None = None,
     label_names: list[str] | None = None,
@@ -139,53 +197,19 @@ def train_classifier(
     train_ids, val_ids = encode(train_texts), encode(val_texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    # Balanced class weights: rare classes count as much as common ones in the loss.
-    counts = np.bincount(train_y, minlength=len(label_names)).astype(np.float64)
-    weights = torch.tensor(len(train_y) / (len(label_names) * np.maximum(counts, 1)), dtype=torch.float32)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=balanced_weights(train_y, len(label_names)))
 
-    rng = random.Random(options.seed)
-    steps_per_epoch = -(-len(train_ids) // options.batch_size)
-    # A few hundred examples cannot teach a whole vocabulary; freezing it also saves a third of the optimizer work.
-    model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel for all parameters, about 10x faster than the per-tensor loop on CPU.
-    optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.01, fused=True)
-    schedule = get_linear_schedule_with_warmup(
-        optimizer, int(0.1 * steps_per_epoch * options.epochs), steps_per_epoch * options.epochs
-    )
     target_tensor = torch.tensor(train_y)
-    lengths = [len(x) for x in train_ids]
-    history, best, best_state, stale = [], None, None, 0
-    for epoch in range(1, options.epochs + 1):
-        model.train()
-        total = 0.0
-        bar = tqdm(length_grouped_batches(lengths, options.batch_size, rng), desc=f"epoch {epoch}/{options.epochs}",
-                   unit="batch", file=sys.stderr, mininterval=1.0)
-        for batch in bar:
-            loss = loss_fn(model(**collate(train_ids, batch, pad_id)).logits, target_tensor[batch])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        predicted = predict(model, val_ids, pad_id).argmax(axis=1).tolist()
-        figures = classification_figures(val_y, predicted, label_names)
-        history.append({"epoch": epoch, "train_loss": round(total / len(bar), 4),
-                        "val_accuracy": figures["accuracy"], "val_macro_f1": figures["macro_f1"]})
-        print(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, validation accuracy "
-              f"{figures['accuracy']:.4f}, macro-F1 {figures['macro_f1']:.4f}", file=sys.stderr)
-        if best is None or figures["macro_f1"] > best[1]["macro_f1"]:
-            best, best_state, stale = (epoch, figures), copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= options.patience:
-                print(f"early stop: no better validation macro-F1 for {stale} epochs", file=sys.stderr)
-                break
 
-    model.load_state_dict(best_state)
+    def batch_loss(batch: list[int]) -> torch.Tensor:
+        return loss_fn(model(**collate(train_ids, batch, pad_id)).logits, target_tensor[batch])
+
+    def validate() -> dict[str, Any]:
+        predicted = predict(model, val_ids, pad_id).argmax(axis=1).tolist()
+        return classification_figures(val_y, predicted, label_names)
+
+    history, best_epoch, best_figures = fit(model, [len(x) for x in train_ids], batch_loss, validate, options,
+                                            best_by="macro_f1")
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
@@ -195,8 +219,8 @@ def train_classifier(
         "options": asdict(options),
         "train_size": len(train_ids),
         "validation_size": len(val_ids),
-        "best_epoch": best[0],
-        "validation": best[1],
+        "best_epoch": best_epoch,
+        "validation": best_figures,
         "history": history,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
