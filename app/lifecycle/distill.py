@@ -280,7 +280,8 @@ def side_by_side(models: dict[str, tuple[Path, ModelConfig]], texts: list[str], 
         best = max(engines, key=engines.__getitem__)
         result[who] = {"engines": engines, "best_engine": best, "sequences_per_s": engines[best],
                        "size_mb": round((folder / files[who, best]).stat().st_size / 1e6, 1)}  # of best's artifact
-    result["speedup"] = round(result["student"]["sequences_per_s"] / result["teacher"]["sequences_per_s"], 2)
+    if "teacher" in models and "student" in models:
+        result["speedup"] = round(result["student"]["sequences_per_s"] / result["teacher"]["sequences_per_s"], 2)
     return result
 
 
