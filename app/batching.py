@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.errors import BackendError, InvalidInput, NotReady, Overloaded
+from app.logs import exception_summary
 from app.tokenizer import Encoded
 
 log = logging.getLogger("bertserve.batching")
@@ -210,8 +211,9 @@ class Batcher:
             start = time.perf_counter()
             try:
                 encoded = self.model.encode([i.text for i in items])
-            except Exception:
-                log.exception("tokenization failed for model %s", self.name)
+            except Exception as exc:  # logged without its message: it may quote the texts
+                log.error("tokenization failed for model %s (%d texts): %s", self.name, len(items),
+                          exception_summary(exc))
                 self._answer([(item, None, BackendError("tokenization failed")) for item in items])
                 continue
             elapsed = time.perf_counter() - start
@@ -243,8 +245,9 @@ class Batcher:
             start = time.perf_counter()
             try:
                 rows = self.model.infer([i.ids for i in batch])
-            except Exception:
-                log.exception("inference failed for model %s (batch of %d)", self.name, len(batch))
+            except Exception as exc:  # logged without its message: it may quote the inputs
+                log.error("inference failed for model %s (batch of %d, longest %d tokens): %s", self.name, len(batch),
+                          max(len(i.ids) for i in batch), exception_summary(exc))
                 self._answer([(item, None, BackendError("inference failed")) for item in batch])
                 continue
             elapsed = time.perf_counter() - start

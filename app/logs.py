@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import traceback
 from typing import Any
 
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def exception_summary(exc: BaseException) -> str:
+    """An exception for the log without its message: the type and where it was raised (the innermost frames).
+    Messages of exceptions raised while handling a request may quote the client's text, which never goes into
+    the logs; the place in the code is what an operator needs to find the fault."""
+    frames = traceback.extract_tb(exc.__traceback__)[-4:]
+    where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+    return f"{type(exc).__module__}.{type(exc).__qualname__} at {where or '?'}"
 
 
 class _RequestIdFilter(logging.Filter):

@@ -172,4 +172,7 @@ class GracefulShutdown:
 
 
 def install(service: Any, timeout_s: float) -> None:
-    GracefulShutdown(service, timeout_s).install()
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # signals are the main thread's (uvicorn: same)
+        GracefulShutdown(service, timeout_s).install()

@@ -43,8 +43,13 @@ def validation_message(exc: ValidationError) -> str:
     tags in the location (`constrained-str`, `list[...]`) say nothing to a client and are left out."""
     first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
     parts = [p for p in first["loc"] if isinstance(p, int) or not any(c in p for c in "-[")]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
-    return f"{where}: {first['msg']}"
+    if first["type"] == "extra_forbidden":  # the unknown name is the client's own text: not echoed
+        return f"{_where(parts[:-1]) if len(parts) > 1 else 'body'}: a field that is not part of the API was sent"
+    return f"{_where(parts)}: {first['msg']}"
+
+
+def _where(parts: list) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
 
 
 def status_of(exc: BaseException) -> int:
@@ -52,6 +57,7 @@ def status_of(exc: BaseException) -> int:
 
 
 async def _service_error(_request: Request, exc: ServiceError) -> Response:
+    log.debug("answered %d %s: %s", STATUS[exc.kind], exc.kind, exc.message)  # messages never quote client text
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     if exc.kind == "unauthorized":
         headers = {"WWW-Authenticate": "Bearer"}
@@ -72,7 +78,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> R
 
 
 async def _unexpected(_request: Request, exc: Exception) -> Response:
-    log.error("unhandled %s: %s", type(exc).__name__, exc)  # the traceback stays in the logs, never in answers
+    # Logged once, without its message (which may quote the client's text), by RequestContextMiddleware.
     return error_response(500, "internal error", "internal")
 
 

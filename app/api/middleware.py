@@ -12,10 +12,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.logs import request_id
+from app.api.errors import error_response
+from app.logs import exception_summary, request_id
 
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")  # echoed into headers and logs: nothing else gets through
 access_log = logging.getLogger("bertserve.access")
+log = logging.getLogger("bertserve.api")
 
 
 class RequestContextMiddleware:
@@ -49,6 +51,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here and not re-raised: the server would log the exception with its message, which may
+            # quote the client's text. Logged once, as type and place.
+            log.error("unhandled %s", exception_summary(exc))
+            if status == 0:
+                await error_response(500, "internal error", "internal")(scope, receive, send_with_id)
         finally:
             if self.log_access:
                 access_log.info(

@@ -5,10 +5,16 @@ output a failure can produce."""
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
+import time
+import uuid
 
 import httpx
 import pytest
 
+from tests.conftest import metric, post
+from tests.integration.test_reliability import SLOW_ENV, slow_model_repo, start_busy_batch  # noqa: F401 (fixture)
 from tests.integration.test_serving import REVIEW
 
 CLIENT, ADMIN = "client-key-1", "admin-key-1"
@@ -116,3 +122,152 @@ def test_hashed_keys_in_files(tiny_model_repo, start_server, tmp_path):
     assert call(server, "POST", "/predict", {"inputs": REVIEW}, client_digest).status_code == 401
     assert call(server, "POST", "/admin/models/tiny/load", None, "rotated-client").status_code == 403
     assert call(server, "POST", "/admin/models/tiny/load", None, "plain-admin").status_code == 200
+
+
+# ---- nothing of a client's text leaks ----
+
+MARKER = "zqx" + uuid.uuid4().hex[:12] + "leak"  # unique: found only where a client's text went
+DEBUG_ENV = {"BERTSERVE_LOG_LEVEL": "debug", "BERTSERVE_ACCESS_LOG": "true"}
+
+
+def seen(response: httpx.Response) -> str:
+    """Everything a client gets back: status line, headers, body."""
+    return f"{response.status_code} {response.headers!r} {response.text}"
+
+
+def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_model_repo, start_server):
+    """A marker sent through every path that can fail, against real servers logging at debug with the access
+    log on: validation, too long with truncate false, overload, deadline, disconnect. It is in no log line, no
+    error body, no header, no metric."""
+    text = f"great drug {MARKER} no side effects"
+    outputs: list[str] = []
+    server = start_server(tiny_model_repo, env=DEBUG_ENV)
+    bad_bodies = [
+        b'{"inputs": "' + text.encode(),  # malformed JSON
+        json.dumps({"inputs": text, "truncate": text}).encode(),  # wrong types
+        json.dumps({"inputs": [text, 3]}).encode(),
+        json.dumps({"inputs": text, MARKER: 1}).encode(),  # an unknown field named by the client
+        json.dumps({"inputs": text, "parameters": {"function_to_apply": text, "top_k": text}}).encode(),
+        json.dumps({"inputs": text, "model": text}).encode().replace(b'"model"', b'"version"'),
+        json.dumps({"inputs": [text] * 40}).encode(),  # too many inputs
+        text.encode(),  # not JSON at all
+    ]
+    for body in bad_bodies:
+        r = httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        outputs.append(seen(r))
+    long = {"inputs": " ".join([text] * 40), "truncate": False}
+    r = httpx.post(server.url + "/predict", json=long)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"
+    outputs.append(seen(r))
+    r = httpx.post(server.url + "/predict", content=text.encode(), headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    outputs.append(seen(r))
+    v2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}], MARKER: 1}
+    r = httpx.post(server.url + "/v2/models/tiny/infer", json=v2)
+    assert r.status_code == 422
+    outputs.append(seen(r))
+    outputs.append(server.metrics_text())
+    server.stop()
+    outputs.append(server.output())
+
+    env = SLOW_ENV | DEBUG_ENV | {"BERTSERVE_MAX_QUEUE_SIZE": "40"}
+    slow = start_server(slow_model_repo, env=env)
+    busy = start_busy_batch(slow)  # 32 of 40 places taken, the engine busy for a while
+    r = post(slow, {"inputs": [text] * 9})  # 32 + 9 > 40
+    assert r.status_code == 429, r.text
+    outputs.append(seen(r))
+    r = post(slow, {"inputs": text, "timeout_ms": 50})
+    assert r.status_code == 504, r.text
+    outputs.append(seen(r))
+    body = json.dumps({"inputs": text}).encode()
+    with socket.create_connection(("127.0.0.1", slow.port)) as s:  # gone before the answer
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                  + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    busy.join()
+    deadline = time.monotonic() + 30
+    while metric(slow.metrics_text(), "bertserve_requests_total", status="499") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    outputs.append(slow.metrics_text())
+    slow.stop()
+    outputs.append(slow.output())
+
+    log = server.output() + slow.output()
+    assert "POST /predict 422" in log and "POST /predict 429" in log and "POST /predict 504" in log  # access log
+    assert '"level":"debug"' in log  # really at debug
+    leaks = [o for o in outputs if MARKER in o]
+    assert not leaks, [o[max(0, o.find(MARKER) - 300): o.find(MARKER) + 100] for o in leaks]
+
+
+def test_no_client_text_leaks_when_the_engine_or_the_code_raises(tiny_model_repo, capfd, monkeypatch):
+    """In-process, a real uvicorn server on loopback whose tokenizer, engine and request parsing are made to raise
+    with the client's text in their error messages (the worst case): the answers are 500 with the fixed JSON
+    error, and neither they nor anything written to stdout/stderr (every log, at debug) carries the text."""
+    import threading
+
+    import uvicorn
+
+    from app.api import routes
+    from app.main import create_app
+    from app.served import ServedModel
+    from app.settings import Settings
+    from tests.conftest import free_port
+
+    text = f"lovely {MARKER} pills"
+    settings = Settings(model_repository=tiny_model_repo, log_level="debug", access_log=True,
+                        batch_autotune=False, poll_interval_s=0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
+                                           http="httptools", log_config=None, log_level="debug"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.post(url + "/predict", json={"inputs": "fine"}).status_code == 200
+        encode, texts_seen = ServedModel.encode, []
+
+        def raising_encode(self, texts):
+            raise ValueError(f"cannot tokenize {texts!r}")
+
+        def remembering_encode(self, texts):
+            texts_seen.extend(texts)
+            return encode(self, texts)
+
+        def raising_infer(self, sequences):
+            raise RuntimeError(f"engine failed on {texts_seen!r}")
+
+        def raising_parse(body):
+            raise KeyError(body.decode())
+
+        answers = []
+        for patches in ([("encode", raising_encode)], [("encode", remembering_encode), ("infer", raising_infer)]):
+            with monkeypatch.context() as m:
+                for name, fn in patches:
+                    m.setattr(ServedModel, name, fn)
+                r = httpx.post(url + "/predict", json={"inputs": text})
+                assert r.status_code == 500 and r.json()["error_type"] == "backend", r.text
+                answers.append(seen(r))
+        with monkeypatch.context() as m:
+            m.setattr(routes, "parse_predict", raising_parse)
+            r = httpx.post(url + "/predict", json={"inputs": text})
+            assert r.status_code == 500 and r.json() == {"error": "internal error", "error_type": "internal"}
+            answers.append(seen(r))
+        answers.append(httpx.get(url + "/metrics").text)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    out, err = capfd.readouterr()
+    assert "tokenization failed" in err and "inference failed" in err and "unhandled builtins.KeyError" in err
+    assert texts_seen and '"level":"debug"' in err
+    for where, output in [("answers", "\n".join(answers)), ("stdout", out), ("stderr", err)]:
+        assert MARKER not in output, (where, output[max(0, output.find(MARKER) - 300): output.find(MARKER) + 100])
