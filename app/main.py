@@ -12,10 +12,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics, shutdown
-from app.api import errors, v2
+from app.api import errors, operations, predict, v2
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import LEAN_ROUTES, admin_router, router
-from app.api.schemas import PredictRequest
+from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
 from app.logs import log_config
 from app.service import Service
@@ -59,11 +58,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     keys = Keys(settings)
     errors.install(app)
-    app.router.routes.extend(LEAN_ROUTES)  # matched first: ahead of the routers' declarations
-    app.include_router(router)
+    app.include_router(predict.router)
     app.include_router(v2.router)
+    app.include_router(operations.router)
     if keys.admin_served:
-        app.include_router(admin_router)
+        app.include_router(operations.admin_router)
     _log_access_policy(settings, keys)
     if keys.enforced:  # innermost of the layers: CORS preflights and request ids come before it
         app.add_middleware(AuthMiddleware, keys=keys)

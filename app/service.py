@@ -5,21 +5,10 @@ their operations. Transports never touch a registry slot."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
 from app.inference import Inference
 from app.registry import Registry
 from app.router import Router
 from app.settings import Settings
-
-
-def ranked(labels: list[str], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
-    """Every label (or the top_k), best first: the Hugging Face text-classification shape. Plain Python: for a
-    handful of labels numpy's per-call cost (and its GIL release) is most of the work."""
-    pairs = sorted(zip(scores.tolist(), labels), key=lambda pair: -pair[0])[:top_k]
-    return [{"label": label, "score": score} for score, label in pairs]
 
 
 class Service:
@@ -30,6 +19,7 @@ class Service:
         self.inference = Inference(settings, self.registry, self.router)
         # The operations transports call, from the room that owns each.
         self.classify = self.inference.classify
+        self.timeout_s = self.inference.timeout_s
         self.resolve = self.router.resolve
         self.default_version = self.router.default_version
         self.metric_label = self.router.metric_label

@@ -1,58 +1,13 @@
-"""Wire schemas of the HTTP API (one module). Requests are validated from raw JSON bytes in one pass."""
+"""Wire schemas every protocol shares: the error body, model listings and readiness. Each protocol's own request
+and response bodies live in its package (app.api.predict, app.api.v2, ...)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.registry import State
-from app.scores import ScoreFunction
-
-Text = Annotated[StrictStr, Field(min_length=1)]
-
-
-class PredictParameters(BaseModel):
-    """The Hugging Face Inference API's text-classification parameters, so its clients work unchanged."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
-    function_to_apply: ScoreFunction | None = Field(
-        None, description="Score function; softmax by default."
-    )
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"inputs": "This medicine worked wonders, no side effects at all."}]},
-    )
-
-    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
-        description="One text, or a list of texts (answered with one list of scores per text)."
-    )
-    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
-    raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")
-    model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
-    version: int | None = Field(None, ge=1, description="Model version; default: the highest one serving.")
-    parameters: PredictParameters | None = Field(
-        None,
-        description="Hugging Face Inference API form. When present, the answer uses that API's shape: "
-        "a list of score lists even for a single text.",
-    )
-    timeout_ms: int | None = Field(
-        None, ge=10, description="Answer 504 and drop the work if no result within this time (capped by the "
-        "server's BERTSERVE_MAX_REQUEST_TIMEOUT_MS). Default: BERTSERVE_REQUEST_TIMEOUT_MS.",
-    )
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-PredictResponse = list[LabelScore] | list[list[LabelScore]]
 
 
 class ErrorResponse(BaseModel):
@@ -79,3 +34,8 @@ class ModelInfo(BaseModel):
 class Readiness(BaseModel):
     status: str
     models: dict[str, Any]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route for the error statuses it may answer, all in the one error shape."""
+    return {code: {"model": ErrorResponse} for code in codes}

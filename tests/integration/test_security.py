@@ -208,7 +208,7 @@ def test_no_client_text_leaks_when_the_engine_or_the_code_raises(tiny_model_repo
 
     import uvicorn
 
-    from app.api import routes
+    from app.api.predict import routes
     from app.main import create_app
     from app.served import ServedModel
     from app.settings import Settings

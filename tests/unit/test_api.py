@@ -69,3 +69,19 @@ def test_models_health_and_v2_readiness(call):
     assert call("GET", "/v2/models/tiny/ready").json()["ready"] is True
     assert call("GET", "/v2/models/nope/ready").status_code == 404
     assert call("GET", "/nowhere").json()["error_type"] == "not_found"
+
+
+def test_predict_is_one_lean_route_that_refuses_dependencies():
+    """/predict is declared once and served as a plain handler; a dependency added to a lean route would be
+    documented and never run, so declaring one fails at once."""
+    from fastapi import APIRouter, Depends
+    from fastapi.routing import APIRoute
+
+    from app.api.predict import routes
+    from app.api.transport import LeanRoute
+
+    declared = [r for r in routes.router.routes if isinstance(r, APIRoute) and r.path == "/predict"]
+    assert len(declared) == 1 and isinstance(declared[0], LeanRoute)
+    assert declared[0].get_route_handler() is routes.predict
+    with pytest.raises(TypeError, match="no dependencies"):
+        APIRouter(route_class=LeanRoute).post("/x", dependencies=[Depends(lambda: None)])(routes.predict)

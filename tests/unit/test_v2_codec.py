@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.api.v2 import HEADER_LENGTH, encode_response, parse_infer
+from app.api.v2.codec import encode_response, parse_infer
+from app.api.v2.schemas import HEADER_LENGTH
 from app.errors import InvalidInput
 
 

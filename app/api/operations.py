@@ -1,0 +1,68 @@
+"""The routes that run the server rather than predict: health probes, model listing, admin load and unload (mounted
+only when admin keys are set, or BERTSERVE_ADMIN_WITHOUT_KEY), and Prometheus metrics. Who may call which is
+decided for every route in one place: app.api.security."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from app import metrics
+from app.api.schemas import ModelInfo, Readiness, error_responses
+from app.api.transport import json_response
+from app.errors import ModelNotFound
+from app.service import Service
+
+router = APIRouter()
+admin_router = APIRouter(tags=["admin"])
+_ADMIN_ERRORS = error_responses(401, 403, 404)
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> Response:
+    return json_response({"status": "alive"})
+
+
+@router.get("/health/ready", summary="Readiness: every model loaded and warmed", response_model=Readiness,
+            responses={503: {"model": Readiness}})
+async def ready(request: Request) -> Response:
+    is_ready, detail = request.app.state.service.readiness()
+    return json_response(detail, status_code=200 if is_ready else 503)
+
+
+@router.get("/models", summary="Models being served", response_model=list[ModelInfo],
+            responses=error_responses(401))
+async def list_models(request: Request) -> Response:
+    return json_response(request.app.state.service.list_models())
+
+
+@router.get("/models/{name}", summary="Every version of one model, with quality reports",
+            response_model=list[ModelInfo],
+            responses=error_responses(401, 404))
+async def get_model(name: str, request: Request) -> Response:
+    versions = [m for m in request.app.state.service.list_models() if m["name"] == name]
+    if not versions:
+        raise ModelNotFound(f"model {name!r} is not served")
+    return json_response(versions)
+
+
+@admin_router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository",
+                   response_model=list[ModelInfo], responses=_ADMIN_ERRORS)
+async def admin_load(name: str, request: Request) -> Response:
+    service: Service = request.app.state.service
+    await service.admin_load(name)
+    return json_response([m for m in service.list_models() if m["name"] == name])
+
+
+@admin_router.post("/admin/models/{name}/unload", summary="Drain and unload every version of a model",
+                   responses=_ADMIN_ERRORS)
+async def admin_unload(name: str, request: Request) -> Response:
+    await request.app.state.service.admin_unload(name)
+    return json_response({"name": name, "state": "unloaded"})
+
+
+@router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response,
+            responses=error_responses(401))
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

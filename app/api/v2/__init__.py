@@ -1,0 +1,18 @@
+"""Open Inference Protocol (KServe V2 / Triton HTTP/REST): a second transport over the same service and batchers
+as /predict. Parsing and shaping here, every decision in app.service.
+
+Each model has one input, `text` (BYTES, shape [n] or [n, 1]), and two outputs: `label` (BYTES [n], the best
+label) and `scores` (FP32 [n, labels], in the order of the model's labels, given in the model metadata).
+Triton's extensions that `tritonclient` uses are supported:
+- binary tensor data: `Inference-Header-Content-Length: N` (the first N bytes are the JSON header, then the
+  binary inputs, each `parameters.binary_data_size` bytes; BYTES elements are a 4-byte little-endian length and
+  the bytes); outputs asked for with `parameters.binary_data: true` (or request `parameters.binary_data_output`)
+  come back the same way;
+- classification: `parameters.classification: k` on `scores` returns the k best as "score:index:label" strings.
+Request parameters: `timeout` (microseconds, as tritonclient sends it), `truncate` (bool, default true),
+`function_to_apply` ("softmax", "sigmoid", "none": the `scores` function; the label is the same whatever).
+"""
+
+from app.api.v2.routes import router
+
+__all__ = ["router"]

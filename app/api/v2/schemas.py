@@ -1,0 +1,141 @@
+"""Open Inference Protocol (KServe V2) wire schemas: the names of the one input and two outputs, the request and
+response bodies, and the OpenAPI description of inference (whose binary form a schema cannot say)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+INPUT = "text"
+OUTPUTS = ("label", "scores")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+    status: str
+    models: dict[str, Any]
+
+
+class ModelReady(BaseModel):
+    name: str
+    version: str | None = None
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(description="labels: the order of the `scores` columns; max_length.")
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(json_schema_extra={"enum": [INPUT]})
+    shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(min_length=1, max_length=2)
+    datatype: StrictStr = Field(json_schema_extra={"enum": ["BYTES"]})
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: bytes of this input in the binary part (binary tensor extension)."
+    )
+    data: list[Any] | None = Field(
+        None, description="The texts, row-major (flat, or nested as the shape).",
+        json_schema_extra={"items": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
+    )
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(json_schema_extra={"enum": list(OUTPUTS)})
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data (bool): return it in the binary part; classification (int, `scores` only)."
+    )
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"id": "42", "inputs": [
+            {"name": "text", "shape": [2], "datatype": "BYTES",
+             "data": ["This medicine worked wonders.", "Terrible side effects."]}]}]},
+    )
+
+    id: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_output (bool), timeout (microseconds), truncate (bool), "
+        "function_to_apply (softmax, sigmoid or none)."
+    )
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its $defs put in place (the request body's schema sits outside components)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node and node["$ref"].startswith("#/$defs/"):
+                return walk(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+# The Inference-Header-Content-Length header is described in words, not as a parameter: whether a value is right
+# depends on the body, which a schema cannot say (and a fuzzer would send any).
+INFER_DESCRIPTION = (
+    "Classify the texts of the BYTES input `text` (shape [n] or [n, 1]); outputs `label` (BYTES [n]) and "
+    "`scores` (FP32 [n, labels], labels in the order of the model metadata's `parameters.labels`).\n\n"
+    f"Binary tensor extension (what tritonclient sends by default): with the header `{HEADER_LENGTH}: N` the "
+    "first N bytes of the body are the JSON request and the rest the binary inputs, each "
+    "`parameters.binary_data_size` bytes (BYTES elements: a 4-byte little-endian length, then UTF-8 bytes). "
+    "Outputs asked for with `parameters.binary_data: true` (or request `parameters.binary_data_output: true`) "
+    f"come back the same way, the JSON part's length in the answer's `{HEADER_LENGTH}` header."
+)
+INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        # The binary form (application/octet-stream with the header above) is described in words only: any
+        # bytes would match a binary schema, while only JSON + well-formed tensors are right.
+        "content": {"application/json": {"schema": _inline(InferRequest.model_json_schema())}},
+    },
+}
