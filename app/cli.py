@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -51,9 +50,9 @@ def serve(args: argparse.Namespace) -> None:
 
     from app.logs import log_config
 
-    # uvicorn re-raises SIGTERM once its graceful shutdown is over, under the handler found at start: make
-    # that handler a clean exit, since a drained shutdown is a success (status 0).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from app import shutdown
+
+    shutdown.exit_zero_after_uvicorn()
     uvicorn.run(
         "app.main:create_app",
         factory=True,

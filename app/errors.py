@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class ServiceError(Exception):
     """An error whose message is safe to show to the client."""
@@ -62,3 +65,19 @@ class BackendError(ServiceError):
 
 class ModelLoadError(Exception):
     """A model folder that cannot be served; the message names the file and what is wrong."""
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]], root: str = "body") -> str:
+    """Pydantic's errors (`exc.errors()`) in one line, alike wherever they come from (request bodies, path
+    parameters, the repository's JSON files): the most specific problem, located like `inputs[1]` or
+    `inputs[0].datatype`. Pydantic's union-branch tags in the location (`constrained-str`, `list[...]`) say
+    nothing to a reader and are left out."""
+    first = max(errors, key=lambda e: len(e["loc"]))
+    parts = [p for p in first["loc"] if isinstance(p, int) or not any(c in p for c in "-[")]
+    if first["type"] == "extra_forbidden":  # the unknown name is the client's own text: not echoed
+        return f"{_where(parts[:-1], root)}: a field that is not part of the API was sent"
+    return f"{_where(parts, root)}: {first['msg']}"
+
+
+def _where(parts: list, root: str) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or root

@@ -55,7 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
-    app.state.settings = settings
     keys = Keys(settings)
     errors.install(app)
     app.include_router(predict.router)

@@ -175,9 +175,13 @@ class Registry:
 
     # ---- shutdown ----
 
+    def stop_admitting(self) -> None:
+        """From now on new work is refused (503), readiness fails and every answer closes its connection."""
+        self.draining = True
+
     async def drain(self, timeout_s: float) -> None:
         """Refuse new work, then wait (at most timeout_s) until every accepted sequence is answered."""
-        self.draining = True
+        self.stop_admitting()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(m.batcher.drained() for m in self._ready_models() if m.batcher))
@@ -186,7 +190,7 @@ class Registry:
 
     async def close(self) -> None:
         """Stop every batcher; anything still queued is answered 503."""
-        self.draining = True
+        self.stop_admitting()
         for slots in self.slots.values():
             for slot in slots.values():
                 if slot.model and slot.model.batcher:

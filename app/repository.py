@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from app.errors import ModelLoadError
+from app.errors import ModelLoadError, validation_message
 
 CONFIG_FILE = "bertserve.json"
 POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
@@ -122,9 +122,26 @@ class VersionPolicy(BaseModel):
 
 
 class ModelServing(BaseModel):
+    """A model's serving.json: which versions load, and how requests naming no version are routed among them."""
+
     model_config = ConfigDict(extra="forbid")
 
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    traffic: dict[int, float] | None = Field(
+        None, description='Canary: weights of loaded versions for requests naming no version, e.g. {"2": 90, "3": 10}.'
+    )
+    shadow: int | None = Field(
+        None, ge=1, description="A loaded version that also runs each answered request, after the answer, to compare."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> "ModelServing":
+        if self.traffic is not None:
+            if any(v < 1 for v in self.traffic):
+                raise ValueError("traffic: versions are positive integers")
+            if any(not 0 <= w < float("inf") for w in self.traffic.values()):
+                raise ValueError("traffic: weights are finite numbers >= 0")
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -137,9 +154,7 @@ def _read(schema: type[M], path: Path) -> M:
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ModelLoadError(f"{path}: {where}: {first['msg']}") from None
+        raise ModelLoadError(f"{path}: {validation_message(exc.errors(), root='(root)')}") from None
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -186,11 +201,16 @@ def version_dirs(root: Path) -> dict[str, list[tuple[int, Path]]]:
     return found
 
 
-def read_policy(model_dir: Path) -> VersionPolicy:
+def read_serving(model_dir: Path) -> ModelServing:
+    """The model's serving.json (version policy, traffic weights, shadow), or the defaults without one."""
     path = model_dir / POLICY_FILE
     if not path.is_file():
-        return VersionPolicy()
-    return _read(ModelServing, path).version_policy
+        return ModelServing()
+    return _read(ModelServing, path)
+
+
+def read_policy(model_dir: Path) -> VersionPolicy:
+    return read_serving(model_dir).version_policy
 
 
 def wanted_versions(root: Path, max_loaded: int) -> dict[str, list[tuple[int, Path]] | str]:

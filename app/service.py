@@ -30,6 +30,7 @@ class Service:
         self.admin_unload = self.registry.admin_unload
         self.load_all = self.registry.load_all
         self.poll = self.registry.poll
+        self.stop_admitting = self.registry.stop_admitting
         self.drain = self.registry.drain
         self.close = self.registry.close
 
@@ -40,7 +41,3 @@ class Service:
     @property
     def draining(self) -> bool:
         return self.registry.draining
-
-    @draining.setter
-    def draining(self, value: bool) -> None:
-        self.registry.draining = value

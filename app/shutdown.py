@@ -109,7 +109,7 @@ class GracefulShutdown:
             self.hand_over(signum, frame)
             return
         self.started = True
-        self.service.draining = True  # from here, every answer closes its connection
+        self.service.stop_admitting()  # from here, every answer closes its connection
         # A fresh context: the handler may have interrupted a request, whose request id must not follow.
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.run(signum)), context=contextvars.Context())
 
@@ -176,3 +176,9 @@ def install(service: Any, timeout_s: float) -> None:
 
     if threading.current_thread() is threading.main_thread():  # signals are the main thread's (uvicorn: same)
         GracefulShutdown(service, timeout_s).install()
+
+
+def exit_zero_after_uvicorn() -> None:
+    """In the process that runs uvicorn: uvicorn re-raises SIGTERM once its graceful shutdown is over, under the
+    handler found at start. Make that handler a clean exit, since a drained shutdown is a success (status 0)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -7,11 +7,10 @@ import logging
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from app.errors import ServiceError, ShuttingDown
+from app.errors import ServiceError, ShuttingDown, validation_message
 
 log = logging.getLogger("bertserve.api")
 
@@ -38,20 +37,6 @@ def error_response(status: int, message: str, kind: str, headers: dict[str, str]
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def validation_message(exc: ValidationError) -> str:
-    """The most specific problem, located like `inputs[1]` or `inputs[0].datatype`. Pydantic's union-branch
-    tags in the location (`constrained-str`, `list[...]`) say nothing to a client and are left out."""
-    first = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
-    parts = [p for p in first["loc"] if isinstance(p, int) or not any(c in p for c in "-[")]
-    if first["type"] == "extra_forbidden":  # the unknown name is the client's own text: not echoed
-        return f"{_where(parts[:-1]) if len(parts) > 1 else 'body'}: a field that is not part of the API was sent"
-    return f"{_where(parts)}: {first['msg']}"
-
-
-def _where(parts: list) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "body"
-
-
 def status_of(exc: BaseException) -> int:
     return STATUS[exc.kind] if isinstance(exc, ServiceError) else 500
 
@@ -72,9 +57,7 @@ async def _http_error(_request: Request, exc: HTTPException) -> Response:
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return error_response(422, f"{where}: {first.get('msg', 'invalid')}", "validation")
+    return error_response(422, validation_message(exc.errors()), "validation")
 
 
 async def _unexpected(_request: Request, exc: Exception) -> Response:

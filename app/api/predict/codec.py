@@ -8,16 +8,15 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from app.api.errors import validation_message
 from app.api.predict.schemas import PredictRequest
-from app.errors import InvalidInput
+from app.errors import InvalidInput, validation_message
 
 
 def parse_predict(body: bytes) -> PredictRequest:
     try:
         return PredictRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
+        raise InvalidInput(validation_message(exc.errors())) from None
 
 
 def ranked(labels: list[str], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:

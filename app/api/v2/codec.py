@@ -13,10 +13,9 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from app.api.errors import validation_message
 from app.api.transport import json_response
 from app.api.v2.schemas import HEADER_LENGTH, INPUT, OUTPUTS, InferRequest, RequestOutput
-from app.errors import InvalidInput
+from app.errors import InvalidInput, validation_message
 from app.served import ServedModel
 
 CONTENT_TYPES = frozenset({"", "application/json", "application/octet-stream"})
@@ -97,7 +96,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str) -> Parsed:
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request JSON is malformed: {exc}") from None
     except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
+        raise InvalidInput(validation_message(exc.errors())) from None
     params = req.parameters or {}
 
     [tensor] = req.inputs
