@@ -16,7 +16,7 @@ from app.lifecycle import LifecycleError
 from app.lifecycle.data import DEMO_LABELS, demo_split
 from app.lifecycle.export import ExportRequest, export_model
 from app.lifecycle.gate import GateData
-from app.lifecycle.scores import format_confusion
+from app.lifecycle.figures import format_confusion
 from app.lifecycle.train import TrainOptions, train_classifier
 
 NAME = "drug-review-sentiment"

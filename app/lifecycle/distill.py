@@ -38,7 +38,7 @@ from app.lifecycle.export import (
     pytorch_probabilities, read_checkpoint, read_gate_data, say,
 )
 from app.lifecycle.gate import Gate, GateData, TeacherReference
-from app.lifecycle.scores import classification_figures
+from app.lifecycle.figures import classification_figures
 from app.lifecycle.train import TrainOptions, balanced_weights, collate, fit, predict, seed_everything
 from app.repository import TOKENIZER_FILE, ModelConfig, read_config, read_golden, write_config
 

@@ -9,7 +9,7 @@ from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
 from app.lifecycle.data import read_labelled
 from app.lifecycle.runner import probabilities
-from app.lifecycle.scores import classification_figures, format_confusion
+from app.lifecycle.figures import classification_figures, format_confusion
 from app.repository import version_dirs
 
 

@@ -24,7 +24,7 @@ from app.lifecycle.gate import Gate, GateData, TeacherReference, compare, judge_
 from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
-from app.lifecycle.scores import classification_figures
+from app.lifecycle.figures import classification_figures
 from app.scores import drift
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, read_config, write_config, write_golden
 from app.tokenizer import TextTokenizer

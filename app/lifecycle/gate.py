@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.lifecycle.scores import classification_figures
+from app.lifecycle.figures import classification_figures
 from app.scores import drift
 
 

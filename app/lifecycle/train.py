@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from app.lifecycle import LifecycleError
 from app.lifecycle.data import check_trainable, label_order, read_labelled
-from app.lifecycle.scores import classification_figures
+from app.lifecycle.figures import classification_figures
 
 # Architectures whose ONNX export takes input_ids + attention_mask (+ token_type_ids), as the server feeds them.
 SUPPORTED_ARCHITECTURES = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mpnet"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import orjson
@@ -16,10 +16,11 @@ from starlette.responses import Response
 from app.api.transport import json_response
 from app.api.v2.schemas import HEADER_LENGTH, INPUT, OUTPUTS, InferRequest, RequestOutput
 from app.errors import InvalidInput, validation_message
+from app.scores import ScoreFunction
 from app.served import ServedModel
 
 CONTENT_TYPES = frozenset({"", "application/json", "application/octet-stream"})
-SCORE_FUNCTIONS = frozenset({"softmax", "sigmoid", "none"})
+SCORE_FUNCTIONS = frozenset(get_args(ScoreFunction))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Classification figures shared by train, the quantization gate and evaluate."""
+"""Classification figures (accuracy, macro-F1, per class, confusion) shared by train, distill, the export gate and
+evaluate. Scores themselves (softmax, sigmoid, drift) are app.scores."""
 
 from __future__ import annotations
 
