@@ -1,18 +1,28 @@
 """The inference core: one classification request from texts to scores. Admission (draining, inputs per request),
-the deadline, the version the router picks, its batcher, the score function, and the per-request metrics."""
+the deadline, the version the router picks, its batcher, the score function, and the per-request metrics; then,
+when the model has a shadow version, the shadow comparison (after the answer, only while the shadow has room)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 
 import numpy as np
 
-from app.errors import DeadlineExceeded, InvalidInput, ShuttingDown
+from app.errors import DeadlineExceeded, InvalidInput, NotReady, ShuttingDown
+from app.logs import exception_summary
 from app.registry import Registry
 from app.router import Router
-from app.scores import ScoreFunction, apply_function
+from app.scores import ScoreFunction, apply_function, decisions
 from app.served import ServedModel
 from app.settings import Settings
+
+log = logging.getLogger("bertserve.inference")
+
+# The version that answers the current request ("" until one is chosen), for the request metrics' version label
+# (app.api.transport.tracked reads it: the request's task runs classify, so the value is seen there).
+answered_by: contextvars.ContextVar[str] = contextvars.ContextVar("answered_by", default="")
 
 
 class Inference:
@@ -20,6 +30,7 @@ class Inference:
         self.settings = settings
         self.registry = registry
         self.router = router
+        self._shadows: set[asyncio.Task] = set()  # running shadow comparisons (strong references until done)
 
     def timeout_s(self, asked_ms: float | None) -> float:
         """The request's deadline: what it asked for (or the default), within the server's bound."""
@@ -34,8 +45,10 @@ class Inference:
         truncate: bool = True,
         function: ScoreFunction = "softmax",
         timeout_s: float,
+        routing_key: str | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
-        """Scores [len(texts), labels] in label order, from the model version the router picks."""
+        """Scores [len(texts), labels] in label order, from the model version the router picks (the one named,
+        else by the model's traffic weights, placed by `routing_key` when given)."""
         if self.registry.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         if len(texts) > self.settings.max_client_batch_size:
@@ -48,7 +61,8 @@ class Inference:
                     await self.registry.loaded()
                 # No await between choosing the version and entering its queue, so an unload that starts
                 # afterwards finds this request in the queue and waits for it.
-                served = self.router.resolve(model, version)
+                served = self.router.resolve(model, version, routing_key)
+                answered_by.set(str(served.version))
                 assert served.batcher is not None
                 rows = await served.batcher.submit(texts, truncate)
         except TimeoutError:
@@ -56,4 +70,63 @@ class Inference:
         logits = np.stack([row for row, _ in rows])
         probabilities = apply_function(logits, "softmax")
         served.metrics.observe(probabilities, [timing for _, timing in rows])
+        if (shadow := self.router.shadow_of(served)) is not None:
+            self._shadow(shadow, texts, probabilities, served.config.labels)
         return served, probabilities if function == "softmax" else apply_function(logits, function)
+
+    # ---- shadow ----
+
+    def _shadow(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, labels: list[str]) -> None:
+        """Compare the answer with the shadow version's, after the answer: the task made here first runs when the
+        request's task next yields, which is once its response has been written. Shadow work never waits: it is
+        dropped unless the shadow's queue has room for it now (one round of batches: max_batch_size sequences
+        per engine session, and within BERTSERVE_MAX_QUEUE_SIZE), so under load it goes first and real
+        requests to that version are not refused because of it."""
+        task = asyncio.create_task(self._compare(shadow, texts, answer, labels),
+                                   name=f"shadow-{shadow.name}:{shadow.version}")
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _compare(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, labels: list[str]) -> None:
+        record = shadow.shadow_record
+        batcher = shadow.batcher
+        if sorted(shadow.config.labels) != sorted(labels):  # nothing to compare decisions by
+            record.drop("labels", len(texts))
+            return
+        if self.registry.draining or batcher is None:
+            record.drop("shutdown", len(texts))
+            return
+        room = min(batcher.max_queue_size, batcher.max_batch_size * batcher.parallel)
+        if batcher.load + len(texts) > room:  # checked and entered with no await between
+            record.drop("queue_full", len(texts))
+            return
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_ms / 1000):
+                rows = await batcher.submit(texts, True)
+            scores = apply_function(np.stack([row for row, _ in rows]), "softmax")
+            if shadow.config.labels != labels:  # the same labels in another order: the answer's order
+                scores = scores[:, [shadow.config.labels.index(label) for label in labels]]
+            agreed, differences = decisions(answer, scores)
+        except asyncio.CancelledError:
+            record.drop("shutdown", len(texts))
+            raise
+        except NotReady:  # unloaded or closing meanwhile
+            record.drop("shutdown", len(texts))
+            return
+        except Exception as exc:  # never reaches an answer; logged without its message (it may quote the texts)
+            log.error("shadow version %s:%d failed on %d text(s): %s", shadow.name, shadow.version, len(texts),
+                      exception_summary(exc))
+            record.drop("error", len(texts))
+            return
+        record.compared(agreed.tolist(), differences.tolist())
+
+    async def idle(self) -> None:
+        """Returns once no shadow comparison is running (tests and shutdown wait on it)."""
+        while self._shadows:
+            await asyncio.gather(*list(self._shadows), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel the shadow comparisons still running (counted as dropped: shutdown)."""
+        for task in list(self._shadows):
+            task.cancel()
+        await self.idle()

@@ -25,21 +25,25 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model and HTTP status.", ["model", "status"])
+# `version` on request metrics: the version that answered (closed set: versions loaded by this process); "" for a
+# request that ended before a version was chosen (validation, unknown model or version, draining).
+REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model, version and HTTP status.",
+                   ["model", "version", "status"])
 REQUEST_DURATION = Histogram(
-    "bertserve_request_duration_seconds", "Whole prediction request, admission to answer.", ["model"],
+    "bertserve_request_duration_seconds", "Whole prediction request, admission to answer.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 TOKENIZATION_DURATION = Histogram(
-    "bertserve_request_tokenization_duration_seconds", "Tokenization of the batch a request was in.", ["model"],
+    "bertserve_request_tokenization_duration_seconds", "Tokenization of the batch a request was in.",
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 QUEUE_DURATION = Histogram(
-    "bertserve_request_queue_duration_seconds", "Time a request waited for the engine.", ["model"],
+    "bertserve_request_queue_duration_seconds", "Time a request waited for the engine.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_DURATION = Histogram(
-    "bertserve_request_inference_duration_seconds", "Engine time of the batch a request was in.", ["model"],
+    "bertserve_request_inference_duration_seconds", "Engine time of the batch a request was in.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
@@ -62,6 +66,22 @@ PREDICTIONS = Counter("bertserve_predictions", "Predicted (top) labels, for watc
 PREDICTION_CONFIDENCE = Histogram(
     "bertserve_prediction_confidence", "Top score of each prediction (softmax).", ["model"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+
+# Shadow versions (serving.json "shadow"): `version` is the shadow's, compared with whichever version answered.
+SHADOW_DECISIONS = Counter(
+    "bertserve_shadow_decisions", "Answered requests' texts also run on the shadow version: its top label agreed "
+    "with the answer's or not.", ["model", "version", "outcome"],
+)
+SHADOW_DROPPED = Counter(
+    "bertserve_shadow_dropped", "Texts not compared on the shadow version, by reason: queue_full (no room: "
+    "shadow work never waits), error (it raised; logged by type), shutdown, labels (not the answering "
+    "version's labels).", ["model", "version", "reason"],
+)
+SHADOW_PROBABILITY_DIFFERENCE = Histogram(
+    "bertserve_shadow_probability_difference", "Absolute difference between the answer's and the shadow's "
+    "probability of the answer's top label, per text.", ["model", "version"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
 )
 
 

@@ -16,8 +16,8 @@ from app import metrics
 from app.batching import Batcher
 from app.errors import ModelLoadError, ModelNotFound
 from app.loader import load_model
-from app.repository import CONFIG_FILE, wanted_versions
-from app.router import Router
+from app.repository import CONFIG_FILE, ModelServing, wanted_versions
+from app.router import Router, Routing
 from app.served import ServedModel
 from app.settings import Settings
 
@@ -45,6 +45,7 @@ class Registry:
         self.router = router
         self.slots: dict[str, dict[int, Slot]] = {}
         self.broken: dict[str, str] = {}  # model name -> why its versions cannot even be listed
+        self.routing: dict[str, Routing] = {}  # model name -> traffic weights and shadow from its serving.json
         self.unloaded_by_admin: set[str] = set()
         self.loading = True
         self.draining = False
@@ -78,8 +79,9 @@ class Registry:
     async def sync(self, only: str | None = None) -> None:
         """Make the loaded versions match the repository (for one model, or all)."""
         async with self._sync_lock:
+            serving: dict[str, ModelServing] = {}
             wanted = await asyncio.to_thread(
-                wanted_versions, self.settings.model_repository, self.settings.max_loaded_versions
+                wanted_versions, self.settings.model_repository, self.settings.max_loaded_versions, serving
             )
             names = [only] if only else sorted(set(wanted) | set(self.slots))
             for name in names:
@@ -88,6 +90,8 @@ class Registry:
                     self.broken[name] = versions
                     continue
                 self.broken.pop(name, None)
+                policy = serving.get(name)
+                self.routing[name] = Routing(policy.traffic, policy.shadow) if policy else Routing()
                 if name in self.unloaded_by_admin:
                     versions = []
                 await self._sync_model(name, dict(versions))
@@ -157,7 +161,7 @@ class Registry:
             name: {v: s.model for v, s in slots.items() if s.state == "ready" and s.model}
             for name, slots in self.slots.items()
         }
-        self.router.update(ready, known=list(self.slots))
+        self.router.update(ready, known=list(self.slots), routing=self.routing)
 
     # ---- admin ----
 
@@ -225,8 +229,12 @@ class Registry:
         listed = []
         for name, slots in sorted(self.slots.items()):
             default = self.router.default_version(name)
+            traffic, shadow = self.router.traffic(name), self.router.shadow_version(name)
             for version, slot in sorted(slots.items()):
-                entry = {"name": name, "version": version, "state": slot.state, "default": version == default}
+                entry = {"name": name, "version": version, "state": slot.state, "default": version == default,
+                         "traffic": traffic.get(version, 0.0), "shadow": version == shadow}
+                if version == shadow and slot.model:
+                    entry["shadow_agreement"] = slot.model.shadow_record.summary()
                 if slot.model:
                     entry |= slot.model.describe()
                 if slot.reason:

@@ -213,17 +213,30 @@ def read_policy(model_dir: Path) -> VersionPolicy:
     return read_serving(model_dir).version_policy
 
 
-def wanted_versions(root: Path, max_loaded: int) -> dict[str, list[tuple[int, Path]] | str]:
-    """Per model, the versions its policy selects (at most `max_loaded`, the highest kept), ascending;
-    or, for a model whose serving.json is broken, why."""
+def wanted_versions(
+    root: Path, max_loaded: int, serving: dict[str, ModelServing] | None = None
+) -> dict[str, list[tuple[int, Path]] | str]:
+    """Per model, the versions to load, ascending: those given a traffic weight or named as shadow in its
+    serving.json, then those its version policy selects among the others, at most `max_loaded` (the highest of
+    each kept); or, for a model whose serving.json is broken, why. `serving`, when given, receives each readable
+    serving.json."""
     wanted: dict[str, list[tuple[int, Path]] | str] = {}
     for name, versions in version_dirs(root).items():
         try:
-            selected = read_policy(root / name).select([v for v, _ in versions])
+            policy = read_serving(root / name)
         except ModelLoadError as exc:
             wanted[name] = str(exc)
             continue
-        wanted[name] = [(v, p) for v, p in versions if v in selected][-max_loaded:]
+        if serving is not None:
+            serving[name] = policy
+        available = [v for v, _ in versions]
+        named = {v for v, w in (policy.traffic or {}).items() if w > 0} | ({policy.shadow} if policy.shadow else set())
+        chosen = [v for v in available if v in named][-max_loaded:]
+        # The policy picks the serving versions among the others: a shadow never takes the place of the latest.
+        others = [v for v in available if v != policy.shadow]
+        rest = [v for v in policy.version_policy.select(others) if v not in chosen]
+        chosen += rest[len(rest) - (max_loaded - len(chosen)):] if len(chosen) < max_loaded else []
+        wanted[name] = [(v, p) for v, p in versions if v in chosen]
     return wanted
 
 

@@ -32,3 +32,11 @@ def drift(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         "max_prob_diff": round(float(diff.max()), 4),
         "mean_prob_diff": round(float(diff.mean()), 5),
     }
+
+
+def decisions(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row: whether the candidate's top label is the reference's, and the absolute difference between the
+    two probabilities of the reference's top label (the shadow comparison's figures; drift() aggregates them)."""
+    top = reference.argmax(1)
+    rows = np.arange(len(reference))
+    return candidate.argmax(1) == top, np.abs(reference[rows, top] - candidate[rows, top])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from app.tokenizer import Encoded, TextTokenizer, pad
 class ModelMetrics:
     """A model's labelled metric children, looked up once instead of per request."""
 
-    def __init__(self, name: str, labels: list[str]) -> None:
-        self.tokenize = metrics.TOKENIZATION_DURATION.labels(name)
-        self.queue = metrics.QUEUE_DURATION.labels(name)
-        self.inference = metrics.INFERENCE_DURATION.labels(name)
+    def __init__(self, name: str, labels: list[str], version: int | str = "") -> None:
+        self.tokenize = metrics.TOKENIZATION_DURATION.labels(name, str(version))
+        self.queue = metrics.QUEUE_DURATION.labels(name, str(version))
+        self.inference = metrics.INFERENCE_DURATION.labels(name, str(version))
         self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
         self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
 
@@ -37,6 +38,41 @@ class ModelMetrics:
             top = max(range(len(row)), key=row.__getitem__)
             self.predictions[top].inc()
             self.confidence.observe(row[top])
+
+
+class ShadowRecord:
+    """A version's record as a shadow: its metric children (made on first use, so versions never shadowing
+    export none) and this process's counts, shown by /models."""
+
+    def __init__(self, name: str, version: int) -> None:
+        v = str(version)
+        self.agree_counter = metrics.SHADOW_DECISIONS.labels(name, v, "agree")
+        self.disagree_counter = metrics.SHADOW_DECISIONS.labels(name, v, "disagree")
+        self.difference = metrics.SHADOW_PROBABILITY_DIFFERENCE.labels(name, v)
+        self._dropped = {reason: metrics.SHADOW_DROPPED.labels(name, v, reason)
+                         for reason in ("queue_full", "error", "shutdown", "labels")}
+        self.agree = self.disagree = 0
+        self.dropped: dict[str, int] = dict.fromkeys(self._dropped, 0)
+
+    def compared(self, agreed: list[bool], differences: list[float]) -> None:
+        agree = sum(agreed)
+        self.agree += agree
+        self.disagree += len(agreed) - agree
+        if agree:
+            self.agree_counter.inc(agree)
+        if len(agreed) - agree:
+            self.disagree_counter.inc(len(agreed) - agree)
+        for difference in differences:
+            self.difference.observe(difference)
+
+    def drop(self, reason: str, texts: int) -> None:
+        self.dropped[reason] += texts
+        self._dropped[reason].inc(texts)
+
+    def summary(self) -> dict[str, Any]:
+        compared = self.agree + self.disagree
+        return {"compared": compared, "agree": self.agree, "disagree": self.disagree,
+                "agreement": round(self.agree / compared, 4) if compared else None, "dropped": dict(self.dropped)}
 
 
 @dataclass(eq=False)
@@ -57,7 +93,12 @@ class ServedModel:
     def __post_init__(self) -> None:
         for engine in self.engines:
             self._idle.put(engine)
-        self.metrics = ModelMetrics(self.name, self.config.labels)
+        self.metrics = ModelMetrics(self.name, self.config.labels, self.version)
+
+    @cached_property
+    def shadow_record(self) -> ShadowRecord:
+        """Its figures as a shadow version (agreement with the answers, dropped work), made on first use."""
+        return ShadowRecord(self.name, self.version)
 
     @property
     def engine(self) -> Engine:

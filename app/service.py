@@ -32,7 +32,11 @@ class Service:
         self.poll = self.registry.poll
         self.stop_admitting = self.registry.stop_admitting
         self.drain = self.registry.drain
-        self.close = self.registry.close
+
+    async def close(self) -> None:
+        """Cancel the shadow comparisons still running, then stop every batcher."""
+        await self.inference.close()
+        await self.registry.close()
 
     @property
     def loading(self) -> bool:

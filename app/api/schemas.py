@@ -22,7 +22,14 @@ class ModelInfo(BaseModel):
     name: str
     state: State
     version: int | None = None
-    default: bool | None = Field(None, description="Whether requests naming no version go to this one.")
+    default: bool | None = Field(None, description="Whether requests naming no version go to this one (when the "
+                                                   "model has no traffic split; else the fallback).")
+    traffic: float | None = Field(None, description="Percent of the requests naming no version it answers now "
+                                                    "(serving.json traffic weights over the ready versions).")
+    shadow: bool | None = Field(None, description="Whether it is the model's shadow version (serving.json).")
+    shadow_agreement: dict[str, Any] | None = Field(
+        None, description="As the shadow, in this worker so far: texts compared, agreeing and disagreeing with the "
+                          "answers' top label, the agreement, and texts dropped by reason.")
     labels: list[str] | None = None
     max_length: int | None = None
     provider: str | None = None

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from app import metrics
 from app.api.errors import status_of
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.inference import answered_by
 from app.service import Service
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
@@ -114,8 +115,10 @@ class Tracked:
 
 
 async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]]) -> Response:
-    """Run a prediction handler; count and time it by model and HTTP status whatever the outcome."""
+    """Run a prediction handler; count and time it by model, answering version and HTTP status whatever the
+    outcome (version "" when the request ended before a version was chosen)."""
     started = time.perf_counter()
+    answered_by.set("")
     request = Tracked()
     status = 500
     try:
@@ -129,6 +132,6 @@ async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Respon
         status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
         raise
     finally:
-        label = service.metric_label(request.model)
-        metrics.REQUESTS.labels(label, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - started)
+        label, version = service.metric_label(request.model), answered_by.get()
+        metrics.REQUESTS.labels(label, version, str(status)).inc()
+        metrics.REQUEST_DURATION.labels(label, version).observe(time.perf_counter() - started)

@@ -44,6 +44,7 @@ async def _predict(request: Request, service: Service, tracking: Tracked) -> Res
             truncate=req.truncate,
             function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or "softmax",
             timeout_s=service.timeout_s(req.timeout_ms),
+            routing_key=request.headers.get("x-routing-key"),
         ),
     )
     return json_response(encode_predict(req, model.config.labels, scores),

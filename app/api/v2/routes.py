@@ -142,7 +142,8 @@ async def _infer_tracked(request: Request, service: Service, tracking: Tracked, 
     model, scores = await until_disconnect(
         request,
         service.classify(parsed.texts, model=name, version=version, truncate=parsed.truncate,
-                         function=parsed.function, timeout_s=service.timeout_s(asked_ms)),  # type: ignore[arg-type]
+                         function=parsed.function, timeout_s=service.timeout_s(asked_ms),  # type: ignore[arg-type]
+                         routing_key=request.headers.get("x-routing-key")),
     )
     return encode_response(model, scores, parsed)
 
