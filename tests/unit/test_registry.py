@@ -1,4 +1,4 @@
-"""The registry and the inference core in-process, on the tiny model's real sessions and batchers: no HTTP."""
+"""The registry in-process, on the tiny model's real sessions and batchers: no HTTP."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from app.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ShuttingDown
+from app.errors import ModelNotFound
 from app.service import Service
 from app.settings import Settings
 
@@ -62,34 +62,3 @@ def test_a_failed_version_beside_a_serving_one_keeps_it_serving(tiny_model_repo,
     (ready, detail), states, serving = asyncio.run(scenario())
     assert ready and states == {1: "ready", 2: "failed"} and serving == 1
     assert detail["models"]["tiny"]["2"].startswith("failed: ")
-
-
-def test_inference_admission_and_deadline(tiny_model_repo):
-    async def scenario():
-        service = service_on(tiny_model_repo, max_client_batch_size=2)
-        await service.load_all()
-        outcomes = []
-        for call in (
-            lambda: service.classify(["a", "b", "c"], timeout_s=10),  # more inputs than allowed
-            lambda: service.classify(["a"], timeout_s=1e-9),  # a deadline nothing can meet
-        ):
-            try:
-                await call()
-            except Exception as exc:  # noqa: BLE001 - the kind of error is what is checked
-                outcomes.append(exc)
-        await service.drain(1.0)
-        try:
-            await service.classify(["a"], timeout_s=10)
-        except Exception as exc:  # noqa: BLE001
-            outcomes.append(exc)
-        await service.close()
-        return outcomes
-
-    too_many, late, draining = asyncio.run(scenario())
-    assert isinstance(too_many, InvalidInput) and "3 inputs in one request; the limit is 2" in str(too_many)
-    assert isinstance(late, DeadlineExceeded) and isinstance(draining, ShuttingDown)
-
-
-def test_the_deadline_a_request_asks_for_is_bounded():
-    inference = Service(Settings(request_timeout_ms=30_000, max_request_timeout_ms=60_000)).inference
-    assert inference.timeout_s(None) == 30.0 and inference.timeout_s(5_000) == 5.0 and inference.timeout_s(1e9) == 60.0
