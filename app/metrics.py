@@ -54,7 +54,8 @@ BATCH_TOKENS = Histogram(
     buckets=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
 QUEUE_SIZE = Gauge(
-    "bertserve_queue_size", "Sequences queued or running, per worker (sum over pid for the service).", ["model"],
+    "bertserve_queue_size", "Sequences queued or running, per version and worker (sum over pid for the service; "
+    "each version has its own queue and limit).", ["model", "version"],
     multiprocess_mode="liveall",
 )
 MODEL_INFO = Gauge(

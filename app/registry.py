@@ -127,7 +127,7 @@ class Registry:
             parallel=len(model.engines),
             name=f"{slot.name}:{slot.version}",
             on_batch=_batch_observer(slot.name),
-            on_queue_size=metrics.QUEUE_SIZE.labels(slot.name).set,
+            on_queue_size=metrics.QUEUE_SIZE.labels(slot.name, str(slot.version)).set,
         )
         model.batcher.start()
         slot.model, slot.state = model, "ready"

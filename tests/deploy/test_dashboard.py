@@ -15,16 +15,17 @@ pytestmark = pytest.mark.deploy
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bertserve.json"
 # What the service exports (app/metrics.py): counters get _total, histograms _bucket/_sum/_count.
-COUNTERS = {"bertserve_requests", "bertserve_predictions"}
+COUNTERS = {"bertserve_requests", "bertserve_predictions", "bertserve_shadow_decisions", "bertserve_shadow_dropped"}
 HISTOGRAMS = {"bertserve_request_duration_seconds", "bertserve_request_tokenization_duration_seconds",
               "bertserve_request_queue_duration_seconds", "bertserve_request_inference_duration_seconds",
-              "bertserve_batch_size", "bertserve_batch_tokens", "bertserve_prediction_confidence"}
+              "bertserve_batch_size", "bertserve_batch_tokens", "bertserve_prediction_confidence",
+              "bertserve_shadow_probability_difference"}
 GAUGES = {"bertserve_queue_size", "bertserve_model_info"}
 EXPORTED = ({f"{c}_total" for c in COUNTERS} | GAUGES
             | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")})
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "or", "vector", "le", "model",
                 "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization",
-                "artifact", "precision"}
+                "artifact", "precision", "outcome", "reason"}
 
 
 def dashboard() -> dict:
@@ -62,6 +63,21 @@ def test_covers_what_the_issue_asks_for():
     assert "provider" in text and "version" in text
     for word in ("label mix", "confidence", "batch size", "batch tokens", "queue"):
         assert word in titles
+
+
+def test_a_row_compares_versions_side_by_side():
+    """Issue 14: per-version traffic, latency and shadow agreement in one row."""
+    rows = [p for p in dashboard()["panels"] if p["type"] == "row"]
+    row = next(r for r in rows if "canary" in r["title"].lower() and "shadow" in r["title"].lower())
+    after = [p for p in dashboard()["panels"] if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    later_rows = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+    in_row = [p for p in after if not later_rows or p["gridPos"]["y"] < min(later_rows)]
+    text = " ".join(t["expr"] for p in in_row for t in p["targets"])
+    assert "sum by (model, version) (rate(bertserve_requests_total" in text                 # traffic per version
+    assert "sum by (model, version, le) (rate(bertserve_request_duration_seconds_bucket" in text  # latency
+    assert 'bertserve_shadow_decisions_total{' in text and 'outcome="agree"' in text and "[15m]" in text
+    assert "bertserve_shadow_probability_difference_bucket" in text and "bertserve_shadow_dropped_total" in text
+    assert all("{{version}}" in t["legendFormat"] for p in in_row for t in p["targets"])
 
 
 def test_panels_are_well_formed():

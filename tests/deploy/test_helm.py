@@ -242,12 +242,16 @@ def test_prometheus_rule_matches_the_rule_file(render_chart):
 
 
 def test_prometheus_rule_thresholds_follow_values(render_chart, tmp_path):
-    values = {"alerts": {"errorRatio": 0.02, "latencyP99Seconds": 0.25}, "config": {"max_queue_size": 1024}}
+    values = {"alerts": {"errorRatio": 0.02, "latencyP99Seconds": 0.25, "shadowAgreement": 0.9,
+                         "shadowMinDecisions": 500}, "config": {"max_queue_size": 1024}}
     rules = {r["alert"]: r for r in by_kind(render_chart(values), "PrometheusRule")[0]["spec"]["groups"][0]["rules"]}
     assert rules["BertserveHighErrorRatio"]["expr"].rstrip().endswith("> 0.02")
     assert "More than 2 %" in rules["BertserveHighErrorRatio"]["annotations"]["description"]
     assert rules["BertserveLatencyP99OverSLO"]["expr"].rstrip().endswith("> 0.25")
     assert rules["BertserveQueueNearFull"]["expr"] == "bertserve_queue_size > 0.8 * 1024"
+    shadow = rules["BertserveShadowAgreementLow"]
+    assert "< 0.9\n" in shadow["expr"] and shadow["expr"].rstrip().endswith(">= 500")
+    assert "fewer than 90 % of the texts compared (at least 500)" in shadow["annotations"]["description"]
     # and promtool accepts what the chart renders
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": by_kind(render_chart(values), "PrometheusRule")[0]["spec"]["groups"]}))

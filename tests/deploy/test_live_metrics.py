@@ -1,7 +1,7 @@
 """A real Prometheus on 127.0.0.1, configured from deploy/prometheus (its rules included), scraping a real
-`bertserve serve --workers 2` on the tiny model: counters add up across workers, the alert rules evaluate
-cleanly, the GPU alert goes pending for a target that expects CUDA, and every dashboard panel's PromQL
-returns data."""
+`bertserve serve --workers 2` on the tiny model (version 1 answering, version 2 its shadow): counters add up
+across workers, shadow comparisons add up to the texts answered, the alert rules evaluate cleanly, the GPU alert
+goes pending for a target that expects CUDA, and every dashboard panel's PromQL returns data."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape 
 def bertserve(tiny_model_repo, tmp_path_factory):
     work = tmp_path_factory.mktemp("bertserve-live")
     env = {"BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning"}
-    server = Server(tiny_model_repo, workers=2, env=env)
+    repo = work / "repo"  # version 1 answers; version 2 (a copy) runs each answer as its shadow
+    for version in ("1", "2"):
+        shutil.copytree(tiny_model_repo / "tiny" / "1", repo / "tiny" / version)
+    (repo / "tiny" / "serving.json").write_text('{"shadow": 2}')
+    server = Server(repo, workers=2, env=env)
     yield server.url
     server.stop()
 
@@ -107,8 +111,19 @@ def test_counters_add_up_across_two_workers(prometheus, traffic):
     total = traffic["200"] + traffic["422"] + traffic["404"]
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve"})') == total
     assert scalar(prometheus, 'sum(bertserve_request_duration_seconds_count{job="bertserve"})') == total
-    # two live workers, each with its own queue gauge (pid label)
-    assert len(query(prometheus, 'bertserve_queue_size{job="bertserve"}')) == 2
+    # two live workers, each with a queue gauge (pid label) per version
+    assert len(query(prometheus, 'bertserve_queue_size{job="bertserve"}')) == 2 * 2
+    # every request was answered by version 1, and named it
+    assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="200", version="1"})') == want
+
+
+def test_shadow_comparisons_add_up_to_the_texts_answered(prometheus, traffic):
+    """Each answered text is compared on the shadow (version 2, a copy: it agrees) or dropped, in both workers."""
+    compared = ('sum(bertserve_shadow_decisions_total{job="bertserve"})'
+                ' + sum(bertserve_shadow_dropped_total{job="bertserve"})')
+    assert wait_for(lambda: scalar(prometheus, compared) == traffic["predictions"] or None, 20, "shadow work scraped")
+    assert scalar(prometheus, 'sum(bertserve_shadow_decisions_total{job="bertserve", version="2", outcome="agree"})') \
+        == scalar(prometheus, 'sum(bertserve_shadow_decisions_total{job="bertserve"})') > 0
 
 
 def test_every_dashboard_panel_returns_data(prometheus, traffic):
@@ -140,7 +155,7 @@ def test_alert_rules_load_and_evaluate_on_real_series(prometheus, traffic):
         return rules if rules and all(r["lastEvaluation"] > "2000" for r in rules) else None
 
     rules = wait_for(evaluated, 20, "rules evaluated")
-    assert len(rules) == 7
+    assert len(rules) == 8
     assert all(r["health"] == "ok" for r in rules), json.dumps(rules, indent=1)
     active = {r["name"]: r["alerts"] for r in rules if r["alerts"]}
     # The only alert on a healthy CPU service is the one for the target that expects CUDA.

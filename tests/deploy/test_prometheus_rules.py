@@ -18,6 +18,7 @@ ISSUE_ALERTS = {  # what issue 7 asks alerts for
     "p99 over SLO": {"BertserveLatencyP99OverSLO"},
     "queue near full / 429s": {"BertserveQueueNearFull", "BertserveRejectingRequests"},
     "GPU deployment on CPU": {"BertserveGpuExpectedButCpu"},
+    "shadow agreement low (issue 14)": {"BertserveShadowAgreementLow"},
 }
 
 
@@ -56,3 +57,13 @@ def test_unit_tests_fail_when_a_rule_is_broken(tmp_path):
     (tmp_path / "tests" / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     proc = run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)], check=False)
     assert proc.returncode != 0 and "BertserveHighErrorRatio" in proc.stdout + proc.stderr
+
+
+def test_shadow_agreement_unit_tests_fail_when_the_threshold_is_loosened(tmp_path):
+    """Negative control for the shadow alert: at 85 % the disagreeing shadow (90 %) no longer fires."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "rules" / RULES.name).write_text(RULES.read_text().replace("< 0.95", "< 0.85"))
+    (tmp_path / "tests" / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
+    proc = run([tool("promtool"), "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)], check=False)
+    assert proc.returncode != 0 and "BertserveShadowAgreementLow" in proc.stdout + proc.stderr
