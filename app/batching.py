@@ -11,7 +11,8 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
   length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count), and
   only while the padding stays within max_batch_padding of the batch's real tokens.
 - Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
-- Admission is bounded: past max_queue_size queued + running sequences, submit() raises Overloaded at once.
+- Admission is bounded (Admission): past max_queue_size queued + running sequences, submit() raises Overloaded
+  at once, with a Retry-After from the measured throughput.
 - Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference.
 
 No web framework here: it is driven and tested with plain asyncio and a fake model.
@@ -67,6 +68,33 @@ BatchObserver = Callable[[int, int], None]  # (batch size, padded batch tokens);
 QueueSizeObserver = Callable[[int], None]  # queued + running sequences
 
 
+class Admission:
+    """What a batcher holds (sequences queued or running) and its bound: the one place that admits work or refuses
+    it, and says when to retry. Event-loop thread only, except `throughput`, which the inference threads refresh."""
+
+    def __init__(self, name: str, limit: int, on_size: QueueSizeObserver) -> None:
+        self.name = name
+        self.limit = limit
+        self.load = 0
+        self.closed = False
+        self.throughput = 100.0  # sequences/s, refreshed per batch; only used for Retry-After
+        self.on_size = on_size
+
+    def room(self) -> int:
+        return self.limit - self.load
+
+    def admit(self, count: int) -> None:
+        if self.closed:
+            raise NotReady(f"model {self.name} is shutting down")
+        if self.load + count > self.limit:
+            raise Overloaded(
+                f"model {self.name} has {self.load} sequences queued or running (limit {self.limit})",
+                retry_after_s=max(1, math.ceil(self.load / self.throughput)),
+            )
+        self.load += count
+        self.on_size(self.load)
+
+
 class Batcher:
     def __init__(
         self,
@@ -90,12 +118,11 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_padding = math.inf if max_batch_padding is None else max_batch_padding
-        self.max_queue_size = max_queue_size
         self.parallel = parallel  # batches that may run at once (one per engine session)
         self.name = name
         self._on_batch = on_batch or (lambda size, tokens: None)
         self._on_queue_size = on_queue_size or (lambda size: None)
-        self._load = 0  # event-loop thread only
+        self.admission = Admission(name, max_queue_size, self._on_queue_size)
         # Shared with the worker threads, under _lock:
         self._lock = threading.Lock()
         self._have_incoming = threading.Condition(self._lock)
@@ -105,14 +132,17 @@ class Batcher:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._throughput = 100.0  # sequences/s, refreshed per batch; only used for Retry-After
 
     # ---- public ----
 
     @property
     def load(self) -> int:
         """Sequences admitted and not finished (queued + running)."""
-        return self._load
+        return self.admission.load
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.admission.limit
 
     def start(self) -> None:
         """Start the worker threads; call from the event loop that will submit()."""
@@ -125,20 +155,12 @@ class Batcher:
     async def submit(self, texts: list[str], truncate: bool = True) -> list[tuple[Any, Timing]]:
         """Results (row, timing) in the order of `texts`. Leaving early (error, timeout, cancellation)
         cancels this call's sequences, which the pipeline then drops."""
-        if self._closed:
-            raise NotReady(f"model {self.name} is shutting down")
-        if self._load + len(texts) > self.max_queue_size:
-            raise Overloaded(
-                f"model {self.name} has {self._load} sequences queued or running (limit {self.max_queue_size})",
-                retry_after_s=max(1, math.ceil(self._load / self._throughput)),
-            )
+        self.admission.admit(len(texts))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         items = [_Item(text, truncate, loop.create_future(), now) for text in texts]
         for item in items:
             item.future.add_done_callback(self._release)
-        self._load += len(items)
-        self._on_queue_size(self._load)
         with self._lock:
             self._incoming.extend(items)
             self._have_incoming.notify()
@@ -152,7 +174,7 @@ class Batcher:
         """Stop the worker threads (a running batch finishes) and fail whatever is still waiting; call after
         draining."""
         with self._lock:
-            self._closed = True
+            self._closed = self.admission.closed = True
             self._have_incoming.notify_all()
             self._have_ready.notify_all()
             left = self._incoming + self._ready
@@ -164,19 +186,19 @@ class Batcher:
         self._on_queue_size(0)
 
     async def drained(self, poll_s: float = 0.01) -> None:
-        while self._load:
+        while self.admission.load:
             await asyncio.sleep(poll_s)
 
     # ---- event-loop side ----
 
     def _release(self, future: asyncio.Future) -> None:
-        self._load -= 1
+        self.admission.load -= 1
         if future.cancelled():  # answered ones are reported once per batch, in _settle
-            self._on_queue_size(self._load)
+            self._on_queue_size(self.admission.load)
 
     def _settle(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
         """Answer futures (in the event loop): a result, or an exception where one is given. The load gauge is
-        written once here, not per sequence (their done-callbacks, which lower _load, run right after this)."""
+        written once here, not per sequence (their done-callbacks, which lower the load, run right after this)."""
         answered = 0
         for item, result, error in outcomes:
             if item.future.done():
@@ -186,7 +208,7 @@ class Batcher:
             else:
                 item.future.set_result(result)
             answered += 1
-        self._on_queue_size(self._load - answered)
+        self._on_queue_size(self.admission.load - answered)
 
     def _answer(self, outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
         """Hand outcomes from a worker thread to the event loop, in one wake-up."""
@@ -251,7 +273,8 @@ class Batcher:
                 self._answer([(item, None, BackendError("inference failed")) for item in batch])
                 continue
             elapsed = time.perf_counter() - start
-            self._throughput = 0.8 * self._throughput + 0.2 * self.parallel * len(batch) / max(elapsed, 1e-6)
+            admission = self.admission
+            admission.throughput = 0.8 * admission.throughput + 0.2 * self.parallel * len(batch) / max(elapsed, 1e-6)
             self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
             for item in batch:
                 item.timing.queue_s = start - item.enqueued - item.timing.tokenize_s

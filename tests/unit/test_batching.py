@@ -356,3 +356,22 @@ def test_cut_batch_table(lengths, anchor, caps, expected):
     from app.batching import cut_batch
 
     assert cut_batch(lengths, anchor, *caps) == expected
+
+
+def test_admission_admits_within_its_bound_and_says_when_to_retry():
+    from app.batching import Admission
+    from app.errors import NotReady, Overloaded
+
+    sizes: list[int] = []
+    admission = Admission("m", limit=10, on_size=sizes.append)
+    admission.admit(6)
+    admission.admit(4)  # exactly full
+    assert admission.room() == 0 and sizes == [6, 10]
+    admission.throughput = 4.0  # sequences/s: 10 held -> retry after 3 s
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(1)
+    assert refused.value.retry_after_s == 3 and admission.load == 10  # a refusal holds nothing
+    admission.load -= 10
+    admission.closed = True
+    with pytest.raises(NotReady):
+        admission.admit(1)
