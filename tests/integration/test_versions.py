@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -132,3 +133,24 @@ def test_admin_unload_and_load_behind_the_admin_key(tiny_model_repo, start_serve
     assert loaded.status_code == 200 and loaded.json()[0]["state"] == "ready"
     assert post(server, {"inputs": REVIEW, "model": "tiny"}, headers=auth).status_code == 200
     assert httpx.post(server.url + "/admin/models/nope/load", headers=auth).status_code == 404
+
+
+def test_a_routing_key_sticks_across_worker_processes(tiny_model_repo, second_model, tmp_path, start_server):
+    """Canary stickiness where a process boundary matters: two workers (each its own hash seed) place a key alike,
+    and every worker splits by the same serving.json."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", repo / "tiny" / "1")
+    shutil.copytree(second_model, repo / "tiny" / "2")
+    (repo / "tiny" / "serving.json").write_text('{"traffic": {"1": 50, "2": 50}}')
+    server = start_server(repo, workers=2, env={"BERTSERVE_POLL_INTERVAL_S": "0"})
+    placed: dict[str, set[str]] = {}
+    for k in range(40):
+        for _ in range(4):  # a new connection each time: the kernel spreads them over both workers
+            r = post(server, {"inputs": REVIEW}, headers={"X-Routing-Key": f"user-{k}"})
+            assert r.status_code == 200
+            placed.setdefault(f"user-{k}", set()).add(r.headers["x-model-version"])
+    assert all(len(v) == 1 for v in placed.values()), placed
+    assert {v for vs in placed.values() for v in vs} == {"1", "2"}
+    text = server.metrics_text()
+    pids = set(re.findall(r'bertserve_queue_size\{[^}]*pid="(\d+)"', text))
+    assert len(pids) == 2  # both workers were up and taking connections (each routes with its own table)
