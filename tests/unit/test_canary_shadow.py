@@ -310,3 +310,40 @@ def test_scores_decisions_row_by_row():
     candidate = np.array([[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]])
     agreed, diff = decisions(reference, candidate)
     assert agreed.tolist() == [True, False] and np.allclose(diff, [0.1, 0.2])
+
+
+@pytest.mark.parametrize(("serving", "max_loaded", "loaded"), [
+    ("{}", 2, [4]),
+    ('{"shadow": 4}', 2, [3, 4]),                              # the policy's latest is picked among the others
+    ('{"traffic": {"2": 90, "3": 10}}', 2, [2, 3]),            # weighted versions load whatever the policy says
+    ('{"traffic": {"2": 90, "3": 0}}', 2, [2, 4]),             # weight 0: not loaded for the split
+    ('{"traffic": {"1": 50, "2": 50}, "shadow": 3}', 2, [2, 3]),  # within the cap, the highest named kept
+    ('{"version_policy": {"specific": [1]}, "shadow": 3}', 2, [1, 3]),
+    ('{"version_policy": {"all": true}, "shadow": 2}', 3, [2, 3, 4]),
+])
+def test_versions_loaded_for_traffic_and_shadow(tmp_path, serving, max_loaded, loaded):
+    from app.repository import wanted_versions
+
+    for v in (1, 2, 3, 4):
+        (tmp_path / "m" / str(v)).mkdir(parents=True)
+        (tmp_path / "m" / str(v) / "bertserve.json").write_text("{}")
+    (tmp_path / "m" / "serving.json").write_text(serving)
+    policies: dict = {}
+    assert [v for v, _ in wanted_versions(tmp_path, max_loaded, policies)["m"]] == loaded
+    assert "m" in policies
+
+
+@pytest.mark.parametrize(("serving", "message"), [
+    ('{"traffic": {"0": 1}}', "versions are positive integers"),
+    ('{"traffic": {"2": -1}}', "weights are finite numbers >= 0"),
+    ('{"traffic": {"two": 1}}', "traffic"),
+    ('{"shadow": 0}', "shadow"),
+])
+def test_a_broken_serving_json_says_why(tmp_path, serving, message):
+    from app.repository import wanted_versions
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "bertserve.json").write_text("{}")
+    (tmp_path / "m" / "serving.json").write_text(serving)
+    why = wanted_versions(tmp_path, 2)["m"]
+    assert isinstance(why, str) and message in why, why
