@@ -1,4 +1,4 @@
-"""The inference core: one classification request from texts to scores. Admission (draining, inputs per request),
+"""The inference core: one classification (or explanation) request from texts to scores. Admission (draining, inputs per request),
 the deadline, the version the router picks, its batcher, the score function, and the per-request metrics; then,
 when the model has a shadow version, the shadow comparison (after the answer, only while the shadow has room)."""
 
@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from app.errors import DeadlineExceeded, InvalidInput, NotReady, ShuttingDown
+from app.explain import Feature, features, occluded, weights
 from app.logs import exception_summary
 from app.registry import Registry
 from app.router import Router
@@ -23,6 +26,15 @@ log = logging.getLogger("bertserve.inference")
 # The version that answers the current request ("" until one is chosen), for the request metrics' version label
 # (app.api.transport.tracked reads it: the request's task runs classify, so the value is seen there).
 answered_by: contextvars.ContextVar[str] = contextvars.ContextVar("answered_by", default="")
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    served: ServedModel
+    probabilities: np.ndarray  # the whole text's, in label order
+    label: int  # the explained label's index
+    features: list[Feature]
+    weights: list[float]  # per feature: the label's probability lost without it
 
 
 class Inference:
@@ -49,12 +61,49 @@ class Inference:
     ) -> tuple[ServedModel, np.ndarray]:
         """Scores [len(texts), labels] in label order, from the model version the router picks (the one named,
         else by the model's traffic weights, placed by `routing_key` when given)."""
-        if self.registry.draining:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
         if len(texts) > self.settings.max_client_batch_size:
             raise InvalidInput(
                 f"{len(texts)} inputs in one request; the limit is {self.settings.max_client_batch_size}"
             )
+        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key)
+        logits = np.stack([row for row, _ in rows])
+        probabilities = apply_function(logits, "softmax")
+        served.metrics.observe(probabilities, [timing for _, timing in rows])
+        if (shadow := self.router.shadow_of(served)) is not None:
+            self._shadow(shadow, texts, probabilities, served.config.labels)
+        return served, probabilities if function == "softmax" else apply_function(logits, function)
+
+    async def explain(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        truncate: bool = True,
+        target: str | None = None,
+        max_features: int,
+        timeout_s: float,
+        routing_key: str | None = None,
+    ) -> Explanation:
+        """The text's prediction and, for `target` (default: the top label), each feature's weight by occlusion
+        (app.explain). The text and all its occluded variants go to the version's batcher as one submission:
+        same-length sequences, packed like any traffic, held to the same queue bound and deadline."""
+        parts = features(text, max_features)
+        texts = [text] + [occluded(text, f) for f in parts]
+        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key,
+                                       check=lambda m: _check_explain(m, target, len(texts)))
+        probabilities = apply_function(np.stack([row for row, _ in rows]), "softmax")
+        served.metrics.observe(probabilities[:1], [rows[0][1]])  # the prediction itself, not its variants
+        label = served.config.labels.index(target) if target is not None else int(probabilities[0].argmax())
+        return Explanation(served, probabilities[0], label, parts, weights(probabilities[0], probabilities[1:], label))
+
+    async def _run(self, texts: list[str], model: str | None, version: int | None, truncate: bool,
+                   timeout_s: float, routing_key: str | None,
+                   check: Callable[[ServedModel], None] | None = None) -> tuple[ServedModel, list]:
+        """Admission (draining), the deadline, the version the router picks, and one submission to its batcher:
+        the (row, timing) of each text."""
+        if self.registry.draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
         try:
             async with asyncio.timeout(timeout_s):
                 if self.registry.loading:  # e.g. a worker replacing a dead one already gets connections: wait
@@ -64,15 +113,11 @@ class Inference:
                 served = self.router.resolve(model, version, routing_key)
                 answered_by.set(str(served.version))
                 assert served.batcher is not None
-                rows = await served.batcher.submit(texts, truncate)
+                if check is not None:
+                    check(served)
+                return served, await served.batcher.submit(texts, truncate)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
-        logits = np.stack([row for row, _ in rows])
-        probabilities = apply_function(logits, "softmax")
-        served.metrics.observe(probabilities, [timing for _, timing in rows])
-        if (shadow := self.router.shadow_of(served)) is not None:
-            self._shadow(shadow, texts, probabilities, served.config.labels)
-        return served, probabilities if function == "softmax" else apply_function(logits, function)
 
     # ---- shadow ----
 
@@ -130,3 +175,12 @@ class Inference:
         for task in list(self._shadows):
             task.cancel()
         await self.idle()
+
+
+def _check_explain(served: ServedModel, target: str | None, sequences: int) -> None:
+    if target is not None and target not in served.config.labels:
+        raise InvalidInput(f"target is not a label of model {served.name}: {served.config.labels}")
+    assert served.batcher is not None
+    if sequences > served.batcher.max_queue_size:  # would be refused forever, not just now: not a 429
+        raise InvalidInput(f"an explanation of {sequences - 1} features needs {sequences} sequences, over the "
+                           f"queue limit of {served.batcher.max_queue_size}; ask for fewer max_features")

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics, shutdown
-from app.api import errors, operations, predict, v2
+from app.api import errors, explain, operations, predict, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(predict.router)
     app.include_router(v2.router)
+    app.include_router(explain.router)
     app.include_router(operations.router)
     if keys.admin_served:
         app.include_router(operations.admin_router)

@@ -33,6 +33,12 @@ REQUEST_DURATION = Histogram(
     "bertserve_request_duration_seconds", "Whole prediction request, admission to answer.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+EXPLANATIONS = Counter("bertserve_explanations", "Explanation requests answered (/explain, V1 :explain), by model, "
+                       "version and HTTP status; not in bertserve_requests_total.", ["model", "version", "status"])
+EXPLANATION_DURATION = Histogram(
+    "bertserve_explanation_duration_seconds", "Whole explanation request, admission to answer.", ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
 TOKENIZATION_DURATION = Histogram(
     "bertserve_request_tokenization_duration_seconds", "Tokenization of the batch a request was in.",
     ["model", "version"],

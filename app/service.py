@@ -19,6 +19,7 @@ class Service:
         self.inference = Inference(settings, self.registry, self.router)
         # The operations transports call, from the room that owns each.
         self.classify = self.inference.classify
+        self.explain = self.inference.explain
         self.timeout_s = self.inference.timeout_s
         self.resolve = self.router.resolve
         self.default_version = self.router.default_version

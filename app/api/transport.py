@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.routing import APIRoute
+from prometheus_client import Counter, Histogram
 from starlette.responses import Response
 
 from app import metrics
@@ -114,7 +115,8 @@ class Tracked:
     model: str | None = None
 
 
-async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]]) -> Response:
+async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]],
+                  counter: Counter = metrics.REQUESTS, duration: Histogram = metrics.REQUEST_DURATION) -> Response:
     """Run a prediction handler; count and time it by model, answering version and HTTP status whatever the
     outcome (version "" when the request ended before a version was chosen)."""
     started = time.perf_counter()
@@ -133,5 +135,5 @@ async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Respon
         raise
     finally:
         label, version = service.metric_label(request.model), answered_by.get()
-        metrics.REQUESTS.labels(label, version, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(label, version).observe(time.perf_counter() - started)
+        counter.labels(label, version, str(status)).inc()
+        duration.labels(label, version).observe(time.perf_counter() - started)

@@ -56,3 +56,20 @@ def test_demo_model_serves_the_artifact_its_quantization_gate_chose(demo_server)
         assert passed[0]["agreement"] >= info["report"]["gate"]["min_agreement"]
     else:  # no INT8 recipe passed: build-demo published fp32 only
         assert info["quantization"] == "fp32"
+
+
+@pytest.mark.parametrize("text, strong", [
+    ("The pills are excellent.", "excellent."),
+    ("I took it for my back pain and it works great.", "great."),
+])
+def test_explanation_gives_the_strong_word_the_largest_positive_weight(demo_server, text, strong):
+    server, _ = demo_server
+    r = httpx.post(server.url + "/explain", json={"inputs": text}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    predicted = httpx.post(server.url + "/predict", json={"inputs": text}, timeout=30).json()
+    assert [p["label"] for p in body["prediction"]] == [p["label"] for p in predicted]
+    assert body["label"] == predicted[0]["label"] == "positive"
+    top = max(body["features"], key=lambda f: f["weight"])
+    assert top["text"] == strong and top["weight"] > 0 and text[top["start"]:top["end"]] == strong
+    print(f"\n{text!r}: " + ", ".join(f"{f['text']} {f['weight']:+.3f}" for f in body["features"]))

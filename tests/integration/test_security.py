@@ -167,6 +167,12 @@ def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_
     r = httpx.post(server.url + "/v2/models/tiny/infer", json=v2)
     assert r.status_code == 422
     outputs.append(seen(r))
+    for explain in ({"inputs": text, "target": text}, {"inputs": text, "max_features": text},
+                    {"inputs": " ".join([text] * 40), "truncate": False}):
+        r = httpx.post(server.url + "/explain", json=explain)
+        assert r.status_code == 422, r.text
+        outputs.append(seen(r))
+    assert httpx.post(server.url + "/explain", json={"inputs": text}).status_code == 200  # logged at debug too
     outputs.append(server.metrics_text())
     server.stop()
     outputs.append(server.output())

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from app.api.schemas import inline_schema
+
 INPUT = "text"
 OUTPUTS = ("label", "scores")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -104,22 +106,6 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with its $defs put in place (the request body's schema sits outside components)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node and node["$ref"].startswith("#/$defs/"):
-                return walk(defs[node["$ref"].rsplit("/", 1)[1]])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
-
-
 # The Inference-Header-Content-Length header is described in words, not as a parameter: whether a value is right
 # depends on the body, which a schema cannot say (and a fuzzer would send any).
 INFER_DESCRIPTION = (
@@ -136,6 +122,6 @@ INFER_OPENAPI = {
         "required": True,
         # The binary form (application/octet-stream with the header above) is described in words only: any
         # bytes would match a binary schema, while only JSON + well-formed tensors are right.
-        "content": {"application/json": {"schema": _inline(InferRequest.model_json_schema())}},
+        "content": {"application/json": {"schema": inline_schema(InferRequest.model_json_schema())}},
     },
 }

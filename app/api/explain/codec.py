@@ -1,0 +1,37 @@
+"""Explanation codec: requests validated from raw JSON bytes in one pass, explanations shaped for the wire. No
+routing here."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from app.api.predict.codec import ranked
+from app.errors import InvalidInput, validation_message
+from app.inference import Explanation
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(schema: type[M], body: bytes) -> M:
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc.errors())) from None
+
+
+def encode_explanation(text: str, explanation: Explanation) -> dict[str, Any]:
+    labels = explanation.served.config.labels
+    return {
+        "label": labels[explanation.label],
+        "score": float(explanation.probabilities[explanation.label]),
+        "features": [
+            {"start": f.start, "end": f.end, "text": text[f.start:f.end], "weight": w}
+            for f, w in zip(explanation.features, explanation.weights)
+        ],
+    }
+
+
+def encode_prediction(explanation: Explanation) -> list[dict[str, Any]]:
+    return ranked(explanation.served.config.labels, explanation.probabilities, None)
