@@ -28,6 +28,7 @@ ROUTES = [
     ("v2 metadata", "GET", "/v2/models/tiny", None),
     ("metrics", "GET", "/metrics", None),
     ("health", "GET", "/health/ready", None),
+    ("explain", "POST", "/explain", {"inputs": REVIEW}),
 ]
 CALLERS = {"no key": None, "wrong key": "nope", "client key": CLIENT, "admin key": ADMIN}
 
@@ -72,10 +73,10 @@ def test_role_matrix(tiny_model_repo, start_server, protect_metrics):
     print(f"\nBERTSERVE_PROTECT_METRICS={str(protect_metrics).lower()}\n{table(statuses)}")
     metrics = 401 if protect_metrics else 200
     expected = {
-        "no key": [401, 401, 401, 401, 401, metrics, 200],
-        "wrong key": [401, 401, 401, 401, 401, metrics, 200],
-        "client key": [200, 200, 403, 200, 200, 200, 200],
-        "admin key": [200, 200, 200, 200, 200, 200, 200],
+        "no key": [401, 401, 401, 401, 401, metrics, 200, 401],
+        "wrong key": [401, 401, 401, 401, 401, metrics, 200, 401],
+        "client key": [200, 200, 403, 200, 200, 200, 200, 200],
+        "admin key": [200, 200, 200, 200, 200, 200, 200, 200],
     }
     assert statuses == {(c, g): expected[c][i] for c in CALLERS for i, (g, *_) in enumerate(ROUTES)}
     server.stop()
