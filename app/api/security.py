@@ -4,8 +4,9 @@ Two roles. Client keys (BERTSERVE_API_KEYS, _FILE) open the prediction and model
 /v1/models/{name}:explain, /models and the /v2 model routes (metadata, readiness, inference) — everything that
 is not named open below. Admin keys (BERTSERVE_ADMIN_API_KEYS, _FILE) open /admin, which changes the server's
 state, and the client routes too. Health probes and the API documentation are always open; /metrics is open
-unless BERTSERVE_PROTECT_METRICS. No key or a wrong one: 401. A client key on an admin route: 403. Without admin keys the admin routes are not
-mounted at all (404) unless BERTSERVE_ADMIN_WITHOUT_KEY serves them open, for a trusted network.
+unless BERTSERVE_PROTECT_METRICS. No key or a wrong one: 401. A client key on an admin route: 403. Without
+admin keys the admin routes are not mounted at all (404) unless BERTSERVE_ADMIN_WITHOUT_KEY serves them open,
+for a trusted network.
 
 Keys are kept as SHA-256 digests only; a presented key is hashed once and compared in constant time with every
 digest of both roles, whatever matches, so timing tells nothing about which key or how much of it matched."""
