@@ -1,6 +1,7 @@
-"""The inference core: one classification (or explanation) request from texts to scores. Admission (draining, inputs per request),
-the deadline, the version the router picks, its batcher, the score function, and the per-request metrics; then,
-when the model has a shadow version, the shadow comparison (after the answer, only while the shadow has room)."""
+"""The inference core: one classification (or explanation) request from texts to scores. Admission (draining,
+inputs per request), the deadline, the version the router picks, its batcher, the score function, and the
+per-request metrics; then, when the model has a shadow version, the shadow comparison (after the answer, only
+while the shadow has room)."""
 
 from __future__ import annotations
 
