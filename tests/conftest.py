@@ -61,6 +61,26 @@ async def hammer(url: str, texts: list[str], concurrency: int) -> list[int]:
         return statuses
 
 
+def in_process(settings) -> Iterator:
+    """Yield call(method, path, **httpx kwargs) -> response on one app with `settings`, its models loaded, over
+    httpx's ASGITransport (no server process, no socket). The lifespan, which also installs signal handlers, is
+    left out: its loading step is run directly. For module-scoped fixtures: `yield from in_process(...)`."""
+    from app.main import create_app
+
+    app = create_app(settings)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(app.state.service.load_all())
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process")
+
+    def call(method: str, path: str, **kwargs) -> httpx.Response:
+        return loop.run_until_complete(client.request(method, path, **kwargs))
+
+    yield call
+    loop.run_until_complete(client.aclose())
+    loop.run_until_complete(app.state.service.close())
+    loop.close()
+
+
 def worker_pids(parent: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True).stdout
     pids = [int(p) for p in out.split()]

@@ -4,34 +4,19 @@ tests/integration with real servers."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 
-import httpx
 import orjson
 import pytest
 
-from app.main import create_app
 from app.settings import Settings
+from tests.conftest import in_process
 
 
 @pytest.fixture(scope="module")
 def call(tiny_model_repo):
-    """call(method, path, **httpx kwargs) -> response, on one app whose models are loaded (the lifespan, which
-    also installs signal handlers, is left out: its loading step is run directly)."""
-    app = create_app(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
-                              max_client_batch_size=2, max_body_bytes=2048, log_level="warning"))
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(app.state.service.load_all())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process")
-
-    def call(method: str, path: str, **kwargs) -> httpx.Response:
-        return loop.run_until_complete(client.request(method, path, **kwargs))
-
-    yield call
-    loop.run_until_complete(client.aclose())
-    loop.run_until_complete(app.state.service.close())
-    loop.close()
+    yield from in_process(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
+                                   max_client_batch_size=2, max_body_bytes=2048, log_level="warning"))
 
 
 def test_predict_shapes_and_headers(call):

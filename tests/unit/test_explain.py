@@ -12,6 +12,7 @@ import pytest
 from app.explain import Feature, features, occluded, weights
 from app.main import create_app
 from app.settings import Settings
+from tests.conftest import in_process
 
 TEXT = "  Great pills,\tno side-effects!  "
 
@@ -46,20 +47,8 @@ def test_weights_are_the_probability_lost_without_each_feature():
 
 @pytest.fixture(scope="module")
 def call(tiny_model_repo):
-    """call(method, path, **httpx kwargs) on one in-process app whose model is loaded."""
-    app = create_app(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
-                              max_client_batch_size=2, max_queue_size=40, log_level="warning"))
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(app.state.service.load_all())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process")
-
-    def call(method: str, path: str, **kwargs) -> httpx.Response:
-        return loop.run_until_complete(client.request(method, path, **kwargs))
-
-    yield call
-    loop.run_until_complete(client.aclose())
-    loop.run_until_complete(app.state.service.close())
-    loop.close()
+    yield from in_process(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
+                                   max_client_batch_size=2, max_queue_size=40, log_level="warning"))
 
 
 REVIEW = "This medicine worked wonders, no side effects at all."
