@@ -34,11 +34,15 @@ def main() -> None:
     p.add_argument("-c", "--concurrency", type=int, default=32)
     p.add_argument("-d", "--duration", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-batch-size", type=int, default=8, help="Batch cap for every checkout (default 8).")
     args = p.parse_args()
     repositories = args.repository or [ROOT / "models"] * len(args.src)
     work = Path(tempfile.mkdtemp(prefix="bertserve-loop-"))
     client = Client(ensure_wrk(install=True), write_bodies(work / "bodies.jsonl", load_reviews()))
-    servers = [Server(repo, 1, 0, {}, work, src=Path(src)) for src, repo in zip(args.src, repositories)]
+    # The same batch caps for every checkout: autotuned ones differ from run to run, and the loop's work per request
+    # follows the number of batches (one hand-back per batch).
+    fixed = {"BERTSERVE_BATCH_AUTOTUNE": "false", "BERTSERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
+    servers = [Server(repo, 1, 0, fixed, work, src=Path(src)) for src, repo in zip(args.src, repositories)]
     per_request: dict[str, list[float]] = {src: [] for src in args.src}
     try:
         for server in servers:

@@ -9,6 +9,7 @@ import gzip
 import orjson
 import pytest
 
+from app.main import create_app
 from app.settings import Settings
 from tests.conftest import in_process
 
@@ -17,6 +18,16 @@ from tests.conftest import in_process
 def call(tiny_model_repo):
     yield from in_process(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
                                    max_client_batch_size=2, max_body_bytes=2048, log_level="warning"))
+
+
+def test_predict_is_tried_first_and_every_route_sits_in_the_app_table(tiny_model_repo):
+    """The hot path's routing stays a first-entry match: no FastAPI included router (resolved per request) in
+    the table, whose entries are all plain routes with a path."""
+    app = create_app(Settings(model_repository=tiny_model_repo, admin_without_key=True, log_level="warning"))
+    assert app.router.routes[0].path == "/predict"
+    assert all(isinstance(getattr(route, "path", None), str) for route in app.router.routes)
+    assert {"/predict", "/explain", "/v2/models/{name}/infer", "/admin/models/{name}/load"} <= {
+        route.path for route in app.router.routes}
 
 
 def test_predict_shapes_and_headers(call):
