@@ -13,7 +13,9 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
 - Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
 - Admission is bounded (Admission): past max_queue_size queued + running sequences, submit() raises Overloaded
   at once, with a Retry-After from the measured throughput.
-- Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference.
+- Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference, and
+  before tokenization: the tokenize thread encodes what it took in chunks (CHUNK_CHARS of text) and looks again
+  between chunks, so a deadline or a close stops a long round of tokenization part-way.
 
 No web framework here: it is driven and tested with plain asyncio and a fake model.
 """
@@ -34,6 +36,13 @@ from app.logs import exception_summary
 from app.tokenizer import Encoded
 
 log = logging.getLogger("bertserve.batching")
+
+CHUNK_CHARS = 1 << 16  # text encoded between two looks at which callers are still waiting (and at close)
+JOIN_S = 5.0  # at close, how long to wait for the worker threads to finish their step (a batch, a chunk)
+
+
+def too_long(max_length: int, name: str) -> InvalidInput:
+    return InvalidInput(f"an input is longer than the {max_length} tokens model {name} accepts and truncate is false")
 
 
 class BatchModel(Protocol):
@@ -179,11 +188,20 @@ class Batcher:
             self._have_ready.notify_all()
             left = self._incoming + self._ready
             self._incoming, self._ready = [], []
-        await asyncio.to_thread(lambda: [t.join() for t in self._threads])
+        await asyncio.to_thread(self._join)
         for item in left:
             if not item.future.done():
                 item.future.set_exception(NotReady(f"model {self.name} was unloaded"))
         self._on_queue_size(0)
+
+    def _join(self) -> None:
+        """Wait for the worker threads, all within JOIN_S: they stop after their current step (a batch, a chunk),
+        and a stuck one never holds a shutdown (they are daemon threads)."""
+        deadline = time.monotonic() + JOIN_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("model %s: thread %s still busy at close; not waiting for it", self.name, thread.name)
 
     async def drained(self, poll_s: float = 0.01) -> None:
         while self.admission.load:
@@ -226,35 +244,45 @@ class Batcher:
                     self._have_incoming.wait()
                 if self._closed:
                     return
-                items = [item for item in self._incoming if not item.future.done()]
+                items = self._incoming
                 self._incoming = []
-            if not items:
-                continue
-            start = time.perf_counter()
-            try:
-                encoded = self.model.encode([i.text for i in items])
-            except Exception as exc:  # logged without its message: it may quote the texts
-                log.error("tokenization failed for model %s (%d texts): %s", self.name, len(items),
-                          exception_summary(exc))
-                self._answer([(item, None, BackendError("tokenization failed")) for item in items])
-                continue
-            elapsed = time.perf_counter() - start
-            refused = []
-            with self._lock:
-                for item, enc in zip(items, encoded, strict=True):
-                    if enc.truncated and not item.truncate:
-                        error = InvalidInput(
-                            f"an input is longer than the {self.model.max_length} tokens model "
-                            f"{self.name} accepts and truncate is false"
-                        )
-                        refused.append((item, None, error))
-                        continue
-                    item.ids = enc.ids
-                    item.timing.tokenize_s = elapsed
-                    self._ready.append(item)
-                self._have_ready.notify(self.parallel)
-            if refused:
-                self._answer(refused)
+            for first, last in _chunks([len(item.text) for item in items], CHUNK_CHARS):
+                if self._closed:  # what close() could not see (taken from _incoming) is answered here
+                    self._unloaded(items[first:])
+                    return
+                # A plain attribute read outside the event loop, as in _cut: at worst one more text is encoded.
+                chunk = [item for item in items[first:last] if not item.future.done()]
+                if chunk:
+                    self._tokenize(chunk)
+
+    def _tokenize(self, items: list[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            encoded = self.model.encode([i.text for i in items])
+        except Exception as exc:  # logged without its message: it may quote the texts
+            log.error("tokenization failed for model %s (%d texts): %s", self.name, len(items),
+                      exception_summary(exc))
+            self._answer([(item, None, BackendError("tokenization failed")) for item in items])
+            return
+        elapsed = time.perf_counter() - start
+        refused = []
+        with self._lock:
+            closed = self._closed  # then close() has answered what it found; these it could not see
+            for item, enc in zip(items, encoded, strict=True):
+                if closed or (enc.truncated and not item.truncate):
+                    refused.append((item, None, NotReady(f"model {self.name} was unloaded") if closed
+                                    else too_long(self.model.max_length, self.name)))
+                    continue
+                item.ids = enc.ids
+                item.timing.tokenize_s = elapsed
+                self._ready.append(item)
+            self._have_ready.notify(self.parallel)
+        if refused:
+            self._answer(refused)
+
+    def _unloaded(self, items: list[_Item]) -> None:
+        error = NotReady(f"model {self.name} was unloaded")
+        self._answer([(item, None, error) for item in items])
 
     def _infer_worker(self) -> None:
         """Take the next batch as soon as this thread's session is free, run it, answer it."""
@@ -296,6 +324,18 @@ class Batcher:
         batch = ready[lo:hi]
         self._ready = ready[:lo] + ready[hi:]
         return batch
+
+
+def _chunks(sizes: list[int], max_size: int):
+    """Consecutive slices [first, last) of items whose sizes add up to about max_size each (at least one item)."""
+    first = total = 0
+    for k, size in enumerate(sizes):
+        total += size
+        if total >= max_size:
+            yield first, k + 1
+            first, total = k + 1, 0
+    if first < len(sizes):
+        yield first, len(sizes)
 
 
 def cut_batch(lengths: list[int], anchor: int, max_size: int, max_tokens: int, max_padding: float) -> tuple[int, int]:

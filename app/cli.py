@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,9 +22,43 @@ def _settings_or_exit() -> Settings:
         return Settings()
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            name = "BERTSERVE_" + "_".join(str(p) for p in error["loc"]).upper() if error["loc"] else "settings"
-            print(f"bertserve: bad setting {name}: {error['msg']}", file=sys.stderr)
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError we raised
+            # A field's own error names it; one across fields (a model validator) names its fields in the message.
+            field = "_".join(str(p) for p in error["loc"]).upper()
+            where = f"setting BERTSERVE_{field}" if field else "settings"
+            print(f"bertserve: bad {where}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# prometheus_client's multiprocess value files, <type>_<pid>.db (gauges: gauge_<mode>_<pid>.db): what we write.
+_METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
+
+
+def _metrics_dir(given: Path | None) -> Path:
+    """The folder for the workers' metric files. One the user gave is created if missing and never removed; of
+    its contents only metric files (a previous run's, whose counts would otherwise come back) are deleted, and a
+    folder holding anything else is refused untouched. None given: a new temp folder, removed when this process
+    (uvicorn's supervisor) exits, after its workers."""
+    if given is None:
+        folder = Path(tempfile.mkdtemp(prefix="bertserve-metrics-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return folder
+    try:
+        given.mkdir(parents=True, exist_ok=True)
+        entries = sorted(given.iterdir())
+    except OSError as exc:
+        print(f"bertserve: BERTSERVE_METRICS_DIR {given} is not a usable folder: {exc.strerror or exc}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    foreign = [e for e in entries if e.is_symlink() or not e.is_file() or not _METRIC_FILE.fullmatch(e.name)]
+    if foreign:
+        names = ", ".join(e.name + ("/" if e.is_dir() else "") for e in foreign[:3]) + (", ..." * (len(foreign) > 3))
+        print(f"bertserve: BERTSERVE_METRICS_DIR {given} holds {len(foreign)} item(s) that are not bertserve metric "
+              f"files ({names}); nothing was deleted: give it a folder of its own", file=sys.stderr)
+        raise SystemExit(2)
+    for entry in entries:
+        entry.unlink()
+    return given
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -41,11 +77,8 @@ def serve(args: argparse.Namespace) -> None:
             print(f"bertserve: BERTSERVE_PROVIDER={settings.provider} cannot run here: {why_not}", file=sys.stderr)
             raise SystemExit(2)
     # Before anything imports prometheus_client (it picks its value store at import): metric files shared by
-    # all workers, so counters add up. Emptied, or the last run's counts would come back.
-    metrics_dir = settings.metrics_dir or Path(tempfile.mkdtemp(prefix="bertserve-metrics-"))
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # all workers, so counters add up.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(settings.metrics_dir))
     import uvicorn
 
     from app.logs import log_config
@@ -61,7 +94,8 @@ def serve(args: argparse.Namespace) -> None:
         workers=settings.workers,
         # uvloop + httptools: plain asyncio + h11 with several workers stalls ~40 ms per response (no TCP_NODELAY).
         loop="uvloop",
-        http="httptools",
+        http="app.api.http_limits:LimitedHttpToolsProtocol",  # httptools with read deadline, head and connection caps
+        ws="none",  # no WebSocket route: an upgrade request is served as plain HTTP, within the same limits
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=False,
         ssl_certfile=settings.ssl_certfile,

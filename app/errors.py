@@ -63,8 +63,26 @@ class BackendError(ServiceError):
     kind = "backend"
 
 
+# Answered by the HTTP transport itself (app.api.http_limits), before a request reaches the app.
+class RequestTimeout(ServiceError):
+    kind = "request_timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    kind = "headers_too_large"
+
+
+class TooManyConnections(ServiceError):
+    kind = "too_many_connections"
+
+
 class ModelLoadError(Exception):
-    """A model folder that cannot be served; the message names the file and what is wrong."""
+    """A model folder that cannot be served; the message names the file and what is wrong (for the log and the
+    authenticated /models), `cause` says it in a short code (for the open /health/ready: no paths, no contents)."""
+
+    def __init__(self, message: str, cause: str = "load_failed") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]], root: str = "body") -> str:

@@ -2,11 +2,13 @@
 into at most `max_features` features, the variants of the text with one feature left out, and each feature's
 weight — how much the explained label's probability drops without it.
 
-A word is a run of non-space characters (punctuation stays with its word: "great!" is one feature). Long texts
+A word is a run of non-space characters (punctuation stays with its word: "great!" is one feature). Only what the
+model reads is explained: a text longer than its max_length is first cut after the word where the model stops
+reading (`read_part`), so every variant is at most that long and the rest of the text costs nothing. Many words
 are cut into consecutive groups of about equal word counts, so the cost stays one engine pass over
-`features + 1` sequences whatever the length. Occlusion measures what the model loses without a word, in the
-context of the others; it is not a gradient and not a causal claim, and words that only matter together (a
-negation and its verb) may each look unimportant.
+`features + 1` sequences of at most max_length tokens, whatever the length. Occlusion measures what the model
+loses without a word, in the context of the others; it is not a gradient and not a causal claim, and words that
+only matter together (a negation and its verb) may each look unimportant.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from app.tokenizer import BREAK, SLACK
 
 WORD = re.compile(r"\S+")
 
@@ -40,6 +44,14 @@ def features(text: str, max_features: int) -> list[Feature]:
         groups.append(Feature(spans[first][0], spans[last - 1][1], last - first))
         first = last
     return groups
+
+
+def read_part(text: str, read: int) -> str:
+    """The text up to the word break at or after `read` characters (what the model reads, app.tokenizer): the
+    word it stops reading in is kept whole, so this part tokenizes as the whole text does, up to max_length.
+    Where no break comes within SLACK characters (CJK, a long run without spaces) it ends at `read`."""
+    found = BREAK.search(text, read, read + SLACK)
+    return text[:found.start()] if found else text[:read]
 
 
 def occluded(text: str, feature: Feature) -> str:

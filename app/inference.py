@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from app.batching import too_long
 from app.errors import DeadlineExceeded, InvalidInput, NotReady, ShuttingDown
-from app.explain import Feature, features, occluded, weights
+from app.explain import Feature, features, occluded, read_part, weights
 from app.logs import exception_summary
 from app.registry import Registry
 from app.router import Router
@@ -36,6 +37,7 @@ class Explanation:
     label: int  # the explained label's index
     features: list[Feature]
     weights: list[float]  # per feature: the label's probability lost without it
+    read: int  # characters of the text explained: what the model reads (all of a text within max_length)
 
 
 class Inference:
@@ -74,9 +76,13 @@ class Inference:
             self._shadow(shadow, texts, probabilities, served.config.labels)
         return served, probabilities if function == "softmax" else apply_function(logits, function)
 
-    async def explain(
+    async def explain(self, text: str, **options) -> Explanation:
+        """One text's explanation (explain_many's options)."""
+        return (await self.explain_many([text], **options))[0]
+
+    async def explain_many(
         self,
-        text: str,
+        texts: list[str],
         *,
         model: str | None = None,
         version: int | None = None,
@@ -85,24 +91,44 @@ class Inference:
         max_features: int,
         timeout_s: float,
         routing_key: str | None = None,
-    ) -> Explanation:
-        """The text's prediction and, for `target` (default: the top label), each feature's weight by occlusion
-        (app.explain). The text and all its occluded variants go to the version's batcher as one submission:
-        same-length sequences, packed like any traffic, held to the same queue bound and deadline."""
-        parts = features(text, max_features)
-        texts = [text] + [occluded(text, f) for f in parts]
-        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key,
-                                       check=lambda m: _check_explain(m, target, len(texts)))
+    ) -> list[Explanation]:
+        """Each text's prediction and, for `target` (default: its top label), each feature's weight by occlusion
+        (app.explain), over the part of the text the model reads (tokenized once, in a worker thread, to find
+        it). Every text and all its occluded variants go to the version's batcher as one submission:
+        sequences of at most max_length tokens, packed like any traffic, held to the same queue bound and
+        deadline."""
+        parts: list[tuple[int, list[Feature]]] = []  # per text: characters read, features
+
+        async def variants(served: ServedModel) -> list[str]:
+            if target is not None and target not in served.config.labels:
+                raise InvalidInput(f"target is not a label of model {served.name}: {served.config.labels}")
+            sequences: list[str] = []
+            for text, read in zip(texts, await asyncio.to_thread(served.tokenizer.read, texts), strict=True):
+                if read < len(text) and not truncate:
+                    raise too_long(served.max_length, served.name)
+                part = read_part(text, read)
+                found = features(part, max_features)
+                parts.append((len(part), found))
+                sequences += [part] + [occluded(part, f) for f in found]
+            _check_fits(served, len(sequences))
+            return sequences
+
+        served, rows = await self._run([], model, version, True, timeout_s, routing_key, prepare=variants)
         probabilities = apply_function(np.stack([row for row, _ in rows]), "softmax")
-        served.metrics.observe(probabilities[:1], [rows[0][1]])  # the prediction itself, not its variants
-        label = served.config.labels.index(target) if target is not None else int(probabilities[0].argmax())
-        return Explanation(served, probabilities[0], label, parts, weights(probabilities[0], probabilities[1:], label))
+        answers, first = [], 0
+        for read, found in parts:
+            own = probabilities[first:first + len(found) + 1]
+            served.metrics.observe(own[:1], [rows[first][1]])  # the prediction itself, not its variants
+            label = served.config.labels.index(target) if target is not None else int(own[0].argmax())
+            answers.append(Explanation(served, own[0], label, found, weights(own[0], own[1:], label), read))
+            first += len(found) + 1
+        return answers
 
     async def _run(self, texts: list[str], model: str | None, version: int | None, truncate: bool,
                    timeout_s: float, routing_key: str | None,
-                   check: Callable[[ServedModel], None] | None = None) -> tuple[ServedModel, list]:
+                   prepare: Callable[[ServedModel], Awaitable[list[str]]] | None = None) -> tuple[ServedModel, list]:
         """Admission (draining), the deadline, the version the router picks, and one submission to its batcher:
-        the (row, timing) of each text."""
+        the (row, timing) of each text (of the texts `prepare` makes for the version, when given)."""
         if self.registry.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         try:
@@ -112,10 +138,12 @@ class Inference:
                 # No await between choosing the version and entering its queue, so an unload that starts
                 # afterwards finds this request in the queue and waits for it.
                 served = self.router.resolve(model, version, routing_key)
+                if prepare is not None:
+                    texts = await prepare(served)
+                    # It awaited: the version may have started unloading meanwhile; ask for it again.
+                    served = self.router.resolve(served.name, served.version)
                 answered_by.set(str(served.version))
                 assert served.batcher is not None
-                if check is not None:
-                    check(served)
                 return served, await served.batcher.submit(texts, truncate)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
@@ -178,10 +206,8 @@ class Inference:
         await self.idle()
 
 
-def _check_explain(served: ServedModel, target: str | None, sequences: int) -> None:
-    if target is not None and target not in served.config.labels:
-        raise InvalidInput(f"target is not a label of model {served.name}: {served.config.labels}")
+def _check_fits(served: ServedModel, sequences: int) -> None:
     assert served.batcher is not None
     if sequences > served.batcher.max_queue_size:  # would be refused forever, not just now: not a 429
-        raise InvalidInput(f"an explanation of {sequences - 1} features needs {sequences} sequences, over the "
-                           f"queue limit of {served.batcher.max_queue_size}; ask for fewer max_features")
+        raise InvalidInput(f"an explanation needs {sequences} sequences (each text and one variant per feature), "
+                           f"over the queue limit of {served.batcher.max_queue_size}; ask for fewer max_features")

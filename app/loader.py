@@ -177,7 +177,9 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
             return chosen
     reasons = [f"{t['provider']} on {t['artifact']}: {t['why']}" for t in trials]
     reasons += [f"{s['provider']}: {s['why']}" for s in skipped]
-    raise ModelLoadError(f"{path}: no engine can serve it with provider={settings.provider}: {'; '.join(reasons)}")
+    gate = any("agreement" in t and not t["passed"] for t in trials)  # an engine ran but missed the golden outputs
+    raise ModelLoadError(f"{path}: no engine can serve it with provider={settings.provider}: {'; '.join(reasons)}",
+                         "golden_gate" if gate else "load_failed")
 
 
 def load_model(name: str, version: int, path: Path, settings: Settings, **engine_options: Any) -> ServedModel:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, metrics, shutdown
-from app.api import errors, explain, operations, predict, v2
+from app.api import errors, explain, http_limits, operations, predict, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
@@ -65,11 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers.append(operations.admin_router)
     app.router.routes[:0] = [route for router in routers for route in router.routes]
     _log_access_policy(settings, keys)
+    http_limits.configure(settings)  # this worker's transport limits (the protocol class reads them), logged
     if keys.enforced:  # innermost of the layers: CORS preflights and request ids come before it
         app.add_middleware(AuthMiddleware, keys=keys)
     if settings.cors_origins:
+        # Every request header the API reads, and every response header it documents, so browsers may use them.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+                           allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID",
+                                          "X-Routing-Key", "Inference-Header-Content-Length"],
+                           expose_headers=["X-Model-Name", "X-Model-Version", "X-Request-ID", "Retry-After",
+                                           "Inference-Header-Content-Length", "WWW-Authenticate"])
     app.add_middleware(RequestContextMiddleware, log_access=settings.access_log, service=service)
     _add_request_schema(app, keys)
     return app
@@ -78,8 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _log_access_policy(settings: Settings, keys: Keys) -> None:
     """One start-up line on who may call what (counts, never keys); a warning when admin routes are open."""
     admin = "admin key" if keys.admin else "OPEN (BERTSERVE_ADMIN_WITHOUT_KEY)" if keys.admin_served else "not served"
-    log.info("access: %d client key(s), %d admin key(s); prediction and model routes: %s; /admin: %s; /metrics: %s",
-             len(keys.client), len(keys.admin), "client key" if keys.client else "open", admin,
+    log.info("access: %d client key(s) and %d admin key(s) loaded; prediction and model routes: %s; /admin: %s; "
+             "/metrics: %s", len(keys.client), len(keys.admin), "client key" if keys.client else "open", admin,
              "key" if keys.needs("metrics") else "open")
     if settings.admin_without_key:
         log.warning("BERTSERVE_ADMIN_WITHOUT_KEY is set: anyone who reaches this port can load and unload models; "

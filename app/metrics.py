@@ -1,8 +1,8 @@
 """Every Prometheus metric of the service, defined once.
 
-Multiprocess-safe: `bertserve serve` points PROMETHEUS_MULTIPROC_DIR at an emptied folder before anything
-imports prometheus_client (it picks its value store at import), so counters and histograms of all workers add up in /metrics. Gauges say how they
-combine: queue size per live worker (pid label, sum it), model info as the max over live workers.
+Multiprocess-safe: `bertserve serve` points PROMETHEUS_MULTIPROC_DIR at a folder cleared of its own earlier metric
+files (app.cli) before anything imports prometheus_client (it picks its value store at import), so counters and
+histograms of all workers add up in /metrics. Gauges say how they combine: queue size per live worker (pid label, sum it), model info as the max over live workers.
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ MODEL_INFO = Gauge(
     "bertserve_model_info", "1 for each model version being served, with the engine really in use: provider, "
     "artifact and precision (OpenVINO runs fp32 graphs in bf16 where the CPU has AMX).",
     ["model", "version", "provider", "quantization", "artifact", "precision"], multiprocess_mode="livemax",
+)
+ROUTING_TABLE_REFUSED = Gauge(
+    "bertserve_routing_table_refused", "1 while a model's serving.json asks for a traffic table (weights, shadow) "
+    "that cannot be served (a named version missing or failed, or the file malformed): the previous table stays in "
+    "force, or, with none, the model is not ready. Max over live workers (they decide alike from the same files).",
+    ["model"], multiprocess_mode="livemax",
 )
 PREDICTIONS = Counter("bertserve_predictions", "Predicted (top) labels, for watching drift.", ["model", "label"])
 PREDICTION_CONFIDENCE = Histogram(

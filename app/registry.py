@@ -1,8 +1,17 @@
 """The registry: the versions the repository asks for and the state of each (loading, ready, failed, unloading).
 It follows the repository (scan at start, then polling), loads new versions through app.loader and gives each a
 batcher, drains and unloads removed ones, takes the admin's load / unload, drains everything at shutdown, and
-answers readiness and the model listing. It owns the slots; every state change republishes the routing table
-(app.router), which is all a request reads."""
+answers readiness and the model listing. It owns the slots and each model's traffic table; every state change
+republishes the routing table (app.router), which is all a request reads.
+
+Traffic tables (serving.json's traffic weights and shadow): the table a model's serving.json asks for takes effect
+only once every version it weights or names as shadow is ready. Until then, and whenever it cannot be honoured (a
+named version with no folder, one that failed to load or its golden gate, a malformed serving.json), the table in
+force stays, with the versions it names kept loaded; a model with no table in force yet (at start) is not ready
+and answers no request naming no version. The reason is logged once per change (error level), shown in /models
+(table asked, table in force, why), as a cause code in /health/ready, and in bertserve_routing_table_refused.
+Every worker decides alike from the same files: nothing here depends on timing, only on what is ready after
+the scan's loads."""
 
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ from app import metrics
 from app.batching import Batcher
 from app.errors import ModelLoadError, ModelNotFound
 from app.loader import load_model
-from app.repository import CONFIG_FILE, ModelServing, wanted_versions
+from app.repository import CONFIG_FILE, ModelServing, version_dirs, wanted_versions
 from app.router import Router, Routing
 from app.served import ServedModel
 from app.settings import Settings
@@ -35,8 +44,19 @@ class Slot:
     path: Path
     state: State = "loading"
     reason: str | None = None
+    cause: str | None = None  # a short code for open routes (ModelLoadError.cause)
     model: ServedModel | None = None
     config_mtime: float = 0.0  # a failed version is retried when its bertserve.json changes
+
+
+@dataclass
+class Table:
+    """A model's traffic table: the one its serving.json asks for (None: unreadable), the one in force (None:
+    none yet, so no request naming no version is answered), and why the asked one is not in force."""
+
+    asked: Routing | None = None
+    in_force: Routing | None = None
+    refused: tuple[str, str] | None = None  # (cause code, details for the log and /models)
 
 
 class Registry:
@@ -44,9 +64,9 @@ class Registry:
         self.settings = settings
         self.router = router
         self.slots: dict[str, dict[int, Slot]] = {}
-        self.broken: dict[str, str] = {}  # model name -> why its versions cannot even be listed
-        self.routing: dict[str, Routing] = {}  # model name -> traffic weights and shadow from its serving.json
-        self.unloaded_by_admin: set[str] = set()
+        self.tables: dict[str, Table] = {}  # every model of the repository (not unloaded by the admin)
+        self.unloaded_by_admin: set[str] = set()  # only names of the repository's models
+        self.default_model_missing = False  # BERTSERVE_DEFAULT_MODEL names no model of the repository
         self.loading = True
         self.draining = False
         self._loaded = asyncio.Event()
@@ -57,7 +77,7 @@ class Registry:
     async def load_all(self) -> None:
         try:
             await self.sync()
-            if not self.slots and not self.broken:
+            if not self.slots and not self.tables:
                 log.error("no model found in %s", self.settings.model_repository.resolve())
         finally:
             self.loading = False
@@ -77,38 +97,89 @@ class Registry:
                 log.exception("repository scan failed")
 
     async def sync(self, only: str | None = None) -> None:
-        """Make the loaded versions match the repository (for one model, or all)."""
+        """Make the loaded versions and traffic tables match the repository (for one model, or all)."""
         async with self._sync_lock:
             serving: dict[str, ModelServing] = {}
-            wanted = await asyncio.to_thread(
-                wanted_versions, self.settings.model_repository, self.settings.max_loaded_versions, serving
-            )
-            names = [only] if only else sorted(set(wanted) | set(self.slots))
+            wanted, present = await asyncio.to_thread(_scan, self.settings, serving)
+            self.unloaded_by_admin &= set(wanted)  # a model gone from the repository is forgotten
+            if only is None:
+                self._check_default_model(set(wanted))
+            names = [only] if only else sorted(set(wanted) | set(self.slots) | set(self.tables))
             for name in names:
-                versions = wanted.get(name, [])
-                if isinstance(versions, str):  # broken serving.json: keep what runs, say why
-                    self.broken[name] = versions
-                    continue
-                self.broken.pop(name, None)
-                policy = serving.get(name)
-                self.routing[name] = Routing(policy.traffic, policy.shadow) if policy else Routing()
-                if name in self.unloaded_by_admin:
-                    versions = []
-                await self._sync_model(name, dict(versions))
+                await self._sync_model(name, wanted.get(name), serving.get(name), present.get(name, {}))
 
-    async def _sync_model(self, name: str, wanted: dict[int, Path]) -> None:
+    def _check_default_model(self, names: set[str]) -> None:
+        missing = bool(self.settings.default_model) and self.settings.default_model not in names
+        if missing and not self.default_model_missing:
+            log.warning("BERTSERVE_DEFAULT_MODEL=%r names no model of the repository %s (models: %s): requests "
+                        "naming no model cannot be answered; the replica is not ready", self.settings.default_model,
+                        self.settings.model_repository, sorted(names))
+        self.default_model_missing = missing
+
+    async def _sync_model(self, name: str, wanted: list[tuple[int, Path]] | str | None,
+                          serving: ModelServing | None, present: dict[int, Path]) -> None:
+        """Load the versions the model's serving.json and policy want, besides those of the table in force; put
+        the asked table in force once every version it names is ready; unload the rest. The table is registered
+        before any load, so that a version ready early never answers as a default meanwhile."""
+        gone = wanted is None or name in self.unloaded_by_admin  # gone from the repository, or unloaded by the admin
+        table = self.tables.get(name)
+        if gone:
+            if table is not None:  # while its versions drain, only requests naming one are answered
+                table.in_force = table.asked = table.refused = None
+            keep: dict[int, Path] = {}
+        else:
+            table = self.tables.setdefault(name, Table())
+            if isinstance(wanted, str):  # unreadable serving.json: keep what runs and the table in force
+                table.asked = None
+                keep = {v: s.path for v, s in self.slots.get(name, {}).items() if v in present}
+            else:
+                table.asked = Routing(serving.traffic, serving.shadow) if serving else Routing()
+                keep = dict(wanted)
+            keep |= _named_folders(table.in_force, present)
         slots = self.slots.setdefault(name, {})
-        for version, path in sorted(wanted.items()):  # load new versions first, so traffic can move over
+        for version, path in sorted(keep.items()):  # load new versions first, so traffic can move over
             slot = slots.get(version)
             mtime = _mtime(path / CONFIG_FILE)
             if slot is None or (slot.state == "failed" and slot.config_mtime != mtime):
                 slot = slots[version] = Slot(name, version, path, config_mtime=mtime)
                 await self._load(slot)
-        for version in [v for v in slots if v not in wanted]:
+        if not gone:
+            refused = ("bad_serving_json", wanted) if isinstance(wanted, str) else _verdict(table.asked, slots, present)
+            if refused is None and table.asked is not None and all(
+                    v in slots and slots[v].state == "ready" for v in table.asked.named):
+                self._put_in_force(name, table, table.asked)
+            self._refuse(name, table, refused)
+            if isinstance(wanted, list):  # the versions of a table no longer in force may go now
+                keep = dict(wanted) | _named_folders(table.in_force, present)
+        self._publish()
+        for version in [v for v in slots if v not in keep]:
             await self._unload(slots[version])
+        if not gone and table.in_force is not None and not table.in_force.weighted <= set(slots):
+            # A weighted version of the table in force is gone (its folder removed, now drained): the table no
+            # longer holds, and no other split is made up in its place.
+            log.error("model %s: version(s) %s of the traffic table in force are gone; requests naming no version "
+                      "are refused until serving.json names versions that can be served", name,
+                      sorted(table.in_force.weighted - set(slots)))
+            table.in_force = None
+        if gone and self.tables.pop(name, None) is not None:  # no longer followed: its gauge says nothing refused
+            metrics.ROUTING_TABLE_REFUSED.labels(name).set(0)
         if not slots:
             del self.slots[name]
         self._publish()
+
+    def _put_in_force(self, name: str, table: Table, routing: Routing) -> None:
+        if table.in_force != routing:
+            log.info("model %s: traffic table in force: %s", name, routing.describe())
+        table.in_force = routing
+
+    def _refuse(self, name: str, table: Table | None, refused: tuple[str, str] | None) -> None:
+        """Record why the asked table is not in force: logged once per change, and the metric follows."""
+        if refused is not None and refused != table.refused:
+            log.error("model %s: the traffic table of serving.json is not in force (%s: %s); %s", name, refused[0],
+                      refused[1], "the previous table stays in force" if table.in_force is not None else
+                      "no table is in force, so requests naming no version are refused and the replica is not ready")
+        table.refused = refused
+        metrics.ROUTING_TABLE_REFUSED.labels(name).set(0 if refused is None else 1)
 
     async def _load(self, slot: Slot) -> None:
         try:
@@ -116,6 +187,7 @@ class Registry:
         except Exception as exc:  # one bad version must not stop the others; its reason is shown
             slot.state = "failed"
             slot.reason = str(exc) if isinstance(exc, ModelLoadError) else f"{slot.path}: {type(exc).__name__}: {exc}"
+            slot.cause = exc.cause if isinstance(exc, ModelLoadError) else "load_failed"
             log.error("model %s version %d not served: %s", slot.name, slot.version, slot.reason)
             return
         model.batcher = Batcher(
@@ -161,18 +233,23 @@ class Registry:
             name: {v: s.model for v, s in slots.items() if s.state == "ready" and s.model}
             for name, slots in self.slots.items()
         }
-        self.router.update(ready, known=list(self.slots), routing=self.routing)
+        routing = {name: table.in_force for name, table in self.tables.items()}
+        self.router.update(ready, known=list(self.slots), routing=routing)
 
     # ---- admin ----
 
     async def admin_load(self, name: str) -> None:
+        """Load the model's versions in this worker (an unknown name retains nothing: sync forgets it)."""
         self.unloaded_by_admin.discard(name)
         await self.sync(only=name)
         if not any(s.state == "ready" for s in self.slots.get(name, {}).values()):
-            raise ModelNotFound(f"model {name!r} has no servable version in {self.settings.model_repository}")
+            table = self.tables.get(name)
+            why = f" ({table.refused[0]}: see GET /models/{name})" if table and table.refused else ""
+            raise ModelNotFound(f"model {name!r} has no servable version in the repository{why}")
 
     async def admin_unload(self, name: str) -> None:
-        if name not in self.slots:
+        """Drain and unload the model in this worker only (others follow the repository, not this call)."""
+        if name not in self.slots and name not in self.tables:
             raise ModelNotFound(f"model {name!r} is not loaded")
         self.unloaded_by_admin.add(name)
         await self.sync(only=name)
@@ -183,14 +260,16 @@ class Registry:
         """From now on new work is refused (503), readiness fails and every answer closes its connection."""
         self.draining = True
 
-    async def drain(self, timeout_s: float) -> None:
-        """Refuse new work, then wait (at most timeout_s) until every accepted sequence is answered."""
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new work, then wait (at most timeout_s) until every accepted sequence is answered: the number of
+        sequences still queued or running then (the caller says so, with the bound it was given)."""
         self.stop_admitting()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*(m.batcher.drained() for m in self._ready_models() if m.batcher))
         except TimeoutError:
-            log.warning("drain timeout (%.1f s) reached with work still queued", timeout_s)
+            pass
+        return sum(m.batcher.load for m in self._ready_models() if m.batcher)
 
     async def close(self) -> None:
         """Stop every batcher; anything still queued is answered 503."""
@@ -213,23 +292,45 @@ class Registry:
         return {version: slot.state for version, slot in sorted(slots.items())}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when loaded, not draining, and every model has a version serving. A failed new version
-        next to a serving one is reported but keeps the replica ready: traffic is still answered."""
+        """Ready when loaded, not draining, every model has a version serving under a table in force, and
+        BERTSERVE_DEFAULT_MODEL (when set) names a model of the repository. A failed new version next to a
+        serving one, or a refused new table while the previous one serves, is reported but keeps the replica
+        ready: traffic is still answered as before. The body is open to anyone: states and short cause codes
+        only (no paths, nothing read from a file); the details are in the log and the authenticated /models."""
         models: dict[str, Any] = {}
+        causes: dict[str, str] = {}
         for name, slots in self.slots.items():
-            models[name] = {str(v): s.state if s.state != "failed" else f"failed: {s.reason}" for v, s in slots.items()}
-        for name, reason in self.broken.items():
-            models[name] = f"failed: {reason}"
+            models[name] = {str(v): s.state if s.state != "failed" else f"failed: {s.cause}" for v, s in slots.items()}
+        for name, table in self.tables.items():
+            models.setdefault(name, {})
+            if table.refused is not None:
+                causes[name] = table.refused[0]
         serving = self.router.served
-        ready = not self.loading and not self.draining and bool(serving) and serving == set(models)
+        for name in sorted(set(models) - serving - set(causes)):
+            states = {s.state: s.cause for s in self.slots.get(name, {}).values()}
+            table = self.tables.get(name)
+            causes[name] = ("loading" if "loading" in states else states["failed"] or "load_failed"
+                            if "failed" in states else "no_table_in_force" if table and table.in_force is None
+                            else "not_serving")
+        if self.default_model_missing:
+            causes[str(self.settings.default_model)] = "unknown_default_model"
+        ready = (not self.loading and not self.draining and bool(serving) and serving == set(models)
+                 and not self.default_model_missing)
         status = "draining" if self.draining else "loading" if self.loading else "ready" if ready else "not ready"
-        return ready, {"status": status, "models": models}
+        detail: dict[str, Any] = {"status": status, "models": models}
+        if causes:
+            detail["causes"] = dict(sorted(causes.items()))
+        return ready, detail
 
     def list_models(self) -> list[dict[str, Any]]:
+        """One entry per version (a model with none loaded: one entry, state failed, with why), each with the
+        model's traffic table: asked by serving.json, in force, and why the asked one is not in force."""
         listed = []
-        for name, slots in sorted(self.slots.items()):
+        for name in sorted(set(self.slots) | set(self.tables)):
+            slots = self.slots.get(name, {})
             default = self.router.default_version(name)
             traffic, shadow = self.router.traffic(name), self.router.shadow_version(name)
+            routing = self._routing_info(name)
             for version, slot in sorted(slots.items()):
                 entry = {"name": name, "version": version, "state": slot.state, "default": version == default,
                          "traffic": traffic.get(version, 0.0), "shadow": version == shadow}
@@ -238,10 +339,50 @@ class Registry:
                 if slot.model:
                     entry |= slot.model.describe()
                 if slot.reason:
-                    entry["reason"] = slot.reason
-                listed.append(entry)
-        listed += [{"name": n, "state": "failed", "reason": r} for n, r in sorted(self.broken.items())]
+                    entry |= {"reason": slot.reason, "cause": slot.cause}
+                listed.append(entry | {"routing": routing})
+            if not slots:
+                refused = routing["refused"] or {"cause": "not_serving", "reason": "no version loaded"}
+                listed.append({"name": name, "state": "failed", "reason": refused["reason"],
+                               "cause": refused["cause"], "routing": routing})
+        if self.default_model_missing:
+            listed.append({"name": self.settings.default_model, "state": "failed", "cause": "unknown_default_model",
+                           "reason": "BERTSERVE_DEFAULT_MODEL names no model of the repository"})
         return listed
+
+    def _routing_info(self, name: str) -> dict[str, Any]:
+        table = self.tables.get(name)
+        if table is None:
+            return {"asked": None, "in_force": None, "refused": None}
+        return {
+            "asked": table.asked.describe() if table.asked else None,
+            "in_force": table.in_force.describe() if table.in_force else None,
+            "refused": {"cause": table.refused[0], "reason": table.refused[1]} if table.refused else None,
+        }
+
+
+def _scan(settings: Settings, serving: dict[str, ModelServing]) -> tuple[dict[str, Any], dict[str, dict[int, Path]]]:
+    """The repository now: the versions each model wants (or why its serving.json is broken), and its folders."""
+    wanted = wanted_versions(settings.model_repository, settings.max_loaded_versions, serving)
+    present = {name: dict(versions) for name, versions in version_dirs(settings.model_repository).items()}
+    return wanted, present
+
+
+def _named_folders(routing: Routing | None, present: dict[int, Path]) -> dict[int, Path]:
+    """The folders of the versions a table names (those still in the repository)."""
+    return {v: present[v] for v in (routing.named if routing else ()) if v in present}
+
+
+def _verdict(asked: Routing | None, slots: dict[int, Slot], present: dict[int, Path]) -> tuple[str, str] | None:
+    """Why the asked table cannot be honoured, or None (it takes effect once its versions are ready)."""
+    problems = []
+    for version in sorted(asked.named if asked else ()):
+        slot = slots.get(version)
+        if version not in present:
+            problems.append(f"version {version} has no folder in the repository")
+        elif slot is not None and slot.state == "failed":
+            problems.append(f"version {version} failed ({slot.cause}): {slot.reason}")
+    return ("table_refused", "; ".join(problems)) if problems else None
 
 
 def _mtime(path: Path) -> float:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import ModelLoadError, validation_message
 
@@ -36,6 +36,14 @@ class Artifact(BaseModel):
     precision: Literal["fp32", "fp16", "int8"]
     providers: list[Provider] = Field(description="Providers this artifact is meant for, best first.")
     quantization: str | None = Field(None, description="How it was quantized, e.g. 'dynamic int8 per-channel'.")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, file: str) -> str:
+        # A name, never a path: `../x`, `/etc/x` or `sub/x` would open a file outside the version folder.
+        if not file or file in (".", "..") or any(c in file for c in "/\\\0"):
+            raise ValueError("a plain file name inside the version folder (no path separator, not '.' or '..')")
+        return file
 
     @property
     def numerics(self) -> str:
@@ -152,28 +160,43 @@ def _read(schema: type[M], path: Path) -> M:
     try:
         return schema.model_validate_json(path.read_bytes())
     except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})", "unreadable") from None
     except ValidationError as exc:
-        raise ModelLoadError(f"{path}: {validation_message(exc.errors(), root='(root)')}") from None
+        raise ModelLoadError(f"{path}: {validation_message(exc.errors(), root='(root)')}", "invalid_config") from None
 
 
-def read_config(path: Path) -> ModelConfig:
-    config_path = path / CONFIG_FILE
+def inside(root: Path, path: Path) -> Path:
+    """`path`, refused when its real place (every symlink followed) is outside the repository `root`: a version
+    must not serve files from elsewhere. Links that stay inside keep working (a Kubernetes ConfigMap or Secret
+    volume's own `..data` links)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ModelLoadError(f"{path}: a link leading outside the model repository {root} (refused)",
+                             "outside_repository")
+    return path
+
+
+def read_config(path: Path, root: Path | None = None) -> ModelConfig:
+    """The version's config, once its files (the folder, bertserve.json, tokenizer.json, the artifacts) are
+    known to lie in the repository `root` (default: the folder two above, that of `<root>/<name>/<version>`)."""
+    root = path.parent.parent if root is None else root
+    config_path = inside(root, inside(root, path) / CONFIG_FILE)
     config = _read(ModelConfig, config_path)
     for needed in [TOKENIZER_FILE, *(a.file for a in config.artifacts)]:
         if not (path / needed).is_file():
-            raise ModelLoadError(f"{path / needed}: missing (named by {config_path})")
+            raise ModelLoadError(f"{path / needed}: missing (named by {config_path})", "missing_files")
+        inside(root, path / needed)
     return config
 
 
-def read_golden(path: Path, labels: int) -> Golden | None:
-    """The version's golden outputs, or None for a folder exported without them."""
+def read_golden(path: Path, labels: int, root: Path | None = None) -> Golden | None:
+    """The version's golden outputs, or None for a folder exported without them (root: as read_config)."""
     golden_path = path / GOLDEN_FILE
     if not golden_path.is_file():
         return None
-    golden = _read(Golden, golden_path)
+    golden = _read(Golden, inside(path.parent.parent if root is None else root, golden_path))
     if any(len(row) != labels for row in golden.probabilities):
-        raise ModelLoadError(f"{golden_path}: rows of probabilities do not have the model's {labels} labels")
+        raise ModelLoadError(f"{golden_path}: rows of probabilities do not have the model's {labels} labels",
+                             "invalid_config")
     return golden
 
 
@@ -216,10 +239,11 @@ def read_policy(model_dir: Path) -> VersionPolicy:
 def wanted_versions(
     root: Path, max_loaded: int, serving: dict[str, ModelServing] | None = None
 ) -> dict[str, list[tuple[int, Path]] | str]:
-    """Per model, the versions to load, ascending: those given a traffic weight or named as shadow in its
-    serving.json, then those its version policy selects among the others, at most `max_loaded` (the highest of
-    each kept); or, for a model whose serving.json is broken, why. `serving`, when given, receives each readable
-    serving.json."""
+    """Per model, the versions to load, ascending: every one given a traffic weight or named as shadow in its
+    serving.json (the operator named them: they lift the cap), and those its version policy selects besides them,
+    at most `max_loaded` of these (the highest kept); or, for a model whose serving.json is broken, why.
+    `serving`, when given, receives each readable serving.json. A named version with no folder is not invented:
+    the registry refuses the table that names it."""
     wanted: dict[str, list[tuple[int, Path]] | str] = {}
     for name, versions in version_dirs(root).items():
         try:
@@ -231,12 +255,10 @@ def wanted_versions(
             serving[name] = policy
         available = [v for v, _ in versions]
         named = {v for v, w in (policy.traffic or {}).items() if w > 0} | ({policy.shadow} if policy.shadow else set())
-        chosen = [v for v in available if v in named][-max_loaded:]
         # The policy picks the serving versions among the others: a shadow never takes the place of the latest.
         others = [v for v in available if v != policy.shadow]
-        rest = [v for v in policy.version_policy.select(others) if v not in chosen]
-        chosen += rest[len(rest) - (max_loaded - len(chosen)):] if len(chosen) < max_loaded else []
-        wanted[name] = [(v, p) for v, p in versions if v in chosen]
+        rest = [v for v in policy.version_policy.select(others) if v not in named][-max_loaded:]
+        wanted[name] = [(v, p) for v, p in versions if v in named or v in rest]
     return wanted
 
 

@@ -3,13 +3,20 @@ model's traffic split (canary weights from serving.json) or its default version;
 one served or BERTSERVE_DEFAULT_MODEL. Its table is rebuilt by the registry on every state change and repository
 scan and swapped in whole, so that a request reads dicts (and, for a split, one bisect) instead of scanning.
 
-Traffic weights (serving.json `"traffic": {"2": 90, "3": 10}`) apply to requests naming no version. Weights of
-versions not ready (loading, failed, unloading, not loaded) are left out and the rest renormalised; when no
-weighted version is ready, or the weights add up to 0, the default version answers. A request with a routing key
-(the X-Routing-Key header) is placed by a stable hash of the key (blake2b, not Python's salted hash()) into
-[0, 1) over the cumulative weights, so the same key and weights always get the same version; without one, by
-random.random(). The default version is the highest ready one that is not the shadow (a shadow takes traffic only
-when it is given a weight or named).
+The routing it is given is each model's table *in force* (app.registry decides which: a table serving.json asks
+for takes effect only once every version it weights or names as shadow is ready; until then the previous one
+stays). A model the registry gives no table (None: none in force yet) answers no request that names no version
+(503, NotReady); a named ready version still answers.
+
+Traffic weights (serving.json `"traffic": {"2": 90, "3": 10}`) apply to requests naming no version. Every
+weighted version of a table in force is ready, except while one is draining (its folder removed: at most
+BERTSERVE_DRAIN_TIMEOUT_S, after which the registry drops the table); meanwhile the versions still ready share
+its weight in proportion to their own. When no weighted version is ready the model answers no request naming no
+version (never "the default takes everything": the default is often the canary). When the weights add up to 0
+the default version answers. A request with a routing key (the X-Routing-Key header) is placed by a stable hash
+of the key (blake2b, not Python's salted hash()) into [0, 1) over the cumulative weights, so the same key and
+weights always get the same version; without one, by random.random(). The default version is the highest ready
+one that is not the shadow (a shadow takes traffic only when it is given a weight or named).
 
 The shadow (serving.json `"shadow": 3`) is looked up per answering version: every ready version other than the
 shadow itself has it, when the shadow is ready."""
@@ -35,6 +42,20 @@ class Routing:
 
     traffic: Mapping[int, float] | None = None
     shadow: int | None = None
+
+    @property
+    def weighted(self) -> set[int]:
+        """The versions given a positive weight."""
+        return {v for v, w in (self.traffic or {}).items() if w > 0}
+
+    @property
+    def named(self) -> set[int]:
+        """Every version the table needs served: the weighted ones and the shadow."""
+        return self.weighted | ({self.shadow} if self.shadow is not None else set())
+
+    def describe(self) -> dict[str, Any]:
+        """For /models: the weights (by version, as strings, as in serving.json) and the shadow."""
+        return {"traffic": {str(v): w for v, w in sorted((self.traffic or {}).items())}, "shadow": self.shadow}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +104,23 @@ class Router:
         self._known: list[str] = []  # every model the registry has a version of, whatever its state
 
     def update(self, ready: Mapping[str, Mapping[int, ServedModel]], known: list[str],
-               routing: Mapping[str, Routing] | None = None) -> None:
+               routing: Mapping[str, Routing | None] | None = None) -> None:
         """The registry's new table: the ready versions of each model, every model it knows, and each model's
-        routing (traffic weights, shadow). Built aside and swapped in attribute by attribute, with no await in
-        between, so a request sees either the old table or the new one."""
+        routing in force (traffic weights, shadow; None: no table in force, so no version answers requests naming
+        none; a model left out: no weights, no shadow). Built aside and swapped in attribute by attribute, with
+        no await in between, so a request sees either the old table or the new one."""
         routing = dict(routing or {})
         ready_ = {name: dict(versions) for name, versions in ready.items() if versions}
         defaults, splits, shadows = {}, {}, {}
         for name, versions in ready_.items():
-            rule = routing.get(name, Routing())
+            if name in routing and routing[name] is None:  # no table in force: only named versions answer
+                continue
+            rule = routing.get(name) or Routing()
+            split = make_split(versions, rule.traffic)
+            if split is None and rule.weighted:  # weighted versions, none ready (draining): fail closed
+                continue
             serving = [v for v in versions if v != rule.shadow] or list(versions)
             defaults[name] = max(serving)
-            split = make_split(versions, rule.traffic)
             if split is not None and len(split.models) == 1:  # one weighted version ready: it is the default
                 defaults[name] = next(iter(split.shares))
             elif split is not None:
@@ -125,7 +151,7 @@ class Router:
         return {} if default is None else {default: 100.0}
 
     def shadow_version(self, name: str) -> int | None:
-        """The shadow serving.json names (whether or not it is ready)."""
+        """The shadow of the table in force (whether or not it is ready)."""
         rule = self._routing.get(name)
         return rule.shadow if rule else None
 
@@ -138,7 +164,7 @@ class Router:
         """The model a request is for: the one named, else the only (or default) model."""
         if name is not None:
             return name
-        names = list(self._defaults)
+        names = list(self._ready)  # models with a ready version (with or without a table in force)
         if len(names) == 1:
             return names[0]
         if self.default_model:
@@ -167,7 +193,17 @@ class Router:
             if split is not None:
                 return split.pick(routing_key)
             version = self._defaults.get(name)
-        model = versions.get(version) if version is not None else None
+        if version is None:
+            rule = self._routing.get(name)
+            if name in self._routing and rule is None:
+                raise NotReady(f"model {name!r} has no traffic table in force (see GET /models/{name}); only "
+                               f"requests naming a ready version are answered: {sorted(versions)}")
+            if rule is not None and rule.weighted:
+                raise NotReady(f"model {name!r} has none of its weighted versions ready; ready versions: "
+                               f"{sorted(versions)}")
+            raise ModelNotFound(f"model {name!r} has no version serving (loading or failed, see GET /models/"
+                                f"{name}); ready versions: {sorted(versions)}")
+        model = versions.get(version)
         if model is None:
             raise ModelNotFound(f"model {name!r} version {version} is not served; ready versions: {sorted(versions)}")
         return model

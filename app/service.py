@@ -20,6 +20,7 @@ class Service:
         # The operations transports call, from the room that owns each.
         self.classify = self.inference.classify
         self.explain = self.inference.explain
+        self.explain_many = self.inference.explain_many
         self.timeout_s = self.inference.timeout_s
         self.resolve = self.router.resolve
         self.default_version = self.router.default_version

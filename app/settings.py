@@ -26,19 +26,23 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS when set with the key.")
     ssl_keyfile: Path | None = Field(None, description="PEM private key for ssl_certfile.")
     metrics_dir: Path | None = Field(
-        None, description="Folder for multi-worker metric files, emptied at start; default: a new temp folder."
+        None, description="Folder for multi-worker metric files: created if missing; at start bertserve clears the "
+        "metric files it wrote there before and refuses a folder holding anything else; never removed. Default: a "
+        "new temp folder, removed at exit.",
     )
 
     # --- models and engine ---
     model_repository: Path = Field(Path("models"), description="Folder holding <name>/<version>/ models.")
     default_model: str | None = Field(
-        None, description="Model answering requests that name none, when several are served."
+        None, description="Model answering requests that name none, when several are served. A name the "
+        "repository does not have is logged (warning), listed as failed in /models and keeps readiness at 503.",
     )
     poll_interval_s: float = Field(
         10.0, ge=0, description="Seconds between repository scans that load new and unload removed versions; 0: off."
     )
     max_loaded_versions: int = Field(
-        2, ge=1, description="Most versions of one model kept loaded (the highest that its version policy selects)."
+        2, ge=1, description="Most versions of one model its version policy keeps loaded (the highest selected). "
+        "Versions given a traffic weight or named as shadow in serving.json load besides them: they lift the cap.",
     )
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
         "auto", description="auto: the fastest engine that passes the golden gate, measured at load (CUDA first "
@@ -82,23 +86,31 @@ class Settings(BaseSettings):
         120_000, ge=1, description="Upper bound on the timeout_ms a request may ask for."
     )
     drain_timeout_s: float = Field(
-        20.0, ge=0, description="On SIGTERM, how long accepted work may take to finish before exit."
+        20.0, ge=0, description="On SIGTERM, how long accepted work may take to finish before exit; what is still "
+        "running then is answered 503 (`unhealthy`); 0: no drain."
     )
 
     # --- security ---
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated client keys, accepted as `Authorization: Bearer <key>` on /predict, /models and "
-        "the /v2 model routes; a key may be given as `sha256:<hex>` of the key; several allow rotation. Empty "
-        "(and no keys file): those routes are open.",
+        "the /v2 model routes; a key may be given as `sha256:<hex>` of the key; several allow rotation. Unset "
+        "(and no keys file): those routes are open; set but holding no key (\"\" or \",\"): refuses to start.",
     )
-    api_keys_file: Path | None = Field(None, description="File with one client key (or sha256:<hex>) per line.")
+    api_keys_file: Path | None = Field(
+        None, description="File with one client key (or sha256:<hex>) per line; blank lines and lines starting "
+        "with # are ignored; a file holding no key refuses to start.",
+    )
     admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated admin keys (or sha256:<hex>): the only keys accepted on /admin (model load "
-        "and unload), and accepted on client routes too. Empty (and no file): the admin routes are not served.",
+        "and unload), and accepted on client routes too. Unset (and no file): the admin routes are not served; set "
+        "but holding no key: refuses to start.",
     )
-    admin_api_keys_file: Path | None = Field(None, description="File with one admin key (or sha256:<hex>) per line.")
+    admin_api_keys_file: Path | None = Field(
+        None, description="File with one admin key (or sha256:<hex>) per line; blank lines and # comments are "
+        "ignored; a file holding no key refuses to start.",
+    )
     admin_without_key: bool = Field(
         False, description="Serve the admin routes with no key when no admin key is set: only on a trusted "
         "network; logged as a warning at start.",
@@ -108,6 +120,22 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: CORS off."
+    )
+
+    # --- HTTP transport ---
+    request_read_timeout_s: float = Field(
+        20.0, gt=0, description="A request's head and body must have arrived this many seconds after its first "
+        "byte (after the connection opened, for its first request); past it: 408, or the connection is closed. "
+        "Idle keep-alive connections close after 5 s (uvicorn).",
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Largest request head (request line and headers); past it: 431 and close."
+    )
+    max_headers: int = Field(100, ge=1, description="Most header fields in one request; past it: 431 and close.")
+    max_connections: int = Field(
+        0, ge=0, description="Open connections per worker; past it a new connection is answered 503 and closed. "
+        "0: the open-file limit less a reserve for model, metric and repository files (max(64, limit/8)), at "
+        "most 4096; the value is logged at start.",
     )
 
     @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
@@ -120,9 +148,7 @@ class Settings(BaseSettings):
         are, plain keys hashed. A presented key is hashed once and compared in constant time with each."""
         given, file = (self.api_keys, self.api_keys_file) if role == "client" else (
             self.admin_api_keys, self.admin_api_keys_file)
-        keys = [k.get_secret_value() for k in given]
-        if file:
-            keys += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        keys = [k.get_secret_value() for k in given] + (_file_keys(file) if file else [])
         return [_digest(k) for k in keys]
 
     def accepted_keys(self) -> list[bytes]:
@@ -131,14 +157,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_keys(self) -> "Settings":
-        for role, file, name in (("client", self.api_keys_file, "API_KEYS"),
-                                 ("admin", self.admin_api_keys_file, "ADMIN_API_KEYS")):
+        # Fail closed: a keys setting or file that is given but yields no key (an unpopulated Secret, ",") is a
+        # mistake, never a wish for open routes; only leaving both unset opens them.
+        for role, field, file, name in (("client", "api_keys", self.api_keys_file, "API_KEYS"),
+                                        ("admin", "admin_api_keys", self.admin_api_keys_file, "ADMIN_API_KEYS")):
             if file is not None and not file.is_file():
                 raise ValueError(f"BERTSERVE_{name}_FILE {file} is not a readable file")
+            if field in self.model_fields_set and not getattr(self, field):
+                raise ValueError(f"BERTSERVE_{name} is set but holds no key: give at least one key, or unset it")
             try:
+                from_file = _file_keys(file) if file is not None else None
                 self.key_digests(role)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ValueError(f"BERTSERVE_{name} (or _FILE): {exc}") from None
+            if from_file == []:
+                raise ValueError(f"BERTSERVE_{name}_FILE {file} holds no key (only blank lines or # comments): "
+                                 "give at least one key, or unset it")
         if self.admin_without_key and (self.admin_api_keys or self.admin_api_keys_file):
             raise ValueError("BERTSERVE_ADMIN_WITHOUT_KEY contradicts BERTSERVE_ADMIN_API_KEYS: set one of them")
         return self
@@ -165,6 +199,15 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return max(1, cores // self.intra_op_threads), self.intra_op_threads
         return cores, 1
+
+
+def _file_keys(file: Path) -> list[str]:
+    """The keys in a key file: one a line; blank lines and lines starting with # (comments) are not keys."""
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file} is not a readable text file ({type(exc).__name__})") from None
+    return [k for k in (line.strip() for line in lines) if k and not k.startswith("#")]
 
 
 def _digest(key: str) -> bytes:

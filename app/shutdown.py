@@ -17,7 +17,8 @@ SIGTERM, in this order:
 4. An idle connection is closed only once it has been idle for a grace period with no unread bytes in its
    socket: a client that keeps posting sends its next request first and gets its 503 + `Connection: close`.
 5. Then uvicorn's own shutdown runs, finds nothing left, and the process exits 0 — all within
-   BERTSERVE_DRAIN_TIMEOUT_S; past it whatever remains is closed.
+   BERTSERVE_DRAIN_TIMEOUT_S; past it, a request still running is cancelled and answered 503 (`unhealthy`,
+   JSON, `Connection: close`: app.api.middleware) and whatever remains is closed.
 
 Multi-worker servers share one listening socket (uvicorn's supervisor holds it): each worker stops accepting
 and drains as above, but the socket filter is not used there (a SIGHUP restart reuses the socket)."""
@@ -118,13 +119,17 @@ class GracefulShutdown:
             self.uvicorn_handler(signum, frame)
 
     async def run(self, signum: int) -> None:
-        log.info("SIGTERM: draining for at most %.1f s", self.timeout_s)
+        log.info("SIGTERM: draining for at most %.1f s (BERTSERVE_DRAIN_TIMEOUT_S)", self.timeout_s)
         start = self.loop.time()
-        deadline = start + max(0.0, self.timeout_s - 0.5)  # leaves uvicorn's own shutdown its moment
+        # Leaves uvicorn's own shutdown its moment, in proportion: a short bound still drains most of its time.
+        deadline = start + self.timeout_s - min(0.5, self.timeout_s / 4)
         try:
             if self.server is not None:
                 await self.stop_listening(min(deadline, start + 1.0))
-            await self.service.drain(max(0.0, deadline - self.loop.time()))
+            left = await self.service.drain(max(0.0, deadline - self.loop.time()))
+            if left:  # uvicorn then cancels their requests, which are answered 503 (app.api.middleware)
+                log.warning("drain bound (BERTSERVE_DRAIN_TIMEOUT_S=%.1f s) reached with %d sequence(s) unanswered; "
+                            "their requests are answered 503", self.timeout_s, left)
             if self.server is not None:
                 await self.close_connections(deadline)
             else:  # answer 503 + close for a moment, so keep-alive clients learn of it from an answer

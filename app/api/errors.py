@@ -21,15 +21,20 @@ STATUS = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "not_found": 404,
+    "method_not_allowed": 405,
     "overloaded": 429,
     "timeout": 504,
     "unhealthy": 503,
+    "request_timeout": 408,
+    "headers_too_large": 431,
+    "too_many_connections": 503,
     "backend": 500,
     "internal": 500,
 }
 
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
-_KIND_OF_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "validation", 413: "payload_too_large", 415: "unsupported_media_type"}
+_KIND_OF_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                   413: "payload_too_large", 415: "unsupported_media_type"}
 
 
 def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:

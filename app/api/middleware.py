@@ -4,6 +4,7 @@ while the server drains, every response closes its connection."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -51,6 +52,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running once the drain bound has passed: answered as any request
+            # refused while draining (503 JSON, Connection: close), not with uvicorn's 500 text and a traceback.
+            if self.service is None or not self.service.draining:
+                raise
+            if status == 0:
+                await error_response(503, "the server shut down before this request was answered; retry on "
+                                     "another replica", "unhealthy")(scope, receive, send_with_id)
+            else:  # part of the answer is out: uvicorn closes the connection
+                log.warning("a response was cut short by the end of the drain")
         except Exception as exc:
             # Answered here and not re-raised: the server would log the exception with its message, which may
             # quote the client's text. Logged once, as type and place.

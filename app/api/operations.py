@@ -4,6 +4,8 @@ decided for every route in one place: app.api.security."""
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -46,19 +48,24 @@ async def get_model(name: str, request: Request) -> Response:
     return json_response(versions)
 
 
-@admin_router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository",
-                   response_model=list[ModelInfo], responses=_ADMIN_ERRORS)
+@admin_router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository, "
+                   "in the worker that receives the call", response_model=list[ModelInfo], responses=_ADMIN_ERRORS)
 async def admin_load(name: str, request: Request) -> Response:
+    """Acts on this worker only, as unload does; a name the repository does not have is 404 and leaves nothing."""
     service: Service = request.app.state.service
     await service.admin_load(name)
     return json_response([m for m in service.list_models() if m["name"] == name])
 
 
-@admin_router.post("/admin/models/{name}/unload", summary="Drain and unload every version of a model",
-                   responses=_ADMIN_ERRORS)
+@admin_router.post("/admin/models/{name}/unload", summary="Drain and unload every version of a model, in the "
+                   "worker that receives the call", responses=_ADMIN_ERRORS)
 async def admin_unload(name: str, request: Request) -> Response:
+    """Acts on this worker only: with several workers (BERTSERVE_WORKERS) the others keep serving the model, so
+    the answer says which worker it was. To take a model out of every worker and replica, change the repository
+    (serving.json, or remove the model's folder): every worker follows it on its next scan."""
     await request.app.state.service.admin_unload(name)
-    return json_response({"name": name, "state": "unloaded"})
+    return json_response({"name": name, "state": "unloaded", "scope": f"this worker (pid {os.getpid()}); with "
+                          "several workers or replicas, use the repository (serving.json, or remove the folder)"})
 
 
 @router.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response,

@@ -12,8 +12,16 @@ from app.registry import State
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, for humans.")
-    error_type: str = Field(description="validation, payload_too_large, unsupported_media_type, not_found, "
-                                        "overloaded, timeout, unhealthy, backend or internal.")
+    error_type: str = Field(description="validation, unauthorized, forbidden, payload_too_large, "
+                                        "unsupported_media_type, not_found, method_not_allowed, overloaded, "
+                                        "timeout, unhealthy, backend or internal.")
+
+
+class RoutingInfo(BaseModel):
+    asked: dict[str, Any] | None = Field(description="serving.json's traffic weights and shadow (null: unreadable).")
+    in_force: dict[str, Any] | None = Field(description="The table requests naming no version follow (null: none "
+                                                        "yet; they are answered 503).")
+    refused: dict[str, str] | None = Field(description="Why the asked table is not in force: cause and reason.")
 
 
 class ModelInfo(BaseModel):
@@ -34,13 +42,19 @@ class ModelInfo(BaseModel):
     max_length: int | None = None
     provider: str | None = None
     quantization: str | None = None
-    reason: str | None = None
+    reason: str | None = Field(None, description="Why it is not serving (authenticated route: files named).")
+    cause: str | None = Field(None, description="The short cause code of readiness: load_failed, golden_gate, "
+                                                "missing_files, bad_serving_json, table_refused, ...")
+    routing: RoutingInfo | None = Field(None, description="The model's traffic table: asked by serving.json, in "
+                                                          "force, and why the asked one is not in force.")
     report: dict[str, Any] | None = Field(None, description="Quality figures measured when it was published.")
 
 
 class Readiness(BaseModel):
-    status: str
-    models: dict[str, Any]
+    status: str = Field(description="ready, loading, draining or not ready.")
+    models: dict[str, Any] = Field(description="Each model's versions and their states (failed: a cause code).")
+    causes: dict[str, str] | None = Field(None, description="Each model with a problem and its cause code "
+                                                            "(details: the log and GET /models/{name}).")
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -63,8 +63,9 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 class Keys:
     def __init__(self, settings: Settings) -> None:
-        self.client = settings.key_digests("client")
-        self.admin = settings.key_digests("admin")
+        # Distinct keys (one given both in a setting and its file counts once in the start-up log).
+        self.client = list(dict.fromkeys(settings.key_digests("client")))
+        self.admin = list(dict.fromkeys(settings.key_digests("admin")))
         self.protect_metrics = settings.protect_metrics
         self.admin_served = bool(self.admin) or settings.admin_without_key
 

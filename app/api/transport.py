@@ -8,6 +8,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Request
@@ -19,6 +20,7 @@ from app import metrics
 from app.api.errors import status_of
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.inference import answered_by
+from app.served import ServedModel
 from app.service import Service
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
@@ -41,6 +43,17 @@ class LeanRoute(APIRoute):
         return self.endpoint
 
 
+# What a header value may carry as is: visible ASCII and space, but not "%", which marks an escape.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def model_headers(model: ServedModel) -> dict[str, str]:
+    """X-Model-Name and X-Model-Version of the version that answered. A header carries only ASCII, so a name with
+    other characters (a folder named `uni-модель`) is sent percent-encoded as UTF-8 (RFC 3986; decode with
+    urllib.parse.unquote); a plain ASCII name is sent unchanged."""
+    return {"X-Model-Name": quote(model.name, safe=_HEADER_SAFE), "X-Model-Version": str(model.version)}
+
+
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
 
@@ -56,7 +69,7 @@ async def read_body(request: Request, limit: int, content_types: Collection[str]
     if encoding not in ("identity", "gzip", "deflate"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: use gzip, deflate or none")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
     body = bytearray()
     async for chunk in request.stream():
@@ -131,7 +144,10 @@ async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Respon
         status = CLIENT_CLOSED
         return Response(status_code=CLIENT_CLOSED)
     except BaseException as exc:
-        status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else status_of(exc)
+        if isinstance(exc, asyncio.CancelledError):  # the client left, or the drain bound passed (answered 503)
+            status = 503 if service.draining else CLIENT_CLOSED
+        else:
+            status = status_of(exc)
         raise
     finally:
         label, version = service.metric_label(request.model), answered_by.get()

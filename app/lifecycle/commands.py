@@ -7,9 +7,15 @@ import importlib
 import sys
 
 
+# The packages of pyproject.toml's extras that the lifecycle commands import (import name: extra).
+EXTRA_OF = {name: "export" for name in ("torch", "transformers", "optimum", "onnx", "sklearn", "tqdm")}
+EXTRA_OF["onnxruntime"] = "cpu"
+
+
 def _lazy(module: str):
     """Run `app.lifecycle.<module>.main(args)`, imported only now. A problem the user can fix (bad input, a model
-    the server would refuse) ends in one line and exit status 1."""
+    the server would refuse) ends in one line and exit status 1; a missing extra (a serving-only install) in one
+    line naming it, and exit status 2."""
 
     def run(args: argparse.Namespace) -> None:
         from app.errors import ModelLoadError
@@ -20,6 +26,14 @@ def _lazy(module: str):
         except (LifecycleError, ModelLoadError) as exc:
             print(f"bertserve {args.command}: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in EXTRA_OF:  # not an extra's package: a real bug, with its traceback
+                raise
+            extra = EXTRA_OF[missing]
+            print(f"bertserve {args.command} needs the {extra} extra: pip install 'bertserve[{extra}]' (from a "
+                  f"source checkout: pip install '.[{extra}]') (missing: {missing})", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return run
 
@@ -58,7 +72,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="Extra artifact beside fp32: int8 for CPU (behind the accuracy gate), fp16 for CUDA.")
     p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none",
                    help="Offline graph optimisation (the server applies the same fusions at load anyway).")
-    p.add_argument("--max-length", type=int, help="Tokens per text (default: the model's limit, at most 512).")
+    p.add_argument("--max-length", type=int, help="Tokens per text (default: the length the checkpoint was trained "
+                   "with, from its report.json (bertserve train); else the tokenizer's limit, at most 512).")
     p.add_argument("--eval-data", nargs="+", metavar="FILE", help="CSV/TSV texts (labels optional) for the gate.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
@@ -85,7 +100,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=["int8", "fp16", "none"], default="int8",
                    help="Extra artifact beside fp32, as for export (int8 behind the export's int8 gate).")
     p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none")
-    p.add_argument("--max-length", type=int, help="Tokens per text (default: 128, or the model's limit if lower).")
+    p.add_argument("--max-length", type=int, help="Tokens per text (default: the length the teacher was trained "
+                   "with, from its report.json; else 128, or the model's limit if lower).")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="Least share of decisions equal to the teacher's fp32 ones (default 0.9).")
     p.add_argument("--max-accuracy-loss", type=float, default=0.02,

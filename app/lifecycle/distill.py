@@ -183,7 +183,7 @@ def train_student(
     output.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    return {
+    report = {
         "teacher": str(teacher),
         "teacher_layers": teacher_layers,
         "layers": options.layers,
@@ -196,7 +196,10 @@ def train_student(
         "validation": best,
         "history": history,
         "training_s": round(time.perf_counter() - started, 1),
-    }, val
+    }
+    # As `bertserve train` does: a later `bertserve export` of this checkpoint reads its max_length here.
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report, val
 
 
 # ---- speed: teacher and student side by side ----
@@ -294,7 +297,8 @@ def main(args: argparse.Namespace) -> None:
     hf_config, tokenizer = read_checkpoint(teacher)
     labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
     spread(hf_config.num_hidden_layers, args.layers)  # a bad --layers fails before any work
-    max_length = args.max_length or min(128, choose_max_length(hf_config, tokenizer, None))
+    max_length, why = choose_max_length(hf_config, tokenizer, args.max_length, teacher, cap=128)
+    say(f"max_length {max_length} tokens per text: {why}")
     options = DistillOptions(
         layers=args.layers, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
         max_length=max_length, temperature=args.temperature, soft_weight=args.soft_weight, seed=args.seed,

@@ -105,11 +105,32 @@ def position_limit(config) -> int:
     return getattr(config, "max_position_embeddings", 512) - offset
 
 
-def choose_max_length(config, tokenizer, wanted: int | None) -> int:
-    limit = min(position_limit(config), 512, tokenizer.model_max_length)
-    if wanted is not None and wanted > position_limit(config):
-        raise LifecycleError(f"--max-length {wanted} exceeds the model's {position_limit(config)} positions")
-    return wanted or limit
+def trained_length(source: Path) -> int | None:
+    """The length the checkpoint was fine-tuned with, where `bertserve train` or `distill --output` recorded it
+    (report.json: options.max_length)."""
+    try:
+        length = json.loads((source / "report.json").read_text())["options"]["max_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return length if isinstance(length, int) and length > 0 else None
+
+
+def choose_max_length(config, tokenizer, wanted: int | None, source: Path | None = None,
+                      cap: int = 512) -> tuple[int, str]:
+    """Tokens per text and where that figure comes from: as asked; else the length the checkpoint was trained with,
+    where recorded (a longer one costs time on long texts and gains nothing); else the tokenizer's limit, within the
+    model's positions and `cap`."""
+    positions = position_limit(config)
+    if wanted is not None:
+        if wanted > positions:
+            raise LifecycleError(f"--max-length {wanted} exceeds the model's {positions} positions")
+        return wanted, "--max-length"
+    trained = trained_length(source) if source is not None else None
+    if trained is not None:
+        return min(trained, positions, 512), f"the length it was trained with, recorded in {source / 'report.json'}"
+    limit = min(positions, cap, tokenizer.model_max_length)
+    return limit, (f"the tokenizer's limit (model_max_length {tokenizer.model_max_length}, {positions} positions, "
+                   f"at most {cap}); no training length recorded (report.json of bertserve train)")
 
 
 def read_gate_data(paths: list[Path], text_column: str, label_column: str, labels: list[str]) -> GateData:
@@ -250,7 +271,9 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
     check_name(request.name)
     hf_config, tokenizer = read_checkpoint(request.source)
     labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
-    max_length = choose_max_length(hf_config, tokenizer, request.max_length)
+    max_length, why = choose_max_length(hf_config, tokenizer, request.max_length, request.source)
+    if request.max_length is None:  # chosen here: say which and why
+        say(f"max_length {max_length} tokens per text: {why}; --max-length to change")
     if request.version is not None and (request.repository / request.name / str(request.version)).exists():
         raise LifecycleError(f"{request.repository / request.name / str(request.version)} already exists")
     data = request.gate_data or GateData(texts=BUILTIN_SAMPLE, truth=None, source="built-in sample")

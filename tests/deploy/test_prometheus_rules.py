@@ -19,6 +19,7 @@ ISSUE_ALERTS = {  # what issue 7 asks alerts for
     "queue near full / 429s": {"BertserveQueueNearFull", "BertserveRejectingRequests"},
     "GPU deployment on CPU": {"BertserveGpuExpectedButCpu"},
     "shadow agreement low (issue 14)": {"BertserveShadowAgreementLow"},
+    "traffic table refused (issue 21)": {"BertserveRoutingTableRefused"},
 }
 
 
@@ -52,6 +53,8 @@ def test_every_alert_asked_for_exists_and_has_a_firing_unit_test():
 @pytest.mark.parametrize("threshold, loosened, alert", [
     ("> 0.05", "> 0.5", "BertserveHighErrorRatio"),
     ("< 0.95", "< 0.85", "BertserveShadowAgreementLow"),  # at 85 % the disagreeing shadow (90 %) no longer fires
+    ("(bertserve_routing_table_refused) > 0", "(bertserve_routing_table_refused) > 1",
+     "BertserveRoutingTableRefused"),  # a refused table (1) no longer fires
 ])
 def test_unit_tests_fail_when_a_threshold_is_loosened(tmp_path, threshold, loosened, alert):
     """Negative control: with one alert's threshold loosened, `promtool test rules` fails on that alert."""

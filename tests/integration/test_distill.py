@@ -136,6 +136,8 @@ def test_student_is_published_with_parity_and_a_report_naming_teacher_and_layers
     sample = texts(24, 2)
     student = AutoModelForSequenceClassification.from_pretrained(kept_checkpoint).eval()
     assert student.config.num_hidden_layers == 2
+    # the kept checkpoint records its length, as `bertserve train` does: a later `bertserve export` cuts texts there
+    assert json.loads((kept_checkpoint / "report.json").read_text())["options"]["max_length"] == config.max_length
     batch = AutoTokenizer.from_pretrained(kept_checkpoint)(sample, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         expected = torch.softmax(student(**batch).logits, -1).numpy()

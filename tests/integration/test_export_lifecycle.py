@@ -99,3 +99,20 @@ def test_unsupported_architecture_is_refused(tmp_path, data, capsys):
              "--base", str(folder), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "architecture 'gpt2' is not supported" in err and "use one of" in err
+
+
+def test_export_defaults_to_the_length_the_checkpoint_was_trained_with(tmp_path, base, data, capsys):
+    """Trained with 32 tokens (the tokenizer allows 64): exported with 32 unless asked; a checkpoint bertserve did
+    not train (no report.json) gets the tokenizer's limit. Each export says which length and why."""
+    output, repo = tmp_path / "trained", tmp_path / "repo"
+    cli(["train", "--data", str(data), "--text-column", "review", "--label-column", "sentiment",
+         "--base", str(base), "--output", str(output), "--epochs", "1", "--max-length", "32"])
+    capsys.readouterr()
+    cli(["export", str(output), "--name", "trained", "--model-repository", str(repo), "--quantize", "none"])
+    assert json.loads((repo / "trained" / "1" / "bertserve.json").read_text())["max_length"] == 32
+    err = capsys.readouterr().err
+    assert f"max_length 32 tokens per text: the length it was trained with, recorded in {output / 'report.json'}" in err
+
+    cli(["export", str(base), "--name", "untrained", "--model-repository", str(repo), "--quantize", "none"])
+    assert json.loads((repo / "untrained" / "1" / "bertserve.json").read_text())["max_length"] == 64
+    assert "max_length 64 tokens per text: the tokenizer's limit (model_max_length 64" in capsys.readouterr().err

@@ -275,6 +275,44 @@ def test_sigterm_with_32_keep_alive_clients_that_keep_posting_loses_nothing(tiny
     assert total["lost"] == 0 and total["answered"] > 0
 
 
+def test_work_outlasting_the_drain_bound_is_answered_503_json_without_a_traceback(slow_model_repo, start_server):
+    """16 full requests (512 long sequences, the whole queue) on one single-thread engine session: many seconds of
+    work, a drain bound of 1 s. What is unfinished when the bound passes is answered 503 `unhealthy` in the JSON
+    shape with Connection: close (not uvicorn's 500 text/plain), nothing is logged as a traceback, exit 0."""
+    env = SLOW_ENV | {"BERTSERVE_INTRA_OP_THREADS": "1", "BERTSERVE_DRAIN_TIMEOUT_S": "1"}
+    server = start_server(slow_model_repo, env=env)
+    answers: list = []
+
+    def one():
+        try:
+            answers.append(httpx.post(server.url + "/predict", json={"inputs": [LONG] * 32, "timeout_ms": 60_000},
+                                      timeout=60))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while metric(scrape(server), "bertserve_queue_size", model="slow") < 16 * 32:  # all admitted
+        assert time.monotonic() < deadline and not answers, answers
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(30)
+    for t in threads:
+        t.join(30)
+    log = server.output()
+    assert code == 0, log[-3000:]
+    assert len(answers) == 16 and all(isinstance(a, httpx.Response) for a in answers), answers
+    refused = [a for a in answers if a.status_code != 200]
+    assert refused, "the work finished within the drain bound: nothing tested"
+    for r in refused:
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json", (r.status_code, r.text)
+        assert r.json()["error_type"] == "unhealthy" and r.headers["connection"] == "close"
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert "BERTSERVE_DRAIN_TIMEOUT_S=1.0" in log  # the bound reached is the one configured
+
+
 def test_killed_worker_is_replaced_and_its_counts_are_kept_once(tiny_model_repo, start_server):
     server = start_server(tiny_model_repo, workers=2)
     assert asyncio.run(hammer(server.url, [REVIEW] * 100, concurrency=8)) == [200] * 100

@@ -182,9 +182,12 @@ def test_a_broken_model_is_reported_and_the_others_serve(tiny_model_repo, tmp_pa
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert ready.status_code == 503
-    assert "model.onnx: onnxruntime cannot load it" in ready.json()["models"]["broken"]["1"]
-    states = {m["name"]: m["state"] for m in httpx.get(server.url + "/models").json()}
-    assert states == {"tiny": "ready", "broken": "failed"}
+    # the open probe: the model and a cause code; the reason (with its path) only on the listing
+    assert ready.json()["models"]["broken"] == {"1": "failed: load_failed"} and str(repo) not in ready.text
+    assert ready.json()["causes"] == {"broken": "load_failed"}
+    listed = httpx.get(server.url + "/models").json()
+    assert {m["name"]: m["state"] for m in listed} == {"tiny": "ready", "broken": "failed"}
+    assert "model.onnx: onnxruntime cannot load it" in next(m["reason"] for m in listed if m["name"] == "broken")
     assert post(server, {"inputs": REVIEW, "model": "tiny"}).status_code == 200
     assert post(server, {"inputs": REVIEW, "model": "broken"}).status_code == 404
 

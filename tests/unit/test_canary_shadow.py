@@ -315,11 +315,13 @@ def test_scores_decisions_row_by_row():
 @pytest.mark.parametrize(("serving", "max_loaded", "loaded"), [
     ("{}", 2, [4]),
     ('{"shadow": 4}', 2, [3, 4]),                              # the policy's latest is picked among the others
-    ('{"traffic": {"2": 90, "3": 10}}', 2, [2, 3]),            # weighted versions load whatever the policy says
+    ('{"traffic": {"2": 90, "3": 10}}', 2, [2, 3, 4]),         # weighted versions load whatever the policy says
     ('{"traffic": {"2": 90, "3": 0}}', 2, [2, 4]),             # weight 0: not loaded for the split
-    ('{"traffic": {"1": 50, "2": 50}, "shadow": 3}', 2, [2, 3]),  # within the cap, the highest named kept
+    ('{"traffic": {"1": 50, "2": 50}, "shadow": 3}', 2, [1, 2, 3, 4]),  # named versions lift the cap
+    ('{"traffic": {"1": 50, "2": 50}, "shadow": 3}', 1, [1, 2, 3, 4]),
     ('{"version_policy": {"specific": [1]}, "shadow": 3}', 2, [1, 3]),
-    ('{"version_policy": {"all": true}, "shadow": 2}', 3, [2, 3, 4]),
+    ('{"version_policy": {"all": true}, "shadow": 2}', 2, [2, 3, 4]),  # the cap bounds the policy's others
+    ('{"version_policy": {"latest": 3}, "traffic": {"1": 80, "2": 20}, "shadow": 3}', 2, [1, 2, 3, 4]),
 ])
 def test_versions_loaded_for_traffic_and_shadow(tmp_path, serving, max_loaded, loaded):
     from app.repository import wanted_versions

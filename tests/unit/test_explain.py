@@ -82,11 +82,23 @@ def test_explain_a_target_label_and_grouped_features(call):
     ({"inputs": REVIEW, "max_features": 0}, 422, "max_features"),
     ({"inputs": REVIEW, "max_features": 257}, 422, "max_features"),
     ({"inputs": REVIEW, "model": "nope"}, 404, "'nope' is not served"),
-    ({"inputs": " ".join(["word"] * 60), "max_features": 50}, 422, "over the queue limit of 40"),
 ])
 def test_bad_explain_requests_get_their_json_error(call, payload, status, message):
     r = call("POST", "/explain", json=payload)
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_a_v1_explanation_that_can_never_fit_the_queue_is_422_not_429(call):
+    """Each instance fits the 40-sequence queue alone (24 features + itself), the submission (25 + 25) never
+    does: refused as invalid (422), as /explain refuses one that can never fit, not 429 for ever."""
+    instances = [" ".join(["great"] * 24), " ".join(["day"] * 24)]
+    options = {"max_features": 24}
+    for text in instances:
+        alone = call("POST", "/v1/models/tiny:explain", json={"instances": [text], "parameters": options})
+        assert alone.status_code == 200 and len(alone.json()["explanations"][0]["features"]) == 24, alone.text
+    r = call("POST", "/v1/models/tiny:explain", json={"instances": instances, "parameters": options})
+    assert r.status_code == 422 and "needs 50 sequences" in r.json()["error"], r.text
+    assert "queue limit of 40" in r.json()["error"]
 
 
 def test_explanations_are_counted_apart_from_predictions(call):

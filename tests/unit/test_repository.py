@@ -61,3 +61,48 @@ def test_a_broken_policy_file_names_the_file_and_the_field(tmp_path, content, wh
     (tmp_path / POLICY_FILE).write_text(content)
     with pytest.raises(ModelLoadError, match="^" + re.escape(f"{tmp_path / POLICY_FILE}: {where}:")):
         read_policy(tmp_path)
+
+
+@pytest.mark.parametrize("file", ["../../etc/passwd", "/etc/passwd", "sub/model.onnx", "..\\model.onnx", "..", ".",
+                                  "", "model\0.onnx"])
+def test_an_artifact_is_a_plain_file_name(file):
+    from app.repository import Artifact
+
+    with pytest.raises(ValueError, match="plain file name"):
+        Artifact(file=file, precision="fp32", providers=["cpu"])
+    assert Artifact(file="..model.onnx", precision="fp32", providers=["cpu"]).file == "..model.onnx"
+
+
+def test_a_config_naming_a_path_is_refused_with_the_field(tmp_path):
+    from app.repository import read_config
+
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / CONFIG_FILE).write_text(json.dumps({"labels": ["a", "b"], "max_length": 8, "artifacts": [
+        {"file": "../../outside.onnx", "precision": "fp32", "providers": ["cpu"]}]}))
+    where = f"{version / CONFIG_FILE}: artifacts[0].file: Value error, a plain file name"
+    with pytest.raises(ModelLoadError, match=re.escape(where)):
+        read_config(version)
+
+
+def test_files_of_a_version_must_resolve_inside_the_repository(tmp_path):
+    """A version folder, or any file of it, reached by a link leading out of the repository is refused; links
+    that stay inside (a Kubernetes ConfigMap volume's `..data`) are followed."""
+    from app.repository import inside
+
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    (root / "m" / "1" / "..2026_12_03").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    (root / "m" / "1" / "..2026_12_03" / "tokenizer.json").write_text("{}")
+    (root / "m" / "1" / "..data").symlink_to("..2026_12_03")
+    (root / "m" / "1" / "tokenizer.json").symlink_to("..data/tokenizer.json")
+    (root / "m" / "1" / "model.onnx").symlink_to(outside / "secret")
+    (root / "m" / "2").symlink_to(outside)
+    assert inside(root, root / "m" / "1" / "tokenizer.json") == root / "m" / "1" / "tokenizer.json"
+    for path in (root / "m" / "1" / "model.onnx", root / "m" / "2", root / "m" / "2" / "secret"):
+        with pytest.raises(ModelLoadError, match="outside the model repository"):
+            inside(root, path)
+    linked = tmp_path / "linked-repo"  # the repository itself may be reached through a link
+    linked.symlink_to(root)
+    assert inside(linked, linked / "m" / "1" / "tokenizer.json")

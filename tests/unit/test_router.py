@@ -23,7 +23,7 @@ def test_default_is_the_highest_ready_version_and_a_named_one_wins():
     ({"a": {1: A1}, "b": {3: B3}}, ["a", "b"], None, None, InvalidInput, "several models are served"),
     ({"a": {1: A1}}, ["a"], "zzz", None, ModelNotFound, "'zzz' is not served; served: ['a']"),
     ({"a": {1: A1}}, ["a"], "a", 7, ModelNotFound, "version 7 is not served; ready versions: [1]"),
-    ({}, ["a"], "a", None, ModelNotFound, "version None is not served; ready versions: []"),  # loading or failed
+    ({}, ["a"], "a", None, ModelNotFound, "'a' has no version serving"),  # not "version None"
 ])
 def test_what_cannot_be_answered_says_why(ready, known, name, version, error, message):
     router = Router()
@@ -115,3 +115,22 @@ def test_key_point_is_stable_and_unsalted():
     here = subprocess.run([sys.executable, "-c", "from app.router import key_point; print(key_point('user-42'))"],
                           capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123"}).stdout
     assert float(here) == key_point("user-42")
+
+
+def test_no_table_in_force_answers_only_named_versions():
+    """A model the registry gives no table (None: the one serving.json asks for cannot be served yet) answers no
+    request naming no version (503), never "the default takes everything"; a named ready version still answers."""
+    router = Router()
+    router.update({"a": {2: V[2], 3: V[3]}}, known=["a"], routing={"a": None})
+    with pytest.raises(NotReady, match="'a' has no traffic table in force"):
+        router.resolve("a")
+    assert router.resolve("a", 2) is V[2] and router.served == set() and router.default_version("a") is None
+
+
+def test_weighted_versions_none_ready_fail_closed():
+    """Every weighted version draining: the unweighted (often the canary-to-be) version does not take over."""
+    router = Router()
+    router.update({"a": {2: V[2]}}, known=["a"], routing={"a": Routing({1: 80, 3: 20})})
+    with pytest.raises(NotReady, match="none of its weighted versions ready"):
+        router.resolve("a")
+    assert router.resolve("a", 2) is V[2] and router.traffic("a") == {}

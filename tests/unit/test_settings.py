@@ -70,3 +70,72 @@ def test_gpu_gets_larger_batch_bounds_unless_set():
     assert batch_bounds(Settings(), "cpu") == (32, 16384, 0.05)
     assert batch_bounds(Settings(), "cuda") == (128, 65536, math.inf)
     assert batch_bounds(Settings(max_batch_size=16, max_batch_padding=0.2), "cuda") == (16, 65536, 0.2)
+
+
+KEY_VARIABLES = ("BERTSERVE_API_KEYS", "BERTSERVE_API_KEYS_FILE", "BERTSERVE_ADMIN_API_KEYS",
+                 "BERTSERVE_ADMIN_API_KEYS_FILE")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("BERTSERVE_API_KEYS", ","),
+        ("BERTSERVE_API_KEYS", ""),  # set, even to nothing, is present: refused; only unset means "no keys"
+        ("BERTSERVE_ADMIN_API_KEYS", " , "),
+        ("BERTSERVE_API_KEYS_FILE", ""),  # file contents, written below: an unpopulated Secret
+        ("BERTSERVE_API_KEYS_FILE", "\n  \n# rotated out: key-old\n"),
+        ("BERTSERVE_ADMIN_API_KEYS_FILE", "# comments only\n"),
+    ],
+)
+def test_keys_given_but_holding_none_refuse_to_start(monkeypatch, tmp_path, name, value):
+    """Fail closed: a keys setting or file that is present but yields no key is a mistake, not open routes."""
+    for variable in KEY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if name.endswith("_FILE"):
+        (tmp_path / "keys").write_text(value)
+        value = str(tmp_path / "keys")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=f"{name} .*(holds no key)"):
+        Settings()
+    with pytest.raises(ValidationError, match="holds no key"):  # in code too (create_app's settings)
+        Settings(**{name.removeprefix("BERTSERVE_").lower(): value})
+
+
+def test_unset_keys_leave_the_routes_open(monkeypatch):
+    for variable in KEY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    s = Settings()
+    assert s.key_digests("client") == [] and s.key_digests("admin") == []
+
+
+def test_key_files_skip_blank_lines_and_comments(monkeypatch, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# client keys, rotated monthly\n\n  key-one  \n   # indented comment\nkey-two\n")
+    monkeypatch.setenv("BERTSERVE_ADMIN_API_KEYS_FILE", str(keys))
+    s = Settings()
+    assert s.key_digests("admin") == [hashlib.sha256(b"key-one").digest(), hashlib.sha256(b"key-two").digest()]
+    assert hashlib.sha256(b"# client keys, rotated monthly").digest() not in s.key_digests("admin")
+
+
+@pytest.mark.parametrize(
+    "env, line",
+    [
+        ({"BERTSERVE_MAX_QUEUE_SIZE": "4", "BERTSERVE_MAX_CLIENT_BATCH_SIZE": "8"},
+         "bertserve: bad settings: BERTSERVE_MAX_QUEUE_SIZE must be at least BERTSERVE_MAX_CLIENT_BATCH_SIZE"),
+        ({"BERTSERVE_API_KEYS": ","}, "bertserve: bad settings: BERTSERVE_API_KEYS is set but holds no key"),
+        ({"BERTSERVE_MAX_BATCH_SIZE": "0"}, "bertserve: bad setting BERTSERVE_MAX_BATCH_SIZE: Input should be"),
+    ],
+)
+def test_setting_errors_read_as_one_plain_line(monkeypatch, capsys, env, line):
+    """What `bertserve serve` prints for a bad setting: one line naming the variables, without pydantic's
+    "Value error," nor a made-up variable called "settings"."""
+    from app.cli import _settings_or_exit
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        _settings_or_exit()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and len(err.strip().splitlines()) == 1, err
+    assert "Value error" not in err and "BERTSERVE_SETTINGS" not in err and "setting settings" not in err

@@ -30,6 +30,7 @@ def encode_explanation(text: str, explanation: Explanation) -> dict[str, Any]:
             {"start": f.start, "end": f.end, "text": text[f.start:f.end], "weight": w}
             for f, w in zip(explanation.features, explanation.weights)
         ],
+        "read": explanation.read,
     }
 
 

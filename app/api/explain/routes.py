@@ -3,8 +3,6 @@ app.service; counted apart from predictions (bertserve_explanations_total)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -12,7 +10,7 @@ from app import metrics
 from app.api.explain.codec import encode_explanation, encode_prediction, parse
 from app.api.explain.schemas import ExplainOptions, ExplainRequest, ExplainResponse, V1ExplainRequest, V1ExplainResponse
 from app.api.schemas import error_responses, inline_schema
-from app.api.transport import Tracked, json_response, read_body, tracked, until_disconnect
+from app.api.transport import Tracked, json_response, model_headers, read_body, tracked, until_disconnect
 from app.errors import InvalidInput
 from app.service import Service
 
@@ -43,7 +41,7 @@ async def _explain(request: Request, service: Service, tracking: Tracked) -> Res
     ))
     served = explanation.served
     return json_response({"prediction": encode_prediction(explanation), **encode_explanation(req.inputs, explanation)},
-                         headers={"X-Model-Name": served.name, "X-Model-Version": str(served.version)})
+                         headers=model_headers(served))
 
 
 @router.post("/v1/models/{name}:explain", summary="Explain (KServe V1 protocol): instances in, predictions and "
@@ -65,18 +63,12 @@ async def _v1_explain(request: Request, service: Service, tracking: Tracked, nam
     timeout_s = service.timeout_s(None)
     key = request.headers.get("x-routing-key")
 
-    async def explain_all():  # submitted together, so batched together; one failing cancels the others
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(service.explain(
-                text, model=name, target=options.target, max_features=options.max_features, timeout_s=timeout_s,
-                routing_key=key)) for text in req.instances]
-        return [task.result() for task in tasks]
-
-    try:
-        explanations = await until_disconnect(request, explain_all())
-    except ExceptionGroup as group:
-        raise group.exceptions[0] from None  # the first failure is the answer
+    # One submission for all the instances: batched together, and refused (422) when it could never fit the queue.
+    explanations = await until_disconnect(request, service.explain_many(
+        req.instances, model=name, target=options.target, max_features=options.max_features, timeout_s=timeout_s,
+        routing_key=key))
+    served = explanations[0].served
     return json_response({
         "predictions": [e.served.config.labels[int(e.probabilities.argmax())] for e in explanations],
         "explanations": [encode_explanation(text, e) for text, e in zip(req.instances, explanations)],
-    })
+    }, headers=model_headers(served))

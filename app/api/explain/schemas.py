@@ -49,7 +49,9 @@ class ExplainResponse(BaseModel):
     prediction: list[LabelScore] = Field(description="As /predict answers this text: every label, best first.")
     label: str = Field(description="The label explained.")
     score: float = Field(description="Its probability for the whole text.")
-    features: list[FeatureWeight] = Field(description="In text order.")
+    features: list[FeatureWeight] = Field(description="In text order, within text[:read].")
+    read: int = Field(description="How much of the text was explained: text[:read], the words the model reads. "
+                                  "The whole text's length unless it is longer than the model's max length.")
 
 
 class V1ExplainRequest(BaseModel):
@@ -61,4 +63,5 @@ class V1ExplainRequest(BaseModel):
 
 class V1ExplainResponse(BaseModel):
     predictions: list[str] = Field(description="The predicted label of each instance.")
-    explanations: list[dict[str, Any]] = Field(description="Per instance: label, score and features, as /explain.")
+    explanations: list[dict[str, Any]] = Field(description="Per instance: label, score, features and read, as "
+                                               "/explain.")

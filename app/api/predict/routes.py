@@ -9,7 +9,7 @@ from starlette.responses import Response
 from app.api.predict.codec import encode_predict, parse_predict
 from app.api.predict.schemas import PredictResponse
 from app.api.schemas import error_responses
-from app.api.transport import LeanRoute, Tracked, json_response, read_body, tracked, until_disconnect
+from app.api.transport import LeanRoute, Tracked, json_response, model_headers, read_body, tracked, until_disconnect
 from app.service import Service
 
 router = APIRouter(route_class=LeanRoute)
@@ -48,4 +48,4 @@ async def _predict(request: Request, service: Service, tracking: Tracked) -> Res
         ),
     )
     return json_response(encode_predict(req, model.config.labels, scores),
-                         headers={"X-Model-Name": model.name, "X-Model-Version": str(model.version)})
+                         headers=model_headers(model))

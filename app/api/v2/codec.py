@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from app.api.transport import json_response
+from app.api.transport import json_response, model_headers
 from app.api.v2.schemas import HEADER_LENGTH, INPUT, OUTPUTS, InferRequest, RequestOutput
 from app.errors import InvalidInput, validation_message
 from app.scores import ScoreFunction
@@ -45,9 +45,10 @@ class Parsed:
 def _header_length(value: str | None, size: int) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit() or int(value) > size:
-        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count within the body ({size} bytes); got {value!r}")
-    return int(value)
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > size:  # str.isdigit() alone takes "²"
+        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count within the body ({size} bytes)")
+    return int(digits)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -161,7 +162,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str) -> Parsed:
         outputs.append(Wanted(out.name, _flag(out_params, "binary_data", binary_default, where), classification))
 
     function = params.get("function_to_apply", "softmax")
-    if function not in SCORE_FUNCTIONS:
+    if not isinstance(function, str) or function not in SCORE_FUNCTIONS:  # a list or object is not hashable
         raise InvalidInput(f"parameters.function_to_apply must be one of {sorted(SCORE_FUNCTIONS)}")
     timeout_us = params.get("timeout")
     if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 1):
@@ -204,7 +205,7 @@ def encode_response(model: ServedModel, scores: np.ndarray, parsed: Parsed) -> R
     if parsed.id is not None:
         payload["id"] = parsed.id
     payload["outputs"] = outputs
-    headers = {"X-Model-Name": model.name, "X-Model-Version": str(model.version)}
+    headers = model_headers(model)
     if not buffers:
         return json_response(payload, headers=headers)
     header = orjson.dumps(payload)

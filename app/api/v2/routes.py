@@ -104,6 +104,8 @@ def _model_ready(service: Service, name: str, version: str | None) -> Response:
     chosen = {int(version): states[int(version)]} if version is not None else states
     if service.draining:
         problem = "the server is draining"
+    elif version is None and name not in service.router.served and "ready" in chosen.values():
+        problem = f"no traffic table in force, so requests naming no version are refused (see GET /models/{name})"
     elif "ready" in chosen.values():
         return json_response({"name": name, "version": version, "ready": True})
     else:

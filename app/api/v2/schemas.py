@@ -27,6 +27,7 @@ class ServerReady(BaseModel):
     ready: bool
     status: str
     models: dict[str, Any]
+    causes: dict[str, str] | None = None  # each model with a problem and its short cause code (as /health/ready)
 
 
 class ModelReady(BaseModel):
