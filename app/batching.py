@@ -7,9 +7,11 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
 - Continuous: whenever an inference thread is free and sequences are ready, a batch runs at once; there is no
   wait timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
   fastest layout on a small CPU), that many batches run at once, all cut from the one queue.
-- A batch is cut around the oldest ready sequence (nobody starves) from the ready sequences sorted by token
-  length, taking the nearest lengths first, within max_batch_size and max_batch_tokens (longest x count), and
-  only while the padding stays within max_batch_padding of the batch's real tokens.
+- A batch is cut around the ready sequence due first (nobody starves; a large submission's sequences fall due
+  at the engine's measured pace, so a request arriving behind it is not kept waiting for all of it) from the
+  ready sequences sorted by token length, taking the nearest lengths first, within max_batch_size and
+  max_batch_tokens (longest x count), and only while the padding stays within max_batch_padding of the batch's
+  real tokens.
 - Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
 - Admission is bounded (Admission): past max_queue_size queued + running sequences, submit() raises Overloaded
   at once, with a Retry-After from the measured throughput.
@@ -69,6 +71,7 @@ class _Item:
     truncate: bool
     future: asyncio.Future
     enqueued: float
+    due: float  # when its turn comes: a submission's sequences are due one after another (see submit)
     ids: list[int] = field(default_factory=list)
     timing: Timing = field(default_factory=Timing)
 
@@ -167,7 +170,11 @@ class Batcher:
         self.admission.admit(len(texts))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        items = [_Item(text, truncate, loop.create_future(), now) for text in texts]
+        # Its k-th sequence is due k engine-sequence-times after arrival: a large submission (an explanation, a
+        # full client batch) runs at the engine's pace, and a request arriving meanwhile is taken in between
+        # instead of waiting for the whole of it (fair queueing on the measured throughput).
+        step = 1.0 / self.admission.throughput
+        items = [_Item(text, truncate, loop.create_future(), now, now + k * step) for k, text in enumerate(texts)]
         for item in items:
             item.future.add_done_callback(self._release)
         with self._lock:
@@ -318,7 +325,7 @@ class Batcher:
         if not ready:
             self._ready = []
             return []
-        anchor = min(range(len(ready)), key=lambda k: ready[k].enqueued)
+        anchor = min(range(len(ready)), key=lambda k: ready[k].due)
         lo, hi = cut_batch([len(i.ids) for i in ready], anchor, self.max_batch_size, self.max_batch_tokens,
                            self.max_batch_padding)
         batch = ready[lo:hi]
@@ -339,8 +346,8 @@ def _chunks(sizes: list[int], max_size: int):
 
 
 def cut_batch(lengths: list[int], anchor: int, max_size: int, max_tokens: int, max_padding: float) -> tuple[int, int]:
-    """The batch rule, pure: given token lengths sorted ascending and the index of the oldest sequence, the slice
-    [lo, hi) to run next. It grows around the anchor, nearest length first, while the batch stays within max_size
+    """The batch rule, pure: given token lengths sorted ascending and the index of the sequence due first, the
+    slice [lo, hi) to run next. It grows around the anchor, nearest length first, while the batch stays within max_size
     sequences, max_tokens padded tokens (longest x count) and max_padding padded tokens per real token."""
     lo, hi = anchor, anchor + 1  # the batch is lengths[lo:hi]; its padded width is lengths[hi - 1]
     base = real = lengths[anchor]  # real: the batch's unpadded tokens

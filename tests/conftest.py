@@ -35,6 +35,17 @@ def post(server, body, **kwargs):
     return httpx.post(server.url + "/predict", json=body, timeout=30, **kwargs)
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key (openssl), for HTTPS servers on loopback."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
 def metric(text: str, name: str, **labels) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     total = 0.0

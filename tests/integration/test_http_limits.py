@@ -12,7 +12,7 @@ import socket
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, self_signed_cert
 
 WAIT_S = 30  # the most any one wait here may take (the limits under test are 1-2 s)
 REVIEW = "Worked well for my headaches and no side effects."
@@ -226,16 +226,9 @@ def test_the_cap_sheds_while_held_and_serves_again_once_released(tiny_model_repo
 
 
 def test_two_workers_and_tls_run_the_same_limits(tiny_model_repo, tmp_path):
-    import subprocess
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
     import ssl
 
+    cert, key = self_signed_cert(tmp_path)
     env = {**LIMITS, "BERTSERVE_SSL_CERTFILE": str(cert), "BERTSERVE_SSL_KEYFILE": str(key)}
     server = Server(tiny_model_repo, workers=2, env=env, scheme="https", verify=str(cert))
     context = ssl.create_default_context(cafile=str(cert))

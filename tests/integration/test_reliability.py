@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import hammer, metric, post, worker_pids
+from tests.conftest import hammer, metric, post, self_signed_cert, worker_pids
 from tests.integration.test_serving import REVIEW
 
 LONG = " ".join(["headache nausea and dizziness every single day"] * 60)  # well over 256 tokens: truncated
@@ -397,16 +397,9 @@ def test_cors_is_off_unless_configured(tiny_model_repo, start_server):
 
 
 def test_tls(tiny_model_repo, tmp_path):
-    import subprocess
-
     from tests.conftest import Server
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     env = {"BERTSERVE_SSL_CERTFILE": str(cert), "BERTSERVE_SSL_KEYFILE": str(key)}
     server = Server(tiny_model_repo, env=env, wait_ready=False, scheme="https", verify=str(cert))
     try:

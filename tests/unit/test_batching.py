@@ -375,3 +375,27 @@ def test_admission_admits_within_its_bound_and_says_when_to_retry():
     admission.closed = True
     with pytest.raises(NotReady):
         admission.admit(1)
+
+
+def test_a_request_arriving_behind_a_large_submission_is_not_kept_waiting_for_all_of_it():
+    """An explanation (or a full client batch) of 40 sequences falls due at the engine's pace, so one text sent
+    while the engine is busy is answered before the large submission's last batches run (fair queueing). Oldest
+    first, it would wait for all 40."""
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_batch_size=4)
+        first = await block_engine(model, batcher)
+        batcher.admission.throughput = 1.0
+        large = asyncio.create_task(batcher.submit([text(3, f"big{k}-") for k in range(40)]))
+        await wait_for(lambda: batcher.admission.load == 41)
+        small = asyncio.create_task(batcher.submit([text(3, "small")]))
+        await wait_for(lambda: len(batcher._ready) == 41)  # all tokenized, waiting behind the running batch
+        order: list[str] = []
+        large.add_done_callback(lambda _: order.append("large"))
+        small.add_done_callback(lambda _: order.append("small"))
+        model.gate.set()
+        await asyncio.gather(first, large, small)
+        await batcher.close()
+        return order
+
+    assert asyncio.run(scenario()) == ["small", "large"]
