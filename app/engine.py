@@ -26,6 +26,8 @@ ORT_PROVIDER: dict[Provider, str] = {
 }
 
 SessionFactory = Callable[..., Any]
+# The graph inputs the engine knows how to fill; a graph declares the first two and may declare the third.
+FED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @functools.cache
@@ -101,6 +103,10 @@ class Engine:
         missing = {"input_ids", "attention_mask"} - self.input_names
         if missing:
             raise ModelLoadError(f"{model_dir / artifact.file}: graph lacks inputs {sorted(missing)}")
+        unknown = self.input_names - set(FED_INPUTS)
+        if unknown:  # refused at load, not a failing run on the first request
+            raise ModelLoadError(f"{model_dir / artifact.file}: graph needs inputs {sorted(unknown)} that bertserve "
+                                 f"does not feed (it feeds {', '.join(FED_INPUTS)})")
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
         n_labels = outputs[0].shape[-1]

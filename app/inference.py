@@ -19,7 +19,7 @@ from app.explain import Feature, features, occluded, read_part, weights
 from app.logs import exception_summary
 from app.registry import Registry
 from app.router import Router
-from app.scores import ScoreFunction, apply_function, decisions
+from app.scores import Head, ScoreFunction
 from app.served import ServedModel
 from app.settings import Settings
 
@@ -33,10 +33,10 @@ answered_by: contextvars.ContextVar[str] = contextvars.ContextVar("answered_by",
 @dataclass(frozen=True, slots=True)
 class Explanation:
     served: ServedModel
-    probabilities: np.ndarray  # the whole text's, in label order
+    probabilities: np.ndarray  # the whole text's scores (the head's function), in label order
     label: int  # the explained label's index
     features: list[Feature]
-    weights: list[float]  # per feature: the label's probability lost without it
+    weights: list[float]  # per feature: the label's score lost without it
     read: int  # characters of the text explained: what the model reads (all of a text within max_length)
 
 
@@ -58,23 +58,26 @@ class Inference:
         model: str | None = None,
         version: int | None = None,
         truncate: bool = True,
-        function: ScoreFunction = "softmax",
+        function: ScoreFunction | None = None,
         timeout_s: float,
         routing_key: str | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
         """Scores [len(texts), labels] in label order, from the model version the router picks (the one named,
-        else by the model's traffic weights, placed by `routing_key` when given)."""
+        else by the model's traffic weights, placed by `routing_key` when given): its head's function (app.scores,
+        the text-classification pipeline's rule), or `function` when asked. Metrics and the shadow comparison
+        always use the head's own scores."""
         if len(texts) > self.settings.max_client_batch_size:
             raise InvalidInput(
                 f"{len(texts)} inputs in one request; the limit is {self.settings.max_client_batch_size}"
             )
         served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key)
         logits = np.stack([row for row, _ in rows])
-        probabilities = apply_function(logits, "softmax")
-        served.metrics.observe(probabilities, [timing for _, timing in rows])
+        head = served.head
+        scores = head.scores(logits)
+        served.metrics.observe(scores, [timing for _, timing in rows])
         if (shadow := self.router.shadow_of(served)) is not None:
-            self._shadow(shadow, texts, probabilities, served.config.labels)
-        return served, probabilities if function == "softmax" else apply_function(logits, function)
+            self._shadow(shadow, texts, scores, head)
+        return served, scores if function in (None, head.function) else head.scores(logits, function)
 
     async def explain(self, text: str, **options) -> Explanation:
         """One text's explanation (explain_many's options)."""
@@ -114,7 +117,7 @@ class Inference:
             return sequences
 
         served, rows = await self._run([], model, version, True, timeout_s, routing_key, prepare=variants)
-        probabilities = apply_function(np.stack([row for row, _ in rows]), "softmax")
+        probabilities = served.head.scores(np.stack([row for row, _ in rows]))
         answers, first = [], 0
         for read, found in parts:
             own = probabilities[first:first + len(found) + 1]
@@ -150,21 +153,24 @@ class Inference:
 
     # ---- shadow ----
 
-    def _shadow(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, labels: list[str]) -> None:
+    def _shadow(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, head: Head) -> None:
         """Compare the answer with the shadow version's, after the answer: the task made here first runs when the
         request's task next yields, which is once its response has been written. Shadow work never waits: it is
         dropped unless the shadow's queue has room for it now (one round of batches: max_batch_size sequences
         per engine session, and within BERTSERVE_MAX_QUEUE_SIZE), so under load it goes first and real
         requests to that version are not refused because of it."""
-        task = asyncio.create_task(self._compare(shadow, texts, answer, labels),
+        task = asyncio.create_task(self._compare(shadow, texts, answer, head),
                                    name=f"shadow-{shadow.name}:{shadow.version}")
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _compare(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, labels: list[str]) -> None:
+    async def _compare(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, head: Head) -> None:
+        """The shadow's scores against the answer's, decided by the answering version's head (app.scores.Head)."""
         record = shadow.shadow_record
         batcher = shadow.batcher
-        if sorted(shadow.config.labels) != sorted(labels):  # nothing to compare decisions by
+        labels = list(head.labels)
+        # Other labels, or another score function: nothing to compare decisions by.
+        if sorted(shadow.config.labels) != sorted(labels) or shadow.head.function != head.function:
             record.drop("labels", len(texts))
             return
         if self.registry.draining or batcher is None:
@@ -177,10 +183,10 @@ class Inference:
         try:
             async with asyncio.timeout(self.settings.request_timeout_ms / 1000):
                 rows = await batcher.submit(texts, True)
-            scores = apply_function(np.stack([row for row, _ in rows]), "softmax")
+            scores = shadow.head.scores(np.stack([row for row, _ in rows]))
             if shadow.config.labels != labels:  # the same labels in another order: the answer's order
                 scores = scores[:, [shadow.config.labels.index(label) for label in labels]]
-            agreed, differences = decisions(answer, scores)
+            agreed, differences = head.decisions(answer, scores)
         except asyncio.CancelledError:
             record.drop("shutdown", len(texts))
             raise

@@ -31,7 +31,6 @@ import onnxruntime as ort
 from app.engine import ORT_PROVIDER, Engine, autotune, available, cpu_name
 from app.errors import ModelLoadError
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, Provider, read_config, read_golden
-from app.scores import drift, softmax
 from app.served import ServedModel
 from app.settings import Settings
 from app.tokenizer import TextTokenizer, pad
@@ -86,8 +85,8 @@ def candidate_groups(setting: str, artifacts_for: Callable[[Provider], list[Arti
 
 def score_texts(model: ServedModel, texts: list[str], batch_size: int,
                 on_batch: Callable[[], None] | None = None) -> tuple[np.ndarray, float]:
-    """Softmax scores in input order, and the seconds spent: tokenized, cut into length-sorted batches and run
-    on all of the model's sessions at once, as the batcher would."""
+    """The head's scores in input order (app.scores.Head), and the seconds spent: tokenized, cut into
+    length-sorted batches and run on all of the model's sessions at once, as the batcher would."""
     started = time.perf_counter()
     encoded = model.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
@@ -101,7 +100,7 @@ def score_texts(model: ServedModel, texts: list[str], batch_size: int,
 
     with ThreadPoolExecutor(len(model.engines)) as pool:
         list(pool.map(run, batches))
-    return softmax(logits), time.perf_counter() - started
+    return model.config.head.scores(logits), time.perf_counter() - started
 
 
 def open_candidate(name: str, version: int, path: Path, config: ModelConfig, tokenizer: TextTokenizer,
@@ -131,7 +130,7 @@ def prove(model: ServedModel, golden: Golden | None) -> dict[str, Any]:
     trial["sequences_per_s"] = round(len(texts) / seconds, 1)
     if golden is None:
         return trial | {"passed": True, "why": None}
-    trial |= drift(np.asarray(golden.probabilities, dtype=np.float32), probs)
+    trial |= model.config.head.drift(np.asarray(golden.probabilities, dtype=np.float32), probs)
     why = golden.verdict(trial)
     return trial | {"passed": why is None, "why": why}
 
@@ -209,5 +208,5 @@ def load_model(name: str, version: int, path: Path, settings: Settings, **engine
 def _gate_figures(trial: dict[str, Any]) -> str:
     if "agreement" not in trial:
         return "no figures"
-    return f"agreement {trial['agreement']:.4f}, max probability difference {trial['max_prob_diff']:.4f}"
+    return f"agreement {trial['agreement']:.4f}, max score difference {trial['max_prob_diff']:.4f}"
 

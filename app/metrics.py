@@ -75,9 +75,10 @@ ROUTING_TABLE_REFUSED = Gauge(
     "force, or, with none, the model is not ready. Max over live workers (they decide alike from the same files).",
     ["model"], multiprocess_mode="livemax",
 )
-PREDICTIONS = Counter("bertserve_predictions", "Predicted (top) labels, for watching drift.", ["model", "label"])
+PREDICTIONS = Counter("bertserve_predictions", "Predicted labels (the top one; with a sigmoid head each over 0.5), "
+                      "for watching drift.", ["model", "label"])
 PREDICTION_CONFIDENCE = Histogram(
-    "bertserve_prediction_confidence", "Top score of each prediction (softmax).", ["model"],
+    "bertserve_prediction_confidence", "Top score of each prediction (the head's function; none for regression).", ["model"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 

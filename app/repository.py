@@ -4,8 +4,9 @@ A version folder holds:
   bertserve.json     this module's ModelConfig (labels, max length, artifacts, optional quality report)
   *.onnx             one or more exported graphs (e.g. model.onnx in fp32, model.int8.onnx)
   tokenizer.json     a Hugging Face fast tokenizer (plus the other tokenizer files, kept for users)
-  golden.json        optional: sample texts with their fp32 PyTorch probabilities, which every engine must
-                     reproduce before it serves (written by `bertserve export`; older folders have none)
+  golden.json        optional: sample texts with their fp32 PyTorch scores (the head's function: softmax, sigmoid
+                     or none), which every engine must reproduce before it serves (written by `bertserve export`;
+                     older folders have none)
 
 Folders without bertserve.json, or whose name is not an integer, are not versions and are ignored, so a
 publisher can write into a temporary folder and rename it into place atomically.
@@ -20,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import ModelLoadError, validation_message
+from app.scores import Head, ProblemType, ScoreFunction, pipeline_function
 
 CONFIG_FILE = "bertserve.json"
 POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
@@ -56,16 +58,32 @@ class ModelConfig(BaseModel):
 
     format: Literal[1] = 1
     task: Literal["text-classification"] = "text-classification"
-    labels: list[str] = Field(min_length=2)
+    labels: list[str] = Field(min_length=1, description="The head's labels in id2label order (one for a single "
+                              "logit or a regression value).")
+    problem_type: ProblemType | None = Field(None, description="The checkpoint's problem_type; null: not recorded "
+                                             "(folders exported before it was).")
+    function: ScoreFunction | None = Field(None, description="The head's score function, derived as transformers' "
+                                           "text-classification pipeline does (recorded for readers).")
+    regression_bound: float | None = Field(None, gt=0, description="A regression head: the absolute difference "
+                                           "within which two engines' values count as the same decision.")
     max_length: int = Field(ge=2)
     artifacts: list[Artifact] = Field(min_length=1, description="Preference order per provider: first wins.")
     report: dict[str, Any] | None = Field(None, description="Quality figures measured when it was published.")
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> "ModelConfig":
+    def _labels_and_function(self) -> "ModelConfig":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
+        derived = pipeline_function(len(self.labels), self.problem_type)
+        if self.function is not None and self.function != derived:
+            raise ValueError(f"function {self.function!r} is not the one its head implies ({derived!r}, from "
+                             f"{len(self.labels)} label(s) and problem_type {self.problem_type!r})")
         return self
+
+    @property
+    def head(self) -> Head:
+        """How its logits become scores and decisions (app.scores.Head)."""
+        return Head(tuple(self.labels), self.problem_type, self.regression_bound)
 
     def artifact_for(self, provider: Provider) -> Artifact | None:
         return next(iter(self.artifacts_for(provider)), None)
@@ -80,23 +98,25 @@ class ModelConfig(BaseModel):
 
 
 class Golden(BaseModel):
-    """Reference outputs of a version (golden.json): the fp32 PyTorch probabilities of sample texts, and the
-    gate any engine must pass on them before it serves on a machine the exporter never saw."""
+    """Reference outputs of a version (golden.json): the fp32 PyTorch scores of sample texts (the field keeps its
+    name "probabilities": it holds the head's scores, softmax, sigmoid or raw regression values), and the gate any
+    engine must pass on them before it serves on a machine the exporter never saw."""
 
     model_config = ConfigDict(extra="forbid")
 
     texts: list[str] = Field(min_length=1)
-    probabilities: list[list[float]] = Field(description="Softmax of the fp32 PyTorch model, one row per text.")
+    probabilities: list[list[float]] = Field(
+        description="The head's scores of the fp32 PyTorch model (bertserve.json's function), one row per text.")
     min_agreement: float = Field(ge=0, le=1, description="Least share of decisions equal to the reference.")
-    max_prob_diff: float = Field(gt=0, le=1, description="Largest probability difference to the reference.")
+    max_prob_diff: float = Field(gt=0, description="Largest score difference to the reference.")
     source: str = Field("", description="Where the texts came from.")
 
     def verdict(self, figures: dict[str, float]) -> str | None:
-        """None when an engine's figures on these texts (app.scores.drift) pass the gate, else why not."""
+        """None when an engine's figures on these texts (app.scores.Head.drift) pass the gate, else why not."""
         if figures["agreement"] < self.min_agreement:
             return f"agreement {figures['agreement']:.4f} < {self.min_agreement}"
         if figures["max_prob_diff"] > self.max_prob_diff:
-            return f"max probability difference {figures['max_prob_diff']:.4f} > {self.max_prob_diff}"
+            return f"max score difference {figures['max_prob_diff']:.4f} > {self.max_prob_diff}"
         return None
 
     @model_validator(mode="after")

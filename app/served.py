@@ -15,29 +15,34 @@ from app import metrics
 from app.batching import Batcher, Timing
 from app.engine import Engine
 from app.repository import ModelConfig
+from app.scores import Head
 from app.tokenizer import Encoded, TextTokenizer, pad
 
 
 class ModelMetrics:
     """A model's labelled metric children, looked up once instead of per request."""
 
-    def __init__(self, name: str, labels: list[str], version: int | str = "") -> None:
+    def __init__(self, name: str, labels: list[str], version: int | str = "", head: Head | None = None) -> None:
+        self.head = head or Head(tuple(labels))
         self.tokenize = metrics.TOKENIZATION_DURATION.labels(name, str(version))
         self.queue = metrics.QUEUE_DURATION.labels(name, str(version))
         self.inference = metrics.INFERENCE_DURATION.labels(name, str(version))
         self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
         self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
 
-    def observe(self, probabilities: np.ndarray, timings: list[Timing]) -> None:
-        """Per-request stage durations, and the predicted label mix and confidence for drift watching."""
+    def observe(self, scores: np.ndarray, timings: list[Timing]) -> None:
+        """Per-request stage durations, and the predicted label mix and confidence for drift watching: the labels
+        the head chooses (top label, or every one over 0.5) and the top score (none for a regression value)."""
         for timing in timings:
             self.tokenize.observe(timing.tokenize_s)
             self.queue.observe(timing.queue_s)
             self.inference.observe(timing.inference_s)
-        for row in probabilities.tolist():
-            top = max(range(len(row)), key=row.__getitem__)
-            self.predictions[top].inc()
-            self.confidence.observe(row[top])
+        confident = self.head.function != "none"
+        for row in scores.tolist():
+            for label in self.head.chosen(row):
+                self.predictions[label].inc()
+            if confident:
+                self.confidence.observe(max(row))
 
 
 class ShadowRecord:
@@ -93,7 +98,8 @@ class ServedModel:
     def __post_init__(self) -> None:
         for engine in self.engines:
             self._idle.put(engine)
-        self.metrics = ModelMetrics(self.name, self.config.labels, self.version)
+        self.head = self.config.head  # how its logits become scores and decisions, made once (app.scores.Head)
+        self.metrics = ModelMetrics(self.name, self.config.labels, self.version, self.head)
 
     @cached_property
     def shadow_record(self) -> ShadowRecord:
@@ -122,6 +128,8 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         return {
             "labels": self.config.labels,
+            "problem_type": self.config.problem_type,
+            "function": self.head.function,  # the scores' default function, by the pipeline's rule
             "max_length": self.config.max_length,
             "provider": self.engine.provider,
             "artifact": self.engine.artifact.file,

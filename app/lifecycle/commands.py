@@ -14,8 +14,8 @@ EXTRA_OF["onnxruntime"] = "cpu"
 
 def _lazy(module: str):
     """Run `app.lifecycle.<module>.main(args)`, imported only now. A problem the user can fix (bad input, a model
-    the server would refuse) ends in one line and exit status 1; a missing extra (a serving-only install) in one
-    line naming it, and exit status 2."""
+    the server would refuse) ends in one line and exit status 1 (2 for a usage error: an architecture that cannot be
+    exported); a missing extra (a serving-only install) in one line naming it, and exit status 2."""
 
     def run(args: argparse.Namespace) -> None:
         from app.errors import ModelLoadError
@@ -25,7 +25,7 @@ def _lazy(module: str):
             importlib.import_module(f"app.lifecycle.{module}").main(args)
         except (LifecycleError, ModelLoadError) as exc:
             print(f"bertserve {args.command}: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
+            raise SystemExit(getattr(exc, "exit_status", 1)) from None
         except ModuleNotFoundError as exc:
             missing = (exc.name or "").partition(".")[0]
             if missing not in EXTRA_OF:  # not an extra's package: a real bug, with its traceback
@@ -70,6 +70,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, help="Version number (default: next free).")
     p.add_argument("--quantize", choices=["int8", "fp16", "none"], default="int8",
                    help="Extra artifact beside fp32: int8 for CPU (behind the accuracy gate), fp16 for CUDA.")
+    p.add_argument("--require-int8", action="store_true",
+                   help="Publish nothing and exit 1 when no int8 recipe passes the accuracy gate (default: publish "
+                        "fp32 alone and record why int8 was refused).")
     p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none",
                    help="Offline graph optimisation (the server applies the same fusions at load anyway).")
     p.add_argument("--max-length", type=int, help="Tokens per text (default: the length the checkpoint was trained "

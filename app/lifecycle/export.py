@@ -25,7 +25,7 @@ from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
 from app.lifecycle.figures import classification_figures
-from app.scores import drift
+from app.scores import Head
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, read_config, write_config, write_golden
 from app.tokenizer import TextTokenizer
 
@@ -59,7 +59,9 @@ class ExportRequest:
     max_length: int | None = None
     gate_data: GateData | None = None
     gate: Gate = field(default_factory=Gate)
-    fp32_when_gate_fails: bool = False  # publish fp32 alone (with a warning) instead of nothing
+    # Publish fp32 alone (with a warning, and why int8 was refused in the report) instead of nothing: the CLI's
+    # default; `--require-int8` (and distill) publish nothing then.
+    fp32_when_gate_fails: bool = False
     extra_report: dict[str, Any] = field(default_factory=dict)
     # Distillation: the student's fp32 must pass this gate against its teacher, or nothing is published.
     teacher: TeacherReference | None = None
@@ -79,7 +81,7 @@ def read_checkpoint(source: Path):
     """The checkpoint's config and fast tokenizer, or a one-line reason it cannot be exported."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from app.lifecycle.train import check_architecture
+    from app.lifecycle.architectures import check_architecture
 
     if not (source / "config.json").is_file():
         raise LifecycleError(f"{source}: no config.json; give a fine-tuned Hugging Face model folder (bertserve train)")
@@ -96,6 +98,8 @@ def read_checkpoint(source: Path):
         raise LifecycleError(f"{source}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
     if not tokenizer.is_fast:
         raise LifecycleError(f"{source}: no fast tokenizer (tokenizer.json); save one with a fast tokenizer class")
+    if tokenizer.pad_token is None:  # texts of a batch are padded to one length, for PyTorch and for serving
+        raise LifecycleError(f"{source}: its tokenizer has no padding token; set one (pad_token) and save it")
     return config, tokenizer
 
 
@@ -189,18 +193,20 @@ def export_fp32(source: Path, work: Path, optimize: str) -> Path:
 
 
 def pytorch_probabilities(source: Path, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
-    """The checkpoint's own fp32 softmax scores: the reference every artifact and engine is held to."""
+    """The checkpoint's own fp32 scores, by its head as the text-classification pipeline applies it (app.scores.Head
+    from its config): the reference every artifact and engine is held to."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    head = Head(tuple(model.config.id2label[i] for i in range(model.config.num_labels)), model.config.problem_type)
     rows = []
     with torch.no_grad():
         for start in range(0, len(texts), 32):
             batch = tokenizer(texts[start : start + 32], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt")
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            rows.append(torch.softmax(logits, -1).numpy())
+            rows.append(head.scores(logits.float().numpy()))
     return np.concatenate(rows)
 
 
@@ -235,7 +241,7 @@ def quantize_behind_gate(
     def attempt(recipe: Recipe) -> np.ndarray | None:
         quantize(fp32_graph, folder / target.file, recipe, optimized=request.optimize != "none")
         probs, cost = measure(folder, config, target, data)
-        figures = compare(reference, probs, data, config.labels)
+        figures = compare(reference, probs, data, config.head)
         why = verdict(figures, request.gate)
         attempts.append({"recipe": recipe.describe(), **figures, **cost, "passed": why is None, "why": why})
         say(f"  {recipe.describe()}: agreement {figures['agreement']:.4f}, max prob diff "
@@ -249,7 +255,8 @@ def quantize_behind_gate(
     if probs is None:
         say("  measuring each MatMul's effect on the output ...")
         tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
-        ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS])]
+        ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS],
+                                                             config.head)]
         gate_report["most_sensitive_matmuls"] = ranking[:8]
         # Leave the most harmful MatMuls in fp32, a few more each time; last, the embeddings too.
         recipes = [Recipe(fp32_matmuls=tuple(ranking[:count])) for count in (1, 2, 4, 8)]
@@ -289,7 +296,10 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         fp32 = ARTIFACTS["fp32"].model_copy(
             update={"quantization": None if request.optimize == "none" else f"fp32 optimised {request.optimize}"}
         )
-        config = ModelConfig(labels=labels, max_length=max_length, artifacts=[fp32])
+        # The head as the pipeline reads it: labels in id2label order, problem_type, the score function they imply.
+        head = Head(tuple(labels), hf_config.problem_type)
+        config = ModelConfig(labels=labels, problem_type=head.problem_type, function=head.function,
+                             max_length=max_length, artifacts=[fp32])
         write_config(folder, config)
 
         # Golden outputs: PyTorch's probabilities on sample texts. The fp32 graph must match them (parity); every
@@ -302,6 +312,8 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         if parity > PARITY_TOLERANCE:
             raise LifecycleError(f"the ONNX graph differs from PyTorch by {parity:.2e} (> {PARITY_TOLERANCE})")
         reference, fp32_cost = measure(folder, config, fp32, data)
+        # A regression head's agreement bound, from the fp32 values' spread (app.scores.Head.with_bound).
+        config = config.model_copy(update={"regression_bound": config.head.with_bound(reference).bound})
         report: dict[str, Any] = {
             "source": str(request.source),
             "parity_max_prob_diff": float(f"{parity:.2e}"),
@@ -310,7 +322,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
             **request.extra_report,
         }
         if request.teacher is not None:
-            judged = report["teacher_gate"] = judge_student(request.teacher, reference, data, labels)
+            judged = report["teacher_gate"] = judge_student(request.teacher, reference, data, config.head)
             say(f"student vs teacher: agreement {judged['agreement']:.4f}" + (
                 f", accuracy {judged['student_accuracy']:.4f} (teacher {judged['teacher_accuracy']:.4f})"
                 if "student_accuracy" in judged else "") + (f" -> rejected: {judged['why']}" if judged["why"] else ""))
@@ -325,14 +337,16 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
                 measured = "; ".join(f"{a['recipe']}: {a['why']}" for a in report["gate"]["attempts"])
                 if not request.fp32_when_gate_fails:
                     raise GateFailed(f"no int8 recipe passed the accuracy gate, nothing published ({measured})", report)
-                say(f"WARNING: no int8 recipe passed the accuracy gate ({measured}); publishing fp32 only")
+                report["gate"]["int8_refused"] = f"no int8 recipe passed the accuracy gate ({measured})"
+                say(f"WARNING: no int8 recipe passed the accuracy gate ({measured}); publishing fp32 only "
+                    "(--require-int8 to publish nothing instead)")
             else:
                 artifacts.insert(0, int8)
                 if request.teacher is not None:  # what the CPU will serve, against the teacher: recorded
-                    report["teacher_gate"]["int8"] = judge_student(request.teacher, int8_probs, data, labels)
+                    report["teacher_gate"]["int8"] = judge_student(request.teacher, int8_probs, data, config.head)
         elif request.quantize == "fp16":
             artifacts.insert(0, add_fp16(folder, fp32_graph, config, data, reference, report))
-        if data.truth is not None:
+        if data.truth is not None and config.head.function == "softmax":  # class labels: a single-label head
             report["evaluation"] = {"fp32": classification_figures(data.truth, reference.argmax(1).tolist(), labels)}
             if request.quantize == "int8" and artifacts[0].precision == "int8":
                 report["evaluation"]["int8"] = classification_figures(data.truth, int8_probs.argmax(1).tolist(), labels)
@@ -364,12 +378,13 @@ def golden_outputs(folder: Path, config: ModelConfig, texts: list[str], referenc
     for artifact in config.artifacts:
         if artifact.precision != "fp32":  # fp16 is scored with onnxruntime's CPU kernels where there is no GPU
             probs, _ = probabilities(open_artifact(folder, config, artifact), texts)
-            figures[artifact.file] = drift(reference, probs)
+            figures[artifact.file] = config.head.drift(reference, probs)
     floor = min([gate.min_agreement] + [f["agreement"] - 1 / len(texts) for f in figures.values()
                                         if f["agreement"] < gate.min_agreement])
     widest = max([GOLDEN_MAX_PROB_DIFF] + [f["max_prob_diff"] + 0.05 for f in figures.values()])
     golden = Golden(texts=texts, probabilities=reference.round(6).tolist(), min_agreement=round(min(1.0, floor), 4),
-                    max_prob_diff=round(min(1.0, widest), 4), source=source)
+                    max_prob_diff=round(widest if config.head.function == "none" else min(1.0, widest), 4),
+                    source=source)
     return golden, figures
 
 
@@ -385,12 +400,14 @@ def add_fp16(folder: Path, fp32_graph: Path, config: ModelConfig, data: GateData
     except ModelLoadError as exc:
         report["fp16"] = {"measured": False, "why": str(exc)}
         return artifact
-    report["fp16"] = {**compare(reference, probs, data, config.labels), **cost, "provider": provider}
+    report["fp16"] = {**compare(reference, probs, data, config.head), **cost, "provider": provider}
     return artifact
 
 
 def main(args: argparse.Namespace) -> None:
     source = Path(args.source)
+    if args.require_int8 and args.quantize != "int8":
+        raise LifecycleError(f"--require-int8 cannot go with --quantize {args.quantize}")
     gate_data = None
     if args.eval_data:
         hf_config, _ = read_checkpoint(source)
@@ -400,6 +417,7 @@ def main(args: argparse.Namespace) -> None:
         source=source, name=args.name, repository=Path(args.model_repository), version=args.version,
         quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,
         gate=Gate(min_agreement=args.min_agreement, max_accuracy_loss=args.max_accuracy_loss),
+        fp32_when_gate_fails=not args.require_int8,
     )
     try:
         path, report = export_model(request)
@@ -408,3 +426,5 @@ def main(args: argparse.Namespace) -> None:
         raise
     files = ", ".join(a.file for a in read_config(path).artifacts)
     print(f"published {path} ({files}) in {report['export_s']:.0f} s")
+    if "int8_refused" in report["gate"]:
+        print(f"int8 refused, fp32 only: {report['gate']['int8_refused']}")

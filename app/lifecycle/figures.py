@@ -1,5 +1,5 @@
 """Classification figures (accuracy, macro-F1, per class, confusion) shared by train, distill, the export gate and
-evaluate. Scores themselves (softmax, sigmoid, drift) are app.scores."""
+evaluate. Scores themselves (a head's function, decisions, drift) are app.scores."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from app.lifecycle.figures import classification_figures
-from app.scores import drift
+from app.scores import Head
 
 
 @dataclass
@@ -24,12 +24,13 @@ class GateData:
     source: str  # where the texts came from, for the report
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, labels: list[str]) -> dict[str, Any]:
-    """Decision agreement, probability drift and, with labels, accuracy / macro-F1 of both."""
-    figures: dict[str, Any] = drift(reference, candidate)
-    if data.truth is not None:
+def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, head: Head) -> dict[str, Any]:
+    """Decision agreement and score drift by the model's head (app.scores.Head) and, with labels for a single-label
+    (softmax) head, accuracy / macro-F1 of both."""
+    figures: dict[str, Any] = head.drift(reference, candidate)
+    if data.truth is not None and head.function == "softmax":
         for key, probs in (("fp32", reference), ("candidate", candidate)):
-            scored = classification_figures(data.truth, probs.argmax(1).tolist(), labels)
+            scored = classification_figures(data.truth, probs.argmax(1).tolist(), list(head.labels))
             figures[f"{key}_accuracy"], figures[f"{key}_macro_f1"] = scored["accuracy"], scored["macro_f1"]
     return figures
 
@@ -46,7 +47,7 @@ def verdict(figures: dict[str, Any], gate: Gate, reference: str = "fp32") -> str
 
 @dataclass
 class TeacherReference:
-    """Distillation: the teacher's fp32 probabilities on the gate data. The student's fp32 model is held to them
+    """Distillation: the teacher's fp32 scores on the gate data. The student's fp32 model is held to them
     (decision agreement, and accuracy loss when labels are known) instead of to itself."""
 
     source: str
@@ -54,9 +55,9 @@ class TeacherReference:
     gate: Gate
 
 
-def judge_student(teacher: TeacherReference, student: np.ndarray, data: GateData, labels: list[str]) -> dict[str, Any]:
+def judge_student(teacher: TeacherReference, student: np.ndarray, data: GateData, head: Head) -> dict[str, Any]:
     """The student's figures against its teacher, with the gate's verdict."""
-    figures = compare(teacher.probabilities, student, data, labels)
+    figures = compare(teacher.probabilities, student, data, head)
     why = verdict(figures, teacher.gate, reference="the teacher's")
     named = {k.replace("fp32_", "teacher_").replace("candidate_", "student_"): v for k, v in figures.items()}
     return {**asdict(teacher.gate), "teacher": teacher.source, **named, "passed": why is None, "why": why}

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from app.scores import softmax
+from app.scores import Head
 from app.tokenizer import TextTokenizer, pad
 
 QUANTIZED_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
@@ -90,9 +90,10 @@ def _fake_quantize_activation(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[str]) -> list[tuple[str, float]]:
-    """Each weight MatMul's effect on the output probabilities (mean absolute change) when it alone is int8,
-    most harmful first.
+def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[str],
+                       head: Head) -> list[tuple[str, float]]:
+    """Each weight MatMul's effect on the head's scores (mean absolute change) when it alone is int8, most
+    harmful first.
 
     One session for all: every such MatMul gets an added `delta` input (a broadcast zero when idle) and its
     input is exposed. With only node i quantized, its input is unchanged, so feeding delta_i = Q(x)Q(W) - xW
@@ -124,12 +125,12 @@ def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[st
     names = [o.name for o in session.get_outputs()]
 
     outputs = dict(zip(names, session.run(names, base)))
-    reference = softmax(outputs[names[0]])
+    reference = head.scores(outputs[names[0]])
     effects = []
     for node in nodes:
         x = outputs[node.input[0]]
         weight = numpy_helper.to_array(weights[node.input[1]])
         delta = _fake_quantize_activation(x) @ _fake_quantize_weight(weight) - x @ weight
         (logits,) = session.run(names[:1], base | {f"{node.name}_delta": delta.astype(np.float32)})
-        effects.append((node.name, float(np.abs(softmax(logits) - reference).mean())))
+        effects.append((node.name, float(np.abs(head.scores(logits) - reference).mean())))
     return sorted(effects, key=lambda item: -item[1])

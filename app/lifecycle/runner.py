@@ -27,7 +27,7 @@ def open_artifact(folder: Path, config: ModelConfig, artifact: Artifact, provide
 def probabilities(
     model: ServedModel, texts: list[str], batch_size: int = 8, progress: str | None = None
 ) -> tuple[np.ndarray, float]:
-    """Softmax scores in input order, and the seconds spent in encode + infer: the loader's own pass (length-sorted
+    """The head's scores in input order, and the seconds spent in encode + infer: the loader's own pass (length-sorted
     batches, as served). With `progress`, a progress bar of that name."""
     with tqdm(total=-(-len(texts) // batch_size), desc=progress, unit="batch", disable=progress is None,
               file=sys.stderr, leave=False) as bar:

@@ -21,11 +21,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from transformers.utils import logging as hf_logging
 
 from app.lifecycle import LifecycleError
+from app.lifecycle.architectures import check_architecture  # what optimum-onnx exports: trainable here
 from app.lifecycle.data import check_trainable, label_order, read_labelled
 from app.lifecycle.figures import classification_figures
-
-# Architectures whose ONNX export takes input_ids + attention_mask (+ token_type_ids), as the server feeds them.
-SUPPORTED_ARCHITECTURES = {"bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "mpnet"}
 
 
 @dataclass
@@ -46,14 +44,6 @@ def load_base_config(base: str):
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise LifecycleError(f"cannot load {base!r} ({first}); give a local Hugging Face model folder") from None
-
-
-def check_architecture(config, base: str) -> None:
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise LifecycleError(
-            f"{base}: architecture {config.model_type!r} is not supported; "
-            f"use one of {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
 
 
 def seed_everything(seed: int) -> None:

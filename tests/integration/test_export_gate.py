@@ -22,10 +22,40 @@ def leftovers(repo):
     return sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.exists() else []
 
 
+def test_without_int8_export_publishes_fp32_says_why_and_succeeds(tmp_path, checkpoint, capsys):
+    """No int8 recipe can pass a gate asking more than full agreement: the user still gets a model (fp32, with its
+    golden outputs), and the refusal with its figures on screen and in the report."""
+    repo = tmp_path / "repo"
+    cli(["export", str(checkpoint), "--name", "tiny", "--model-repository", str(repo), "--min-agreement", "1.01"])
+    out, err = capsys.readouterr()
+    assert "WARNING: no int8 recipe passed the accuracy gate" in err
+    assert "int8 refused, fp32 only: no int8 recipe passed the accuracy gate (dynamic int8 per-channel: agreement" \
+        in out
+    path = repo / "tiny" / "1"
+    config = json.loads((path / "bertserve.json").read_text())
+    assert [a["file"] for a in config["artifacts"]] == ["model.onnx"]
+    assert (path / "golden.json").is_file() and not (path / "model.int8.onnx").exists()
+    gate = config["report"]["gate"]
+    assert gate["chosen"] is None and "< 1.01" in gate["int8_refused"]
+    assert len(gate["attempts"]) == 6 and all("agreement" in a and not a["passed"] for a in gate["attempts"])
+
+
+def test_require_int8_flag_conflicts_with_another_quantization(tmp_path, checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["export", str(checkpoint), "--name", "tiny", "--model-repository", str(tmp_path / "repo"),
+             "--quantize", "none", "--require-int8"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bertserve export: --require-int8 cannot go with --quantize none"]
+    assert not (tmp_path / "repo").exists()
+
+
 def test_gate_refuses_an_artifact_that_misses_it_and_publishes_nothing(tmp_path, checkpoint, capsys):
+    """Insisting on int8 (--require-int8): nothing published, exit status 1."""
     repo = tmp_path / "repo"
     with pytest.raises(SystemExit) as exit_info:
-        cli(["export", str(checkpoint), "--name", "tiny", "--model-repository", str(repo), "--min-agreement", "1.01"])
+        cli(["export", str(checkpoint), "--name", "tiny", "--model-repository", str(repo), "--min-agreement", "1.01",
+             "--require-int8"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]

@@ -90,15 +90,17 @@ def test_clear_errors_write_nothing(tmp_path, base, data, capsys, argv, message)
 
 
 def test_unsupported_architecture_is_refused(tmp_path, data, capsys):
-    from transformers import GPT2Config
+    """train asks optimum's registry, as export does: what it cannot export is not worth training here."""
+    from transformers import T5Config
 
-    folder = tmp_path / "gpt2"
-    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(folder)
-    with pytest.raises(SystemExit):
+    folder = tmp_path / "t5"
+    T5Config(num_layers=1, d_model=16, d_ff=32, num_heads=2, d_kv=8, vocab_size=100).save_pretrained(folder)
+    with pytest.raises(SystemExit) as info:
         cli(["train", "--data", str(data), "--text-column", "review", "--label-column", "sentiment",
              "--base", str(folder), "--output", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert "architecture 'gpt2' is not supported" in err and "use one of" in err
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot export architecture 't5'" in err[0] and "deberta-v2" in err[0], err
 
 
 def test_export_defaults_to_the_length_the_checkpoint_was_trained_with(tmp_path, base, data, capsys):

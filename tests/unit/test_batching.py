@@ -379,23 +379,30 @@ def test_admission_admits_within_its_bound_and_says_when_to_retry():
 
 def test_a_request_arriving_behind_a_large_submission_is_not_kept_waiting_for_all_of_it():
     """An explanation (or a full client batch) of 40 sequences falls due at the engine's pace, so one text sent
-    while the engine is busy is answered before the large submission's last batches run (fair queueing). Oldest
-    first, it would wait for all 40."""
+    while the engine is busy runs in the next batch, not after the large submission's 10 batches (fair queueing).
+    Oldest first, it would run last."""
+    class Recording(FakeModel):
+        def infer(self, sequences):
+            rows = super().infer(sequences)
+            self.seen.append(rows)
+            return rows
+
     async def scenario():
-        model = FakeModel(gated=True)
+        model = Recording(gated=True)
+        model.seen = []
         batcher = make(model, max_batch_size=4)
         first = await block_engine(model, batcher)
-        batcher.admission.throughput = 1.0
+        batcher.admission.throughput = 1.0  # one sequence a second: the large submission's tail is due far later
         large = asyncio.create_task(batcher.submit([text(3, f"big{k}-") for k in range(40)]))
         await wait_for(lambda: batcher.admission.load == 41)
         small = asyncio.create_task(batcher.submit([text(3, "small")]))
         await wait_for(lambda: len(batcher._ready) == 41)  # all tokenized, waiting behind the running batch
-        order: list[str] = []
-        large.add_done_callback(lambda _: order.append("large"))
-        small.add_done_callback(lambda _: order.append("small"))
         model.gate.set()
         await asyncio.gather(first, large, small)
         await batcher.close()
-        return order
+        return model.seen
 
-    assert asyncio.run(scenario()) == ["small", "large"]
+    seen = asyncio.run(scenario())
+    small_row = FakeModel().encode([text(3, "small")])[0].ids
+    where = [k for k, rows in enumerate(seen) if tuple(small_row) in rows]
+    assert len(seen) == 1 + 11 and where == [2], (len(seen), where)  # the blocker, one batch of the large, then it

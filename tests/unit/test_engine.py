@@ -109,6 +109,22 @@ def test_label_count_must_match_the_graph(tiny_model_repo):
         Engine(path, config, "cpu")
 
 
+def test_a_graph_needing_an_input_the_engine_does_not_feed_is_refused_at_load(tiny_model_repo, tmp_path):
+    """LayoutLM-style `bbox`: refused when the engine opens, not by the first request failing."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = tmp_path / "bbox"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    graph = onnx.load(path / "model.onnx")
+    graph.graph.input.append(helper.make_tensor_value_info("bbox", TensorProto.INT64, ["batch", "sequence", 4]))
+    onnx.save(graph, path / "model.onnx")
+    with pytest.raises(ModelLoadError, match=r"graph needs inputs \['bbox'\] that bertserve does not feed"):
+        Engine(path, read_config(path), "cpu")
+
+
 def test_corrupt_onnx_file_is_named(tiny_model_repo, tmp_path):
     import shutil
 
@@ -136,6 +152,6 @@ def test_missing_artifact_or_tokenizer_is_named(tiny_model_repo, tmp_path):
     (path / "model.onnx").unlink()
     with pytest.raises(ModelLoadError, match=r"model.onnx: missing \(named by .*bertserve.json\)"):
         read_config(path)
-    (path / "bertserve.json").write_text('{"labels": ["a"], "max_length": 8, "artifacts": []}')
+    (path / "bertserve.json").write_text('{"labels": [], "max_length": 8, "artifacts": []}')  # one label is valid
     with pytest.raises(ModelLoadError, match="bertserve.json: labels"):
         read_config(path)

@@ -25,7 +25,7 @@ def bytes_tensor(texts: list[str]) -> bytes:
 
 def test_json_request_defaults():
     parsed = parse_infer(body(), None, "m")
-    assert parsed.texts == ["good", "bad"] and parsed.truncate and parsed.function == "softmax"
+    assert parsed.texts == ["good", "bad"] and parsed.truncate and parsed.function is None
     assert [(w.name, w.binary, w.classification) for w in parsed.outputs] == [("label", False, None),
                                                                            ("scores", False, None)]
 

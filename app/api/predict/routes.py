@@ -42,7 +42,8 @@ async def _predict(request: Request, service: Service, tracking: Tracked) -> Res
             model=req.model,
             version=req.version,
             truncate=req.truncate,
-            function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or "softmax",
+            # None: the model head's function (softmax, sigmoid or none, by the text-classification pipeline's rule)
+            function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or None,
             timeout_s=service.timeout_s(req.timeout_ms),
             routing_key=request.headers.get("x-routing-key"),
         ),

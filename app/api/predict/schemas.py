@@ -19,7 +19,8 @@ class PredictParameters(BaseModel):
 
     top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
     function_to_apply: ScoreFunction | None = Field(
-        None, description="Score function; softmax by default."
+        None, description="Score function; by default the model head's, as transformers' text-classification "
+        "pipeline chooses it: none for regression, sigmoid for multi-label or a single logit, else softmax."
     )
 
 

@@ -10,7 +10,8 @@ Triton's extensions that `tritonclient` uses are supported:
   come back the same way;
 - classification: `parameters.classification: k` on `scores` returns the k best as "score:index:label" strings.
 Request parameters: `timeout` (microseconds, as tritonclient sends it), `truncate` (bool, default true),
-`function_to_apply` ("softmax", "sigmoid", "none": the `scores` function; the label is the same whatever).
+`function_to_apply` ("softmax", "sigmoid", "none": the `scores` function, by default the model head's, as
+transformers' text-classification pipeline chooses it; the label is the same whatever).
 """
 
 from app.api.v2.routes import router

@@ -38,7 +38,7 @@ class Parsed:
     texts: list[str]
     outputs: list[Wanted]
     truncate: bool
-    function: str
+    function: str | None  # None: the model head's own
     timeout_us: int | None
 
 
@@ -161,8 +161,10 @@ def parse_infer(body: bytes, header_length: str | None, model: str) -> Parsed:
                 raise InvalidInput(f"{where}parameters.classification must be a positive integer")
         outputs.append(Wanted(out.name, _flag(out_params, "binary_data", binary_default, where), classification))
 
-    function = params.get("function_to_apply", "softmax")
-    if not isinstance(function, str) or function not in SCORE_FUNCTIONS:  # a list or object is not hashable
+    # Absent: the model head's own function; null is no function (422), unlike /predict's null.
+    function = params.get("function_to_apply")
+    # (a list or object is not hashable: checked as a str first)
+    if "function_to_apply" in params and (not isinstance(function, str) or function not in SCORE_FUNCTIONS):
         raise InvalidInput(f"parameters.function_to_apply must be one of {sorted(SCORE_FUNCTIONS)}")
     timeout_us = params.get("timeout")
     if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 1):

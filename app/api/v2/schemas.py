@@ -86,7 +86,7 @@ class InferRequest(BaseModel):
     id: StrictStr | None = None
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output (bool), timeout (microseconds), truncate (bool), "
-        "function_to_apply (softmax, sigmoid or none)."
+        "function_to_apply (softmax, sigmoid or none; default: the model head's)."
     )
     inputs: list[RequestInput] = Field(min_length=1, max_length=1)
     outputs: list[RequestOutput] | None = None
