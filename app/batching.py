@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from app.errors import BackendError, InvalidInput, NotReady, Overloaded
 from app.logs import exception_summary
-from app.tokenizer import Encoded
+from app.tokenizer import Encoded, TextInput
 
 log = logging.getLogger("bertserve.batching")
 
@@ -50,11 +50,12 @@ def too_long(max_length: int, name: str) -> InvalidInput:
 class BatchModel(Protocol):
     max_length: int
 
-    def encode(self, texts: list[str]) -> list[Encoded]: ...
+    def encode(self, texts: list[TextInput]) -> list[Encoded]: ...
 
     def infer(self, sequences: list[list[int]]) -> Any:
         """Run one batch; returns something indexable by row (one row per sequence, in order). Called from up to
-        `parallel` threads at once."""
+        `parallel` threads at once. A batch holding a sequence with type ids (a pair) is passed them as well:
+        infer(sequences, type_ids), None for a row whose type ids are all zero."""
 
 
 @dataclass(slots=True)
@@ -67,12 +68,13 @@ class Timing:
 
 @dataclass(slots=True, eq=False)
 class _Item:
-    text: str
+    text: TextInput  # a text or a pair: only the tokenizer looks inside
     truncate: bool
     future: asyncio.Future
     enqueued: float
     due: float  # when its turn comes: a submission's sequences are due one after another (see submit)
     ids: list[int] = field(default_factory=list)
+    type_ids: list[int] | None = None
     timing: Timing = field(default_factory=Timing)
 
 
@@ -164,7 +166,7 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    async def submit(self, texts: list[str], truncate: bool = True) -> list[tuple[Any, Timing]]:
+    async def submit(self, texts: list[TextInput], truncate: bool = True) -> list[tuple[Any, Timing]]:
         """Results (row, timing) in the order of `texts`. Leaving early (error, timeout, cancellation)
         cancels this call's sequences, which the pipeline then drops."""
         self.admission.admit(len(texts))
@@ -253,7 +255,7 @@ class Batcher:
                     return
                 items = self._incoming
                 self._incoming = []
-            for first, last in _chunks([len(item.text) for item in items], CHUNK_CHARS):
+            for first, last in _chunks([_chars(item.text) for item in items], CHUNK_CHARS):
                 if self._closed:  # what close() could not see (taken from _incoming) is answered here
                     self._unloaded(items[first:])
                     return
@@ -280,7 +282,7 @@ class Batcher:
                     refused.append((item, None, NotReady(f"model {self.name} was unloaded") if closed
                                     else too_long(self.model.max_length, self.name)))
                     continue
-                item.ids = enc.ids
+                item.ids, item.type_ids = enc.ids, enc.type_ids
                 item.timing.tokenize_s = elapsed
                 self._ready.append(item)
             self._have_ready.notify(self.parallel)
@@ -301,7 +303,11 @@ class Batcher:
                     return
             start = time.perf_counter()
             try:
-                rows = self.model.infer([i.ids for i in batch])
+                sequences = [i.ids for i in batch]
+                typed = any(i.type_ids is not None for i in batch)
+                # Only a batch holding a pair passes type ids: models that never see one keep infer(sequences).
+                rows = (self.model.infer(sequences, [i.type_ids for i in batch]) if typed
+                        else self.model.infer(sequences))
             except Exception as exc:  # logged without its message: it may quote the inputs
                 log.error("inference failed for model %s (batch of %d, longest %d tokens): %s", self.name, len(batch),
                           max(len(i.ids) for i in batch), exception_summary(exc))
@@ -331,6 +337,11 @@ class Batcher:
         batch = ready[lo:hi]
         self._ready = ready[:lo] + ready[hi:]
         return batch
+
+
+def _chars(text: TextInput) -> int:
+    """Characters of a text, or of both texts of a pair."""
+    return len(text) if type(text) is str else len(text[0]) + len(text[1])
 
 
 def _chunks(sizes: list[int], max_size: int):

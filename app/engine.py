@@ -144,11 +144,13 @@ class Engine:
         """What runs, in one phrase: provider, artifact, precision."""
         return f"{self.provider} on {self.artifact.file} ({self.precision})"
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Logits, float32 [batch, labels]. Only the inputs the graph declares are fed."""
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """Logits, float32 [batch, labels]. Only the inputs the graph declares are fed: token_type_ids as given
+        (pairs), else zeros; a graph without them (RoBERTa, DeBERTa-v3) never gets them."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
+            feed["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         if self.use_io_binding:
             return self._run_bound(feed)
         (logits,) = self.session.run([self.output_name], feed)

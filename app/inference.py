@@ -22,6 +22,7 @@ from app.router import Router
 from app.scores import Head, ScoreFunction
 from app.served import ServedModel
 from app.settings import Settings
+from app.tokenizer import TextInput
 
 log = logging.getLogger("bertserve.inference")
 
@@ -53,7 +54,7 @@ class Inference:
 
     async def classify(
         self,
-        texts: list[str],
+        texts: list[TextInput],
         *,
         model: str | None = None,
         version: int | None = None,
@@ -62,7 +63,8 @@ class Inference:
         timeout_s: float,
         routing_key: str | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
-        """Scores [len(texts), labels] in label order, from the model version the router picks (the one named,
+        """Scores [len(texts), labels] in label order (each input a text or a pair: only the tokenizer looks
+        inside), from the model version the router picks (the one named,
         else by the model's traffic weights, placed by `routing_key` when given): its head's function (app.scores,
         the text-classification pipeline's rule), or `function` when asked. Metrics and the shadow comparison
         always use the head's own scores."""
@@ -127,7 +129,7 @@ class Inference:
             first += len(found) + 1
         return answers
 
-    async def _run(self, texts: list[str], model: str | None, version: int | None, truncate: bool,
+    async def _run(self, texts: list[TextInput], model: str | None, version: int | None, truncate: bool,
                    timeout_s: float, routing_key: str | None,
                    prepare: Callable[[ServedModel], Awaitable[list[str]]] | None = None) -> tuple[ServedModel, list]:
         """Admission (draining), the deadline, the version the router picks, and one submission to its batcher:
@@ -153,7 +155,7 @@ class Inference:
 
     # ---- shadow ----
 
-    def _shadow(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, head: Head) -> None:
+    def _shadow(self, shadow: ServedModel, texts: list[TextInput], answer: np.ndarray, head: Head) -> None:
         """Compare the answer with the shadow version's, after the answer: the task made here first runs when the
         request's task next yields, which is once its response has been written. Shadow work never waits: it is
         dropped unless the shadow's queue has room for it now (one round of batches: max_batch_size sequences
@@ -164,7 +166,7 @@ class Inference:
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _compare(self, shadow: ServedModel, texts: list[str], answer: np.ndarray, head: Head) -> None:
+    async def _compare(self, shadow: ServedModel, texts: list[TextInput], answer: np.ndarray, head: Head) -> None:
         """The shadow's scores against the answer's, decided by the answering version's head (app.scores.Head)."""
         record = shadow.shadow_record
         batcher = shadow.batcher

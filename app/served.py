@@ -16,7 +16,7 @@ from app.batching import Batcher, Timing
 from app.engine import Engine
 from app.repository import ModelConfig
 from app.scores import Head
-from app.tokenizer import Encoded, TextTokenizer, pad
+from app.tokenizer import Encoded, TextInput, TextTokenizer, pad, pad_types
 
 
 class ModelMetrics:
@@ -114,14 +114,17 @@ class ServedModel:
     def max_length(self) -> int:
         return self.config.max_length
 
-    def encode(self, texts: list[str]) -> list[Encoded]:
+    def encode(self, texts: list[TextInput]) -> list[Encoded]:
         return self.tokenizer.encode(texts)
 
-    def infer(self, sequences: list[list[int]]) -> np.ndarray:
-        """Run on an idle session; the batcher never runs more batches at once than there are sessions."""
+    def infer(self, sequences: list[list[int]], type_ids: list[list[int] | None] | None = None) -> np.ndarray:
+        """Run on an idle session; the batcher never runs more batches at once than there are sessions. type_ids:
+        per row, when some row has any (a pair); else all zero."""
+        input_ids, attention_mask = pad(sequences, self.tokenizer.pad_id)
+        token_type_ids = None if type_ids is None else pad_types(type_ids, input_ids.shape[1])
         engine = self._idle.get()
         try:
-            return engine.run(*pad(sequences, self.tokenizer.pad_id))
+            return engine.run(input_ids, attention_mask, token_type_ids)
         finally:
             self._idle.put(engine)
 

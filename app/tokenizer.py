@@ -1,7 +1,11 @@
 """Fast (Rust) tokenizer: batch encoding with explicit truncation, and padding into engine arrays.
 
 A text is never encoded far past what the model can read: a long text is encoded from a prefix (see
-TextTokenizer._encode), so the cost of a request is bounded by max_length, not by the bytes sent."""
+TextTokenizer._encode), so the cost of a request is bounded by max_length, not by the bytes sent.
+
+An input is a text or a pair of texts (TextInput): a pair is encoded with the model's own pair template (the
+tokenizer.json post-processor: [CLS] a [SEP] b [SEP], <s> a </s></s> b </s>, ...) and its type ids, truncated
+longest_first as transformers does; everything past the tokenizer only carries the value."""
 
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ MAX_CHARS_PER_TOKEN = 512  # ...up to max_length x this many characters: past th
 SLACK = 256  # a prefix ends at a word break within this many characters of its bound, else at the bound itself
 
 
+# One text, or a pair (premise and hypothesis, query and passage) encoded together as the model was trained on.
+TextInput = str | tuple[str, str]
+
+
 @dataclass(slots=True)
 class Encoded:
     ids: list[int]
     truncated: bool
+    type_ids: list[int] | None = None  # None: all zero (every single text of the usual templates)
 
 
 class TextTokenizer:
@@ -33,11 +42,14 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         # tokenizer.json files saved by transformers carry stale padding/truncation settings: set both here.
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=max_length)
+        # longest_first: a pair loses tokens from its longer side first (transformers' truncation=True).
+        self._tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
         self.max_length = max_length
         self.prefix_chars = max_length * CHARS_PER_TOKEN
         self.max_chars = max_length * MAX_CHARS_PER_TOKEN
         self.pad_id = self._tokenizer.padding["pad_id"] if self._tokenizer.padding else self._find_pad_id()
+        # A template that gives single texts type ids other than 0 (rare): then they are carried for texts too.
+        self._typed_texts = any(self._tokenizer.encode("a").type_ids)
 
     def _find_pad_id(self) -> int:
         for token in ("[PAD]", "<pad>"):
@@ -46,12 +58,42 @@ class TextTokenizer:
                 return token_id
         return 0
 
-    def encode(self, texts: list[str]) -> list[Encoded]:
+    def encode(self, inputs: list[TextInput]) -> list[Encoded]:
         """Tokenize a batch in parallel (the Rust side releases the GIL). Truncates to max_length."""
-        if all(len(text) <= self.prefix_chars for text in texts):  # the usual case: one plain call
-            return [Encoded(e.ids, bool(e.overflowing)) for e in self._tokenizer.encode_batch(texts)]
-        return [Encoded(e.ids, bool(e.overflowing) or read < len(text))
-                for text, (e, read) in zip(texts, self._encode(texts), strict=True)]
+        if not self._typed_texts and all(type(text) is str for text in inputs):  # texts only: as ever
+            texts: list[str] = inputs  # type: ignore[assignment]
+            if all(len(text) <= self.prefix_chars for text in texts):  # the usual case: one plain call
+                return [Encoded(e.ids, bool(e.overflowing)) for e in self._tokenizer.encode_batch(texts)]
+            return [Encoded(e.ids, bool(e.overflowing) or read < len(text))
+                    for text, (e, read) in zip(texts, self._encode(texts), strict=True)]
+        out: list[Encoded | None] = [None] * len(inputs)
+        singles = [k for k, one in enumerate(inputs) if type(one) is str]
+        for k, (e, read) in zip(singles, self._encode([inputs[k] for k in singles]), strict=True):  # type: ignore
+            out[k] = _typed(e, bool(e.overflowing) or read < len(inputs[k]))
+        pairs = [k for k, one in enumerate(inputs) if type(one) is not str]
+        cut = self._shorten([inputs[k] for k in pairs])  # type: ignore[misc]
+        for k, pair, e in zip(pairs, cut, self._tokenizer.encode_batch(cut), strict=True):
+            out[k] = _typed(e, bool(e.overflowing) or pair != inputs[k])
+        return out  # type: ignore[return-value]
+
+    def _shorten(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Each side cut to about what a pair may keep of it: a side with more tokens than max_length as a text
+        alone (encoded from a prefix, as _encode does) ends at the first word break past its first max_length
+        tokens (within SLACK characters, else where _encode's prefix ends). The tokens are a full encode's:
+        longest_first keeps of a side no more than it alone keeps (a pair template adds as many special tokens
+        or more) and depends on a side's length only up to that; those lie in words before the cut, which
+        tokenize as in the whole side. So a pair costs about two long texts however long its sides are, and the
+        tokenizer's pair truncation (which pairs every overflowing chunk of one side with every chunk of the
+        other) has little to cut. A side read from its first max_chars
+        characters only, as a long text can be, makes the pair count as truncated."""
+        sides = [side for pair in pairs for side in pair]
+        for k, (encoding, read) in enumerate(self._encode(sides)):
+            if encoding.overflowing:
+                end = _read(encoding)
+                found = BREAK.search(sides[k], end, end + SLACK)
+                read = min(read, found.start()) if found else read
+            sides[k] = sides[k][:read]
+        return list(zip(sides[::2], sides[1::2], strict=True))
 
     def read(self, texts: list[str]) -> list[int]:
         """Per text, how many of its characters the model reads: all, or up to the end of the last token that
@@ -87,6 +129,11 @@ class TextTokenizer:
         return out
 
 
+def _typed(encoding: Encoding, truncated: bool) -> Encoded:
+    types = encoding.type_ids
+    return Encoded(encoding.ids, truncated, types if any(types) else None)
+
+
 def _read(encoding: Encoding) -> int:
     """Where the tokens an encoding keeps end in its text (characters)."""
     return max(end for _, end in encoding.offsets)
@@ -110,3 +157,12 @@ def pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
         input_ids[row, : len(seq)] = seq
     attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
     return input_ids, attention_mask
+
+
+def pad_types(type_ids: list[list[int] | None], width: int) -> np.ndarray:
+    """token_type_ids for a padded batch: each row's type ids (None: all zero), zero-padded to `width`."""
+    token_type_ids = np.zeros((len(type_ids), width), dtype=np.int64)
+    for row, types in enumerate(type_ids):
+        if types is not None:
+            token_type_ids[row, : len(types)] = types
+    return token_type_ids

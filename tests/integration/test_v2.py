@@ -268,7 +268,7 @@ def test_requests_are_counted_like_predict(tiny_server):
 def test_openapi_documents_the_v2_routes(tiny_server):
     spec = httpx.get(tiny_server.url + "/openapi.json").json()
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
-    assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 1
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 2  # text_pair
     assert "Inference-Header-Content-Length" in infer["description"]
     assert set(infer["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
     assert infer["security"] == [{"ClientKey": []}, {"AdminKey": []}]

@@ -18,7 +18,13 @@ def parse(schema: type[M], body: bytes) -> M:
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidInput(validation_message(exc.errors())) from None
+        errors = exc.errors()
+        # A pair ([a, b] or {"text", "text_pair"}) where a text goes: said plainly. Occlusion weighs the words of
+        # one text; pairs are classified by /predict but not explained.
+        pairs = [e for e in errors if e["type"] == "string_type" and isinstance(e["input"], list | dict)]
+        if pairs:
+            errors = [{**pairs[0], "msg": "explanations take single texts; text pairs are not explained"}]
+        raise InvalidInput(validation_message(errors)) from None
 
 
 def encode_explanation(text: str, explanation: Explanation) -> dict[str, Any]:

@@ -17,7 +17,7 @@ router = APIRouter(route_class=LeanRoute)
 
 @router.post(
     "/predict",
-    summary="Classify one text or a batch of texts",
+    summary="Classify one text or pair, or a batch of them",
     response_model=PredictResponse,
     responses=error_responses(401, 404, 413, 415, 422, 429, 500, 503, 504),
     openapi_extra={  # the body is read and validated by the handler; its schema is published by app.main
@@ -38,7 +38,7 @@ async def _predict(request: Request, service: Service, tracking: Tracked) -> Res
     model, scores = await until_disconnect(
         request,
         service.classify(
-            [req.inputs] if isinstance(req.inputs, str) else req.inputs,
+            [req.inputs] if isinstance(req.inputs, (str, tuple)) else req.inputs,  # one text or pair, or a list
             model=req.model,
             version=req.version,
             truncate=req.truncate,

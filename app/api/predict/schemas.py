@@ -5,11 +5,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from app.scores import ScoreFunction
 
 Text = Annotated[StrictStr, Field(min_length=1)]
+
+
+class TextPair(BaseModel):
+    """The Hugging Face form of a pair (what `pipeline("text-classification")` takes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Text
+    text_pair: Text
+
+
+# A pair of texts (NLI premise and hypothesis, a cross-encoder's query and passage), validated straight into the
+# tokenizer's (text, text_pair) tuple: as two strings in a list, or in the Hugging Face form.
+Pair = tuple[Text, Text] | Annotated[TextPair, AfterValidator(lambda pair: (pair.text, pair.text_pair))]
 
 
 class PredictParameters(BaseModel):
@@ -30,8 +44,16 @@ class PredictRequest(BaseModel):
         json_schema_extra={"examples": [{"inputs": "This medicine worked wonders, no side effects at all."}]},
     )
 
-    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
-        description="One text, or a list of texts (answered with one list of scores per text)."
+    # A JSON array of strings is always a list of texts (a flat ["a", "b"] is two texts, as for the Hugging Face
+    # Inference API); pairs are lists of two strings inside it, or {"text", "text_pair"} objects.
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] | Annotated[
+        TextPair, AfterValidator(lambda pair: (pair.text, pair.text_pair))
+    ] | Annotated[list[Annotated[Text | Pair, Field(union_mode="left_to_right")]], Field(min_length=1)] = Field(
+        # The first branch that fits, texts first: a list of texts costs what it did before pairs existed; a list
+        # holding a pair fails the second branch at that pair and is read again by the last.
+        union_mode="left_to_right",
+        description="One text, one pair ({\"text\": ..., \"text_pair\": ...}), or a list of texts and pairs "
+        "(each pair a list of two strings or such an object; answered with one list of scores per input)."
     )
     truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from app.api.schemas import inline_schema
 
 INPUT = "text"
+PAIR_INPUT = "text_pair"  # optional: a second text per row makes each row a pair (text[k], text_pair[k])
+INPUTS = (INPUT, PAIR_INPUT)
 OUTPUTS = ("label", "scores")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -54,7 +56,7 @@ class ModelMetadata(BaseModel):
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr = Field(json_schema_extra={"enum": [INPUT]})
+    name: StrictStr = Field(json_schema_extra={"enum": list(INPUTS)})
     shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(min_length=1, max_length=2)
     datatype: StrictStr = Field(json_schema_extra={"enum": ["BYTES"]})
     parameters: dict[str, Any] | None = Field(
@@ -88,7 +90,7 @@ class InferRequest(BaseModel):
         None, description="binary_data_output (bool), timeout (microseconds), truncate (bool), "
         "function_to_apply (softmax, sigmoid or none; default: the model head's)."
     )
-    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    inputs: list[RequestInput] = Field(min_length=1, max_length=2)
     outputs: list[RequestOutput] | None = None
 
 
@@ -110,7 +112,8 @@ class InferResponse(BaseModel):
 # The Inference-Header-Content-Length header is described in words, not as a parameter: whether a value is right
 # depends on the body, which a schema cannot say (and a fuzzer would send any).
 INFER_DESCRIPTION = (
-    "Classify the texts of the BYTES input `text` (shape [n] or [n, 1]); outputs `label` (BYTES [n]) and "
+    "Classify the texts of the BYTES input `text` (shape [n] or [n, 1]), or text pairs: a second BYTES input "
+    "`text_pair` of as many elements makes row k the pair (text[k], text_pair[k]); outputs `label` (BYTES [n]) and "
     "`scores` (FP32 [n, labels], labels in the order of the model metadata's `parameters.labels`).\n\n"
     f"Binary tensor extension (what tritonclient sends by default): with the header `{HEADER_LENGTH}: N` the "
     "first N bytes of the body are the JSON request and the rest the binary inputs, each "
