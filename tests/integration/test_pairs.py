@@ -12,6 +12,7 @@ from app.cli import main as cli
 from app.settings import Settings
 from tests.conftest import in_process
 from tests.tiny import CORPUS, make_tiny_checkpoint
+from tests.unit.test_pairs import v2_body
 
 ARCHS = ["bert", "roberta"]
 # The last pair is longer than the model reads: both truncate it longest_first to the tokenizer's 64 tokens.
@@ -108,21 +109,9 @@ def test_a_flat_list_of_two_strings_is_two_texts(call):
 def test_kserve_v2_text_pair_answers_as_predict(call, arch, binary):
     premises, hypotheses = [a for a, _ in PAIRS], [b for _, b in PAIRS]
     predict = call("POST", "/predict", json={"inputs": [list(p) for p in PAIRS], "model": arch}).json()
-    tensors, raw = [], b""
-    for name, texts in (("text", premises), ("text_pair", hypotheses)):
-        tensor = {"name": name, "datatype": "BYTES", "shape": [len(texts)]}
-        if binary:
-            part = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
-            tensor["parameters"] = {"binary_data_size": len(part)}
-            raw += part
-        else:
-            tensor["data"] = texts
-        tensors.append(tensor)
-    import orjson
-
-    header = orjson.dumps({"inputs": tensors, "outputs": [{"name": "scores"}]})
-    r = call("POST", f"/v2/models/{arch}/infer", content=header + raw,
-             headers={"Content-Type": "application/json"} | ({"Inference-Header-Content-Length": str(len(header))}
+    body, header_length = v2_body(("text", premises), ("text_pair", hypotheses), binary=binary, outputs=["scores"])
+    r = call("POST", f"/v2/models/{arch}/infer", content=body,
+             headers={"Content-Type": "application/json"} | ({"Inference-Header-Content-Length": header_length}
                                                              if binary else {}))
     assert r.status_code == 200, r.text
     [scores] = r.json()["outputs"]

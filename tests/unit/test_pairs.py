@@ -124,7 +124,9 @@ def test_explanations_refuse_pairs_plainly(schema, body, where):
     assert caught.value.message == f"{where}: explanations take single texts; text pairs are not explained"
 
 
-def v2_body(*inputs, binary=False) -> tuple[bytes, str | None]:
+def v2_body(*inputs, binary=False, outputs: list[str] | None = None) -> tuple[bytes, str | None]:
+    """A V2 infer body of BYTES inputs (name, texts), JSON or Triton's binary extension, and the header length
+    for Inference-Header-Content-Length (None when JSON)."""
     tensors, raw = [], b""
     for name, texts in inputs:
         tensor = {"name": name, "datatype": "BYTES", "shape": [len(texts)]}
@@ -135,7 +137,7 @@ def v2_body(*inputs, binary=False) -> tuple[bytes, str | None]:
         else:
             tensor["data"] = texts
         tensors.append(tensor)
-    header = orjson.dumps({"inputs": tensors})
+    header = orjson.dumps({"inputs": tensors} | ({"outputs": [{"name": o} for o in outputs]} if outputs else {}))
     return header + raw, str(len(header)) if binary else None
 
 
