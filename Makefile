@@ -9,7 +9,7 @@ DEMO := models/drug-review-sentiment/1/bertserve.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install demo clean gpu-check
+.PHONY: run test install demo demo-reranker clean gpu-check grpc-stubs
 
 run: $(INSTALLED) $(DEMO)
 	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
@@ -34,9 +34,21 @@ demo: $(DEMO)
 $(DEMO): | $(INSTALLED)
 	$(BIN)/bertserve build-demo --model-repository models
 
+# The demo reranker (a cross-encoder on the same reviews), in its own repository: serve it with
+# `bertserve serve --model-repository rerankers`. `make run` and `make test` do not need it.
+demo-reranker: rerankers/drug-review-reranker/1/bertserve.json
+
+rerankers/drug-review-reranker/1/bertserve.json: | $(INSTALLED)
+	$(BIN)/bertserve build-demo-reranker --model-repository rerankers
+
+# The gRPC stubs (committed) from the Open Inference Protocol's .proto; imports stay package-absolute (app.api.grpc).
+grpc-stubs: $(INSTALLED)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		app/api/grpc/grpc_predict_v2.proto
+
 # On a machine with an NVIDIA GPU (and the demo model): the CUDA path's tests and its fp16 vs fp32 figures.
 gpu-check:
 	bash deploy/gpu-check.sh
 
 clean:
-	rm -rf $(VENV) models/drug-review-sentiment models/.checkpoints
+	rm -rf $(VENV) models/drug-review-sentiment models/.checkpoints rerankers

@@ -6,7 +6,10 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
   is touched twice per batch: submit() and one call_soon_threadsafe() that answers the whole batch.
 - Continuous: whenever an inference thread is free and sequences are ready, a batch runs at once; there is no
   wait timer, so a lone request pays no batching delay. With `parallel` > 1 (several single-thread sessions, the
-  fastest layout on a small CPU), that many batches run at once, all cut from the one queue.
+  fastest layout on a small CPU under load), that many batches run at once, all cut from the one queue.
+- Low load on all cores: a batch that would run alone (no other batch running, nothing else ready) runs on the
+  model's wide session (every core, `model.wide`) when it has one, and no other batch starts until it is done;
+  otherwise the per-core sessions run. Decided from what is in flight, never by a timer.
 - A batch is cut around the ready sequence due first (nobody starves; a large submission's sequences fall due
   at the engine's measured pace, so a request arriving behind it is not kept waiting for all of it) from the
   ready sequences sorted by token length, taking the nearest lengths first, within max_batch_size and
@@ -55,7 +58,8 @@ class BatchModel(Protocol):
     def infer(self, sequences: list[list[int]]) -> Any:
         """Run one batch; returns something indexable by row (one row per sequence, in order). Called from up to
         `parallel` threads at once. A batch holding a sequence with type ids (a pair) is passed them as well:
-        infer(sequences, type_ids), None for a row whose type ids are all zero."""
+        infer(sequences, type_ids), None for a row whose type ids are all zero. A model with a `wide` session (not
+        None) is passed wide=True for a batch that runs alone (see the module docstring)."""
 
 
 @dataclass(slots=True)
@@ -64,6 +68,11 @@ class Timing:
     queue_s: float = 0.0
     inference_s: float = 0.0
     batch_size: int = 0
+    # For the request's trace (app.tracing): when its batch began (perf_counter), its own and the batch's
+    # (padded) tokens
+    started: float = 0.0
+    tokens: int = 0
+    batch_tokens: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +152,10 @@ class Batcher:
         self._have_ready = threading.Condition(self._lock)
         self._incoming: list[_Item] = []
         self._ready: list[_Item] = []
+        self._running = 0  # batches on an engine now
+        self._widened = False  # the running batch is on the wide session: nothing else starts
+        self._can_widen = getattr(model, "wide", None) is not None and parallel > 1
+        self.batches = {"wide": 0, "per-core": 0}  # batches run on each path (/models)
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,31 +310,49 @@ class Batcher:
         """Take the next batch as soon as this thread's session is free, run it, answer it."""
         while True:
             with self._lock:
-                while not (batch := self._cut()) and not self._closed:
+                while not (batch := [] if self._widened else self._cut()) and not self._closed:
                     self._have_ready.wait()
                 if not batch:
                     return
+                # Alone (nothing else running or ready): the wide session, all cores on this one batch.
+                wide = self._can_widen and self._running == 0 and not self._ready
+                self._running += 1
+                self._widened = wide
+                self.batches["wide" if wide else "per-core"] += 1
             start = time.perf_counter()
             try:
-                sequences = [i.ids for i in batch]
-                typed = any(i.type_ids is not None for i in batch)
-                # Only a batch holding a pair passes type ids: models that never see one keep infer(sequences).
-                rows = (self.model.infer(sequences, [i.type_ids for i in batch]) if typed
-                        else self.model.infer(sequences))
+                rows = self._run(batch, wide)
             except Exception as exc:  # logged without its message: it may quote the inputs
                 log.error("inference failed for model %s (batch of %d, longest %d tokens): %s", self.name, len(batch),
                           max(len(i.ids) for i in batch), exception_summary(exc))
                 self._answer([(item, None, BackendError("inference failed")) for item in batch])
                 continue
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    if wide:
+                        self._widened = False
+                        self._have_ready.notify_all()
             elapsed = time.perf_counter() - start
             admission = self.admission
-            admission.throughput = 0.8 * admission.throughput + 0.2 * self.parallel * len(batch) / max(elapsed, 1e-6)
-            self._on_batch(len(batch), len(batch) * max(len(i.ids) for i in batch))
+            sessions = 1 if wide else self.parallel  # the machine's rate: a wide batch had every core
+            admission.throughput = 0.8 * admission.throughput + 0.2 * sessions * len(batch) / max(elapsed, 1e-6)
+            padded = len(batch) * max(len(i.ids) for i in batch)
+            self._on_batch(len(batch), padded)
             for item in batch:
-                item.timing.queue_s = start - item.enqueued - item.timing.tokenize_s
-                item.timing.inference_s = elapsed
-                item.timing.batch_size = len(batch)
+                timing = item.timing
+                timing.queue_s = start - item.enqueued - timing.tokenize_s
+                timing.inference_s, timing.started = elapsed, start
+                timing.batch_size, timing.tokens, timing.batch_tokens = len(batch), len(item.ids), padded
             self._answer([(item, (rows[row], item.timing), None) for row, item in enumerate(batch)])
+
+    def _run(self, batch: list[_Item], wide: bool) -> Any:
+        sequences = [i.ids for i in batch]
+        typed = any(i.type_ids is not None for i in batch)
+        # Only a batch holding a pair passes type ids, only a wide one says so: models that never see either keep
+        # infer(sequences).
+        args = (sequences, [i.type_ids for i in batch]) if typed else (sequences,)
+        return self.model.infer(*args, wide=True) if wide else self.model.infer(*args)
 
     def _cut(self) -> list[_Item]:
         """Take the next batch out of the ready sequences (see cut_batch). Caller holds _lock."""

@@ -16,10 +16,11 @@ from pydantic import ValidationError
 from app.settings import Settings
 
 
-def _settings_or_exit() -> Settings:
-    """Settings from BERTSERVE_* variables; a bad value stops here, with one line naming each."""
+def _settings_or_exit(**overrides) -> Settings:
+    """Settings from BERTSERVE_* variables (and overrides: a lifecycle command's options); a bad value stops here,
+    with one line naming each."""
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError we raised

@@ -1,15 +1,15 @@
-"""One onnxruntime session on one provider and artifact: opening it (CPU, the OpenVINO plugin, CUDA), the check of
-what really runs, IO names, threads, running a batch. Which engine serves a model is the loader's choice."""
+"""One inference session on one provider and artifact: onnxruntime (CPU, CUDA) or OpenVINO's own runtime
+(`openvino`), the check of what really runs, IO names, threads, running a batch. Which engine serves a model is the
+loader's choice."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -19,64 +19,145 @@ from app.repository import Artifact, ModelConfig, Provider
 
 log = logging.getLogger("bertserve.engine")
 
-ORT_PROVIDER: dict[Provider, str] = {
-    "cuda": "CUDAExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
+ORT_PROVIDER: dict[Provider, str] = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# OpenVINO's names for the precision a compiled model computes in, as bertserve says them.
+OPENVINO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 SessionFactory = Callable[..., Any]
 # The graph inputs the engine knows how to fill; a graph declares the first two and may declare the third.
 FED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+class Session(Protocol):
+    """An engine session as the loader, the served model and the batcher use it, whatever the runtime."""
+
+    provider: Provider
+    artifact: Artifact
+    precision: str
+    threads: int
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> np.ndarray: ...
+
+
 @functools.cache
-def openvino_device() -> tuple[Any, str]:
-    """onnxruntime's OpenVINO plugin and its CPU device: (device, precision OpenVINO runs fp32 graphs in), or
-    (None, why not). Registered once per process. The plugin lists Intel CPUs only: on AMD there is no device."""
+def openvino_core() -> tuple[Any, str | None]:
+    """OpenVINO's runtime (one per process) and None, or (None, why not). Its CPU plugin runs on every x86-64 CPU,
+    Intel and AMD alike (only onnxruntime's OpenVINO plugin limited itself to Intel)."""
     try:
-        import onnxruntime_ep_openvino as plugin
+        import openvino
     except ImportError:
-        return None, "onnxruntime-ep-openvino is not installed (it ships for Linux x86-64 only)"
-    name = plugin.get_ep_name()
-    if not any(d.ep_name == name for d in ort.get_ep_devices()):
-        try:
-            ort.register_execution_provider_library(name, plugin.get_library_path())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            return None, f"the OpenVINO plugin did not load: {str(exc).splitlines()[0]}"
-    devices = [
-        d for d in ort.get_ep_devices()
-        if d.ep_name == name and d.ep_metadata.get("ov_device") == "CPU" and "ov_meta_device" not in d.ep_metadata
-    ]
-    if not devices:
-        return None, f"the OpenVINO plugin lists no CPU device here (it supports Intel CPUs only; this one: {cpu_name()})"
-    # OpenVINO's default inference precision is bf16 where the CPU computes it natively (AMX, AVX512-BF16).
-    capabilities = devices[0].ep_metadata.get("OPTIMIZATION_CAPABILITIES", "").split()
-    return devices[0], "bf16" if "BF16" in capabilities else "fp32"
+        return None, "the openvino package is not installed (it comes with the `cpu` extra)"
+    core = openvino.Core()
+    if "CPU" not in core.available_devices:
+        return None, f"OpenVINO lists no CPU device here ({cpu_name()})"
+    return core, None
 
 
 @functools.cache
 def cpu_name() -> str:
-    """The CPU's model name and whether it has AMX, for logs, /models and benchmark reports."""
+    """The CPU's model name and whether it has AMX and AVX512-BF16, for logs, /models and benchmark reports."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown CPU"
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return f"{model}, AMX {'yes' if 'amx_bf16' in info.split() else 'no'}"
+    flags = info.split()
+    yes = {True: "yes", False: "no"}
+    return f"{model}, AMX {yes['amx_bf16' in flags]}, AVX512-BF16 {yes['avx512_bf16' in flags]}"
 
 
 def available(provider: Provider) -> str | None:
     """None when this machine can open sessions on `provider`, else why not."""
     if provider == "openvino":
-        return openvino_device()[1] if openvino_device()[0] is None else None
+        return openvino_core()[1]
     if ORT_PROVIDER[provider] not in ort.get_available_providers():
         return f"this onnxruntime build has no {ORT_PROVIDER[provider]} (install the `gpu` extra for CUDA)"
     return None
 
 
+def open_engine(model_dir: Path, config: ModelConfig, provider: Provider, artifact: Artifact | None = None,
+                threads: int = 1, openvino_precision: str = "auto", **ort_options: Any) -> Session:
+    """A session of the runtime `provider` names: OpenVINO's own for `openvino`, onnxruntime's otherwise."""
+    if provider == "openvino":
+        return OpenVinoEngine(model_dir, config, artifact, threads, openvino_precision)
+    return Engine(model_dir, config, provider, artifact, threads, **ort_options)
+
+
+def _artifact(model_dir: Path, config: ModelConfig, provider: Provider, artifact: Artifact | None) -> Artifact:
+    artifact = artifact or config.artifact_for(provider)
+    if artifact is None:
+        raise ModelLoadError(f"{model_dir}: no artifact is meant for {provider}")
+    return artifact
+
+
+def _check_io(path: Path, config: ModelConfig, input_names: set[str], n_labels: Any) -> None:
+    """Refused at load, not by a failing first request: inputs bertserve cannot feed, a label count that differs."""
+    missing = {"input_ids", "attention_mask"} - input_names
+    if missing:
+        raise ModelLoadError(f"{path}: graph lacks inputs {sorted(missing)}")
+    unknown = input_names - set(FED_INPUTS)
+    if unknown:
+        raise ModelLoadError(f"{path}: graph needs inputs {sorted(unknown)} that bertserve does not feed (it feeds "
+                             f"{', '.join(FED_INPUTS)})")
+    if isinstance(n_labels, int) and n_labels != len(config.labels):
+        raise ModelLoadError(
+            f"{path}: graph has {n_labels} outputs but bertserve.json lists {len(config.labels)} labels")
+
+
+def _feed(input_names: set[str], input_ids: np.ndarray, attention_mask: np.ndarray,
+          token_type_ids: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Only the inputs the graph declares: token_type_ids as given (pairs), else zeros; a graph without them
+    (RoBERTa, DeBERTa-v3) never gets them."""
+    feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    return feed
+
+
+class OpenVinoEngine:
+    """One OpenVINO compiled model on the CPU, read from the fp32 ONNX graph. Precision: OpenVINO's own default
+    (bf16 where the CPU computes it natively: AMX, AVX512-BF16; fp32 elsewhere) unless BERTSERVE_OPENVINO_PRECISION
+    names one; what it really computes in is read back from the compiled model (a CPU without bf16 runs fp32)."""
+
+    provider: Provider = "openvino"
+
+    def __init__(self, model_dir: Path, config: ModelConfig, artifact: Artifact | None = None, threads: int = 1,
+                 precision: str = "auto") -> None:
+        self.artifact, self.threads = _artifact(model_dir, config, "openvino", artifact), threads
+        path = model_dir / self.artifact.file
+        core, why_not = openvino_core()
+        if core is None:
+            raise ModelLoadError(f"{path}: OpenVINO cannot run here: {why_not}")
+        # One stream of `threads` cores: each session is one engine, like onnxruntime's CPU sessions.
+        cpu: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        if precision != "auto":
+            cpu["INFERENCE_PRECISION_HINT"] = precision
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", cpu)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types for a bad file
+            raise ModelLoadError(f"{path}: OpenVINO cannot load it: {str(exc).strip().splitlines()[0]}") from None
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = OPENVINO_PRECISION.get(hint, hint)
+        self.input_names = {port.any_name for port in self.compiled.inputs}
+        self.output = self.compiled.output(0)
+        shape = self.output.get_partial_shape()[-1]
+        _check_io(path, config, self.input_names, shape.get_length() if shape.is_static else None)
+        self.request = self.compiled.create_infer_request()  # one at a time: ServedModel hands a session to one thread
+
+    def __str__(self) -> str:
+        return f"openvino on {self.artifact.file} ({self.precision})"
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """Logits, float32 [batch, labels] (a copy: the request's own buffer is reused by the next call)."""
+        results = self.request.infer(_feed(self.input_names, input_ids, attention_mask, token_type_ids),
+                                     share_inputs=True)
+        return np.array(results[self.output], dtype=np.float32)
+
+
 class Engine:
-    """One inference session of `provider` on `artifact` (by default the config's first artifact for it)."""
+    """One onnxruntime session of `provider` (cpu, cuda) on `artifact` (by default the config's first for it)."""
 
     def __init__(
         self,
@@ -87,34 +168,21 @@ class Engine:
         threads: int = 1,
         session_factory: SessionFactory = ort.InferenceSession,
     ) -> None:
-        artifact = artifact or config.artifact_for(provider)
-        if artifact is None:
-            raise ModelLoadError(f"{model_dir}: no artifact is meant for {provider}")
-        self.artifact, self.provider, self.threads = artifact, provider, threads
-        self.precision = openvino_device()[1] if provider == "openvino" else artifact.precision
-        self.session = self._open(model_dir / artifact.file, provider, threads, session_factory)
+        if provider not in ORT_PROVIDER:
+            raise ModelLoadError(f"{model_dir}: onnxruntime does not serve {provider} (see app.engine.open_engine)")
+        self.artifact, self.provider, self.threads = _artifact(model_dir, config, provider, artifact), provider, threads
+        self.precision = self.artifact.precision
+        path = model_dir / self.artifact.file
+        self.session = self._open(path, provider, threads, session_factory)
         # onnxruntime falls back to CPU quietly when a provider fails to initialise: believe only get_providers().
         in_use = self.session.get_providers()[0]
         if in_use != ORT_PROVIDER[provider]:
-            raise ModelLoadError(f"{model_dir / artifact.file}: {ORT_PROVIDER[provider]} was asked for but the "
-                                 f"session runs on {in_use}")
+            raise ModelLoadError(f"{path}: {ORT_PROVIDER[provider]} was asked for but the session runs on {in_use}")
         self.use_io_binding = provider == "cuda"
         self.input_names = {i.name for i in self.session.get_inputs()}
-        missing = {"input_ids", "attention_mask"} - self.input_names
-        if missing:
-            raise ModelLoadError(f"{model_dir / artifact.file}: graph lacks inputs {sorted(missing)}")
-        unknown = self.input_names - set(FED_INPUTS)
-        if unknown:  # refused at load, not a failing run on the first request
-            raise ModelLoadError(f"{model_dir / artifact.file}: graph needs inputs {sorted(unknown)} that bertserve "
-                                 f"does not feed (it feeds {', '.join(FED_INPUTS)})")
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
-        n_labels = outputs[0].shape[-1]
-        if isinstance(n_labels, int) and n_labels != len(config.labels):
-            raise ModelLoadError(
-                f"{model_dir / artifact.file}: graph has {n_labels} outputs but bertserve.json lists "
-                f"{len(config.labels)} labels"
-            )
+        _check_io(path, config, self.input_names, outputs[0].shape[-1])
 
     @staticmethod
     def _open(path: Path, provider: Provider, threads: int, session_factory: SessionFactory) -> Any:
@@ -122,21 +190,12 @@ class Engine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if threads > 1:  # a multi-core session (the low-load one) must not spin on cores the per-core sessions need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = [ORT_PROVIDER[provider]] + ([ORT_PROVIDER["cpu"]] if provider == "cuda" else [])
         try:
-            if provider == "openvino":
-                device, why_not = openvino_device()
-                if device is None:
-                    raise ModelLoadError(f"{path}: OpenVINO cannot run here: {why_not}")
-                # The plugin ignores its plain thread and precision options: they go through load_config. One
-                # stream, so that each session is one engine of `threads` cores, like onnxruntime's CPU sessions.
-                cpu = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"}
-                options.add_provider_for_devices([device], {"load_config": json.dumps({"CPU": cpu})})
-                return session_factory(str(path), sess_options=options)
             return session_factory(str(path), sess_options=options, providers=providers)
-        except ModelLoadError:
-            raise
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
             raise ModelLoadError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
 
@@ -146,11 +205,8 @@ class Engine:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
             token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """Logits, float32 [batch, labels]. Only the inputs the graph declares are fed: token_type_ids as given
-        (pairs), else zeros; a graph without them (RoBERTa, DeBERTa-v3) never gets them."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        """Logits, float32 [batch, labels]."""
+        feed = _feed(self.input_names, input_ids, attention_mask, token_type_ids)
         if self.use_io_binding:
             return self._run_bound(feed)
         (logits,) = self.session.run([self.output_name], feed)
@@ -169,7 +225,7 @@ class Engine:
         return binding.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
 
-def _time_batch(engine: Engine, batch: int, length: int, sample_ids: list[int], repeats: int) -> float:
+def _time_batch(engine: Session, batch: int, length: int, sample_ids: list[int], repeats: int) -> float:
     """Best-of-N seconds for one engine call on a batch x length block of real token ids."""
     row = np.resize(np.asarray(sample_ids, dtype=np.int64), length)
     ids = np.tile(row, (batch, 1))
@@ -184,7 +240,8 @@ def _time_batch(engine: Engine, batch: int, length: int, sample_ids: list[int], 
 
 
 def autotune(
-    engine: Engine, sample_ids: list[int], max_length: int, max_batch_size: int, max_batch_tokens: int, budget_s: float,
+    engine: Session, sample_ids: list[int], max_length: int, max_batch_size: int, max_batch_tokens: int,
+    budget_s: float,
 ) -> dict[str, Any]:
     """Pick batch caps from measured engine speed instead of constants.
 

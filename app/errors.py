@@ -1,4 +1,5 @@
-"""The closed set of errors the service reports to clients. The HTTP status of each kind lives in app.api.errors."""
+"""The closed set of errors the service reports to clients. The HTTP status of each kind lives in app.api.errors.
+(A missing or wrong key is answered by app.api.security itself, kinds "unauthorized" and "forbidden".)"""
 
 from __future__ import annotations
 
@@ -19,16 +20,6 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     kind = "validation"
-
-
-class Unauthorized(ServiceError):
-    kind = "unauthorized"
-
-
-class Forbidden(ServiceError):
-    """A valid key that lacks the role the route needs (a client key on an admin route)."""
-
-    kind = "forbidden"
 
 
 class PayloadTooLarge(ServiceError):

@@ -29,6 +29,9 @@ log = logging.getLogger("bertserve.inference")
 # The version that answers the current request ("" until one is chosen), for the request metrics' version label
 # (app.api.transport.tracked reads it: the request's task runs classify, so the value is seen there).
 answered_by: contextvars.ContextVar[str] = contextvars.ContextVar("answered_by", default="")
+# What the current request ran, for its trace (app.tracing reads it the same way): the number of texts, and the
+# (row, timing) of each sequence its version's batcher answered.
+ran: contextvars.ContextVar[tuple[int, list]] = contextvars.ContextVar("ran", default=(0, []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +65,26 @@ class Inference:
         function: ScoreFunction | None = None,
         timeout_s: float,
         routing_key: str | None = None,
+        max_inputs: int | None = None,
+        accept: Callable[[ServedModel], None] | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
         """Scores [len(texts), labels] in label order (each input a text or a pair: only the tokenizer looks
         inside), from the model version the router picks (the one named,
         else by the model's traffic weights, placed by `routing_key` when given): its head's function (app.scores,
         the text-classification pipeline's rule), or `function` when asked. Metrics and the shadow comparison
-        always use the head's own scores."""
-        if len(texts) > self.settings.max_client_batch_size:
-            raise InvalidInput(
-                f"{len(texts)} inputs in one request; the limit is {self.settings.max_client_batch_size}"
-            )
-        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key)
+        always use the head's own scores. `max_inputs` replaces BERTSERVE_MAX_CLIENT_BATCH_SIZE for a caller with
+        its own limit (reranking); `accept` may refuse the chosen version before anything is queued."""
+        limit = max_inputs or self.settings.max_client_batch_size
+        if len(texts) > limit:
+            raise InvalidInput(f"{len(texts)} inputs in one request; the limit is {limit}")
+
+        async def accepted(served: ServedModel) -> list[TextInput]:
+            accept(served)
+            return texts
+
+        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key,
+                                       prepare=None if accept is None else accepted)
+        ran.set((len(texts), rows))
         logits = np.stack([row for row, _ in rows])
         head = served.head
         scores = head.scores(logits)
@@ -119,6 +131,7 @@ class Inference:
             return sequences
 
         served, rows = await self._run([], model, version, True, timeout_s, routing_key, prepare=variants)
+        ran.set((len(texts), rows))
         probabilities = served.head.scores(np.stack([row for row, _ in rows]))
         answers, first = [], 0
         for read, found in parts:

@@ -1,18 +1,22 @@
-"""The loader: a version folder in, a warmed ServedModel on the fastest correct engine of this machine out.
+"""The loader: a version folder in, a warmed ServedModel out, on the fastest correct engine of this machine (or the
+most faithful one within the fidelity margin).
 Blocking: the registry (app.service) runs it in a thread.
 
 Which engine serves is measured here, never assumed (the machine may be an Intel CPU with AMX, one without, an
 AMD CPU, or a GPU):
 1. Candidates, by BERTSERVE_PROVIDER. `auto`: onnxruntime's CPU provider on its preferred CPU artifact that passes
-   the gate (INT8 when published, else fp32) and onnxruntime's OpenVINO provider on the fp32 artifact; where
-   onnxruntime has CUDA, CUDA on each CUDA artifact (fp16, fp32) first, the CPU ones only if none of those passes. A provider this machine lacks is
-   skipped with the reason (OpenVINO lists no device on AMD CPUs).
+   the gate (INT8 when published, else fp32) and OpenVINO's own runtime on the fp32 artifact (Intel and AMD alike);
+   where onnxruntime has CUDA, CUDA on each CUDA artifact (fp16, fp32) first, the CPU ones only if none of those
+   passes. A provider this machine lacks is skipped with the reason.
 2. Each candidate opens with the layout it would serve with, warms up, then runs the version's golden texts in
    length-sorted batches on all its sessions at once. That one pass is the proof (agreement and largest
    probability difference against the fp32 PyTorch reference, within the version's gate) and the timing.
-3. The fastest candidate that passes serves; a failing one is named in a warning with its figures. Versions
-   exported without golden outputs still load: the gate is skipped (log, /models) and synthetic texts time them.
-4. The batch caps are autotuned on the chosen engine.
+3. Among the candidates that pass, `pick` chooses by BERTSERVE_FIDELITY_MARGIN: the most faithful to the golden
+   outputs if its rate is within that fraction of the fastest one's, else the fastest; a failing one is named in a
+   warning with its figures. Versions exported without golden outputs still load: the gate is skipped (log,
+   /models), synthetic texts time them and the fastest serves.
+4. The batch caps are autotuned on the chosen engine. A model served by per-core onnxruntime CPU sessions gets one
+   more session on all those cores, for a batch that runs alone (the low-load path, app.batching).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from app.engine import ORT_PROVIDER, Engine, autotune, available, cpu_name
+from app.engine import ORT_PROVIDER, Session, autotune, available, cpu_name, open_engine
 from app.errors import ModelLoadError
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, Provider, read_config, read_golden
 from app.served import ServedModel
@@ -94,7 +98,8 @@ def score_texts(model: ServedModel, texts: list[str], batch_size: int,
     logits = np.zeros((len(texts), len(model.config.labels)), dtype=np.float32)
 
     def run(batch: list[int]) -> None:
-        logits[batch] = model.infer([encoded[i].ids for i in batch])
+        types = [encoded[i].type_ids for i in batch]  # pairs (golden pairs, lifecycle): their type ids, as served
+        logits[batch] = model.infer([encoded[i].ids for i in batch], types if any(types) else None)
         if on_batch:
             on_batch()
 
@@ -107,13 +112,18 @@ def open_candidate(name: str, version: int, path: Path, config: ModelConfig, tok
                    provider: Provider, artifact: Artifact, settings: Settings, **engine_options: Any) -> ServedModel:
     """The candidate with its serving layout, warmed up: the first runs allocate and pick kernels."""
     sessions, threads = settings.engine_layout(provider)
-    engines = [Engine(path, config, provider, artifact, threads, **engine_options) for _ in range(sessions)]
-    model = ServedModel(name, version, path, config, tokenizer, engines)
-    sample = tokenizer.encode(["warm-up", "a longer warm-up sentence " * 64])
+    engines = [open_engine(path, config, provider, artifact, threads, settings.openvino_precision, **engine_options)
+               for _ in range(sessions)]
     for engine in engines:
-        for _ in range(2):
-            engine.run(*pad([e.ids for e in sample], tokenizer.pad_id))
-    return model
+        warm(engine, tokenizer)
+    return ServedModel(name, version, path, config, tokenizer, engines)
+
+
+def warm(engine: Session, tokenizer: TextTokenizer) -> None:
+    """The first runs allocate and pick kernels: done before timing or serving."""
+    sample = tokenizer.encode(["warm-up", "a longer warm-up sentence " * 64])
+    for _ in range(2):
+        engine.run(*pad([e.ids for e in sample], tokenizer.pad_id))
 
 
 def prove(model: ServedModel, golden: Golden | None) -> dict[str, Any]:
@@ -135,13 +145,35 @@ def prove(model: ServedModel, golden: Golden | None) -> dict[str, Any]:
     return trial | {"passed": why is None, "why": why}
 
 
+def fidelity(trial: dict[str, Any]) -> tuple[float, float]:
+    """How faithful a candidate is to the golden outputs, larger is better: its agreement, then its mean score
+    difference (ties among fp32 engines). Without golden outputs every candidate is equally unknown."""
+    return trial.get("agreement", 0.0), -trial.get("mean_prob_diff", 0.0)
+
+
+def pick(trials: list[dict[str, Any]], margin: float) -> tuple[int, str]:
+    """Which passing candidate serves (its index) and by what rule. Pure: over each one's fidelity and measured rate
+    (`sequences_per_s`). The most faithful serves if its rate is within `margin` of the fastest one's (1: always,
+    0: only as fast), else the fastest."""
+    rate = [t["sequences_per_s"] for t in trials]
+    fastest = max(range(len(trials)), key=lambda i: rate[i])
+    faithful = max(range(len(trials)), key=lambda i: (fidelity(trials[i]), rate[i]))
+    if faithful == fastest:
+        return fastest, "fastest" + (" and most faithful" if len(trials) > 1 else "")
+    slower = 1 - rate[faithful] / rate[fastest]
+    if rate[faithful] >= (1 - margin) * rate[fastest]:
+        return faithful, f"most faithful, {slower:.1%} slower than the fastest, within the fidelity margin {margin}"
+    return fastest, f"fastest: the most faithful is {slower:.1%} slower, beyond the fidelity margin {margin}"
+
+
 def choose_engine(name: str, version: int, path: Path, config: ModelConfig, tokenizer: TextTokenizer,
                   golden: Golden | None, settings: Settings, **engine_options: Any) -> ServedModel:
-    """Open, prove and time every candidate; keep the fastest that passes (see the module docstring)."""
+    """Open, prove and time every candidate; keep the one `pick` chooses among those that pass (see the module
+    docstring); the others are dropped."""
     groups, skipped = candidate_groups(settings.provider, config.artifacts_for)
     trials: list[dict[str, Any]] = []
     for group in groups:
-        passing: list[tuple[float, ServedModel]] = []
+        passing: list[tuple[dict[str, Any], ServedModel]] = []
         for provider, artifact in group:
             if provider in FIRST_PASSING_ONLY and any(m.engine.provider == provider for _, m in passing):
                 continue
@@ -156,7 +188,7 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
             trial = prove(model, golden)
             trials.append(trial)
             if trial["passed"]:
-                passing.append((trial["sequences_per_s"], model))
+                passing.append((trial, model))
                 log.info("model %s version %d: candidate %s: %.1f sequences/s, gate %s", name, version,
                          model.engine, trial["sequences_per_s"],
                          _gate_figures(trial) if golden else "skipped (no golden outputs)")
@@ -164,12 +196,13 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
                 log.warning("model %s version %d: %s fails the golden gate (%s) and will not serve; %s",
                             name, version, model.engine, trial["why"], _gate_figures(trial))
         if passing:
-            _, chosen = max(passing, key=lambda pair: pair[0])
+            index, rule = pick([trial for trial, _ in passing], settings.fidelity_margin)
+            chosen_trial, chosen = passing[index]
             for trial in trials:
-                trial["chosen"] = (trial.get("provider"), trial.get("artifact")) == (
-                    chosen.engine.provider, chosen.engine.artifact.file)
+                trial["chosen"] = trial is chosen_trial
             chosen.engine_choice = {
                 "setting": settings.provider, "cpu": cpu_name(), "candidates": trials, "skipped": skipped,
+                "rule": rule, "fidelity_margin": settings.fidelity_margin,
                 "gate": {"texts": len(golden.texts), "min_agreement": golden.min_agreement,
                          "max_prob_diff": golden.max_prob_diff} if golden else "skipped: no golden outputs",
             }
@@ -195,6 +228,10 @@ def load_model(name: str, version: int, path: Path, settings: Settings, **engine
         log.warning("model %s version %d has no golden outputs (golden.json): engines serve unproven; re-export "
                     "it with `bertserve export` to add them", name, version)
     model = choose_engine(name, version, path, config, tokenizer, golden, settings, **engine_options)
+    engine, sessions = model.engine, len(model.engines)
+    if engine.provider == "cpu" and sessions > 1:  # the low-load path (app.batching): a lone batch on every core
+        model.wide = open_engine(path, config, "cpu", engine.artifact, sessions * engine.threads, **engine_options)
+        warm(model.wide, tokenizer)
     max_size, max_tokens, max_padding = batch_bounds(settings, model.engine.provider)
     choice: dict[str, Any] = {"max_batch_size": max_size, "max_batch_tokens": max_tokens}
     if settings.batch_autotune:

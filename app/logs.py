@@ -39,6 +39,8 @@ class JsonFormatter(logging.Formatter):
         }
         if getattr(record, "request_id", None):
             entry["request_id"] = record.request_id
+        if getattr(record, "trace_id", None):  # the access-log line of a traced request (app.tracing)
+            entry["trace_id"] = record.trace_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

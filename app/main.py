@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__, metrics, shutdown
-from app.api import errors, explain, http_limits, operations, predict, v2
+from app import __version__, metrics, shutdown, tracing
+from app.api import errors, explain, http_limits, operations, predict, rerank, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
@@ -31,7 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         metrics.forget_dead_workers()
-        shutdown.install(service, settings.drain_timeout_s)  # SIGTERM: stop listening, answer all, close
+        tracing.setup()  # from the OTEL_* variables; with none, nothing is set up
+        servers = []
+        if settings.grpc_port:  # imported only here: its stubs cannot share a process with tritonclient.grpc's
+            from app.api.grpc import server as grpc_server
+
+            servers.append(await grpc_server.start(service, settings, keys))
+        shutdown.install(service, settings.drain_timeout_s, servers)  # SIGTERM: stop listening, answer all, close
         # Models load after start-up so liveness answers at once and readiness says "loading" meanwhile.
         background = [asyncio.create_task(service.load_all())]
         if settings.poll_interval_s:
@@ -42,7 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            for server in servers:  # already stopped after a drain; else its calls are cancelled now
+                await server.stop(None)
             await service.close()
+            await asyncio.to_thread(tracing.shutdown)  # exports the spans still buffered
             metrics.mark_worker_dead(os.getpid())
 
     app = FastAPI(
@@ -60,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each protocol's routes go straight into the app's table, /predict's first: Starlette tries routes in order,
     # and FastAPI resolves an included router's routes per request through its include layers (measured: 6 % of
     # the event loop's CPU per prediction). Their prefixes and tags are already in their routes; none has dependencies.
-    routers = [predict.router, v2.router, explain.router, operations.router]
+    routers = [predict.router, v2.router, explain.router, rerank.router, operations.router]
     if keys.admin_served:
         routers.append(operations.admin_router)
     app.router.routes[:0] = [route for router in routers for route in router.routes]

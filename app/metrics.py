@@ -27,17 +27,25 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # `version` on request metrics: the version that answered (closed set: versions loaded by this process); "" for a
 # request that ended before a version was chosen (validation, unknown model or version, draining).
-REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model, version and HTTP status.",
-                   ["model", "version", "status"])
+# protocol: "http" or "grpc"; a gRPC call's status is the HTTP status of the same outcome (NOT_FOUND: 404, ...)
+REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model, version, HTTP status and protocol "
+                   "(http, grpc).", ["model", "version", "status", "protocol"])
 REQUEST_DURATION = Histogram(
     "bertserve_request_duration_seconds", "Whole prediction request, admission to answer.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 EXPLANATIONS = Counter("bertserve_explanations", "Explanation requests answered (/explain, V1 :explain), by model, "
-                       "version and HTTP status; not in bertserve_requests_total.", ["model", "version", "status"])
+                       "version, HTTP status and protocol; not in bertserve_requests_total.",
+                       ["model", "version", "status", "protocol"])
 EXPLANATION_DURATION = Histogram(
     "bertserve_explanation_duration_seconds", "Whole explanation request, admission to answer.", ["model", "version"],
     buckets=LATENCY_BUCKETS,
+)
+RERANK_DOCUMENTS = Counter(
+    "bertserve_rerank_documents", "Documents of answered rerank requests (also counted in bertserve_requests_total), "
+    "by model, version, route (/rerank, /v1/rerank, /v2/rerank) and kind: scored (sent to the engine) or duplicate "
+    "(the same text again in one request: answered with its score, not scored again).",
+    ["model", "version", "route", "kind"],
 )
 TOKENIZATION_DURATION = Histogram(
     "bertserve_request_tokenization_duration_seconds", "Tokenization of the batch a request was in.",

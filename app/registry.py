@@ -407,7 +407,8 @@ def _chosen_over(model: ServedModel) -> str:
     ]
     others += [f"{s['provider']}: {s['why']}" for s in model.engine_choice.get("skipped", [])]
     chosen = next((t for t in model.engine_choice.get("candidates", []) if t.get("chosen")), {})
-    return f"{chosen.get('sequences_per_s')} seq/s measured, chosen over [{'; '.join(others) or 'none'}]"
+    rule = model.engine_choice.get("rule", "fastest")  # app.loader.pick: fastest, or most faithful within the margin
+    return f"{chosen.get('sequences_per_s')} seq/s measured, chosen as {rule} over [{'; '.join(others) or 'none'}]"
 
 
 def _batch_observer(name: str):

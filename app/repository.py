@@ -104,7 +104,8 @@ class Golden(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    texts: list[str] = Field(min_length=1)
+    # A pair model's golden inputs are pairs: ["text", "text_pair"] in JSON, a tuple here (app.tokenizer.TextInput).
+    texts: list[str | tuple[str, str]] = Field(min_length=1)
     probabilities: list[list[float]] = Field(
         description="The head's scores of the fp32 PyTorch model (bertserve.json's function), one row per text.")
     min_agreement: float = Field(ge=0, le=1, description="Least share of decisions equal to the reference.")

@@ -13,7 +13,7 @@ import numpy as np
 
 from app import metrics
 from app.batching import Batcher, Timing
-from app.engine import Engine
+from app.engine import Session
 from app.repository import ModelConfig
 from app.scores import Head
 from app.tokenizer import Encoded, TextInput, TextTokenizer, pad, pad_types
@@ -89,10 +89,13 @@ class ServedModel:
     path: Path
     config: ModelConfig
     tokenizer: TextTokenizer
-    engines: list[Engine]
+    engines: list[Session]  # onnxruntime or OpenVINO (app.engine.open_engine)
     batcher: Batcher | None = None
     batch_choice: dict[str, Any] = field(default_factory=dict)
     engine_choice: dict[str, Any] = field(default_factory=dict)  # every candidate measured, and the gate
+    # One session on all the worker's cores beside the per-core ones: the batcher runs a batch on it when that batch
+    # would run alone (low load), where one core would leave the others idle. None: the sessions already use all.
+    wide: Session | None = None
     _idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def __post_init__(self) -> None:
@@ -107,7 +110,7 @@ class ServedModel:
         return ShadowRecord(self.name, self.version)
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> Session:
         return self.engines[0]
 
     @property
@@ -117,11 +120,15 @@ class ServedModel:
     def encode(self, texts: list[TextInput]) -> list[Encoded]:
         return self.tokenizer.encode(texts)
 
-    def infer(self, sequences: list[list[int]], type_ids: list[list[int] | None] | None = None) -> np.ndarray:
-        """Run on an idle session; the batcher never runs more batches at once than there are sessions. type_ids:
-        per row, when some row has any (a pair); else all zero."""
+    def infer(self, sequences: list[list[int]], type_ids: list[list[int] | None] | None = None,
+              wide: bool = False) -> np.ndarray:
+        """Run on an idle session, or on the wide one when the batcher says the batch runs alone (it never runs more
+        batches at once than there are sessions, nor any beside the wide one). type_ids: per row, when some row
+        has any (a pair); else all zero."""
         input_ids, attention_mask = pad(sequences, self.tokenizer.pad_id)
         token_type_ids = None if type_ids is None else pad_types(type_ids, input_ids.shape[1])
+        if wide:
+            return self.wide.run(input_ids, attention_mask, token_type_ids)
         engine = self._idle.get()
         try:
             return engine.run(input_ids, attention_mask, token_type_ids)
@@ -140,6 +147,8 @@ class ServedModel:
             "quantization": self.engine.artifact.numerics,
             "sessions": len(self.engines),
             "intra_op_threads": self.engine.threads,
+            "wide_session_threads": self.wide.threads if self.wide else None,  # the low-load path
+            "batches": dict(self.batcher.batches) if self.batcher else None,  # this worker's, per path
             "engine": self.engine_choice,
             "batching": self.batch_choice,
             "report": self.config.report,

@@ -1,14 +1,23 @@
-"""The service: what every transport holds (KServe's DataPlane). It wires the three rooms of the serving core —
-the registry (app.registry: versions, their states, loading, draining, readiness), the router (app.router: which
-version answers) and the inference core (app.inference: one classification request) — and offers transports
-their operations. Transports never touch a registry slot."""
+"""The service: what every transport holds. It wires the three rooms of the serving core — the registry
+(app.registry: versions, their states, loading, draining, readiness), the router (app.router: which version
+answers) and the inference core (app.inference: one classification request) — and offers transports their
+operations, each a method that hands over to the room that owns it. Transports never touch a registry slot; the
+protocols' own rules (readiness, metadata, versions as KServe V2 states them) are in app.protocol."""
 
 from __future__ import annotations
 
-from app.inference import Inference
-from app.registry import Registry
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from app.inference import Explanation, Inference
+from app.registry import Registry, State
 from app.router import Router
+from app.scores import ScoreFunction
+from app.served import ServedModel
 from app.settings import Settings
+from app.tokenizer import TextInput
 
 
 class Service:
@@ -17,23 +26,90 @@ class Service:
         self.router = Router(settings.default_model)
         self.registry = Registry(settings, self.router)
         self.inference = Inference(settings, self.registry, self.router)
-        # The operations transports call, from the room that owns each.
-        self.classify = self.inference.classify
-        self.explain = self.inference.explain
-        self.explain_many = self.inference.explain_many
-        self.timeout_s = self.inference.timeout_s
-        self.resolve = self.router.resolve
-        self.default_version = self.router.default_version
-        self.metric_label = self.router.metric_label
-        self.readiness = self.registry.readiness
-        self.list_models = self.registry.list_models
-        self.version_states = self.registry.version_states
-        self.admin_load = self.registry.admin_load
-        self.admin_unload = self.registry.admin_unload
-        self.load_all = self.registry.load_all
-        self.poll = self.registry.poll
-        self.stop_admitting = self.registry.stop_admitting
-        self.drain = self.registry.drain
+
+    # ---- inference (app.inference) ----
+
+    async def classify(
+        self, texts: list[TextInput], *, model: str | None = None, version: int | None = None, truncate: bool = True,
+        function: ScoreFunction | None = None, timeout_s: float, routing_key: str | None = None,
+        max_inputs: int | None = None, accept: Callable[[ServedModel], None] | None = None,
+    ) -> tuple[ServedModel, np.ndarray]:
+        """The version that answered and the scores [len(texts), labels] (Inference.classify)."""
+        return await self.inference.classify(
+            texts, model=model, version=version, truncate=truncate, function=function, timeout_s=timeout_s,
+            routing_key=routing_key, max_inputs=max_inputs, accept=accept,
+        )
+
+    async def explain(self, text: str, **options: Any) -> Explanation:
+        """One text's explanation (explain_many's options)."""
+        return await self.inference.explain(text, **options)
+
+    async def explain_many(
+        self, texts: list[str], *, model: str | None = None, version: int | None = None, truncate: bool = True,
+        target: str | None = None, max_features: int, timeout_s: float, routing_key: str | None = None,
+    ) -> list[Explanation]:
+        """Each text's prediction and word weights, as one batcher submission (Inference.explain_many)."""
+        return await self.inference.explain_many(
+            texts, model=model, version=version, truncate=truncate, target=target, max_features=max_features,
+            timeout_s=timeout_s, routing_key=routing_key,
+        )
+
+    def timeout_s(self, asked_ms: float | None) -> float:
+        """The request's deadline in seconds: what it asked for (or the default), within the server's bound."""
+        return self.inference.timeout_s(asked_ms)
+
+    # ---- routing (app.router) ----
+
+    def resolve(self, name: str | None, version: int | None = None, routing_key: str | None = None) -> ServedModel:
+        """The ready version that would answer (ModelNotFound or NotReady when none would)."""
+        return self.router.resolve(name, version, routing_key)
+
+    def answers_unnamed(self, name: str) -> bool:
+        """Whether requests naming no version of the model are answered: it has a table in force with a ready
+        version."""
+        return name in self.router.served
+
+    def metric_label(self, name: str | None) -> str:
+        """The model label of request metrics: a known model's name or "unknown" (a closed set)."""
+        return self.router.metric_label(name)
+
+    # ---- versions, readiness, admin, lifecycle (app.registry) ----
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the server is ready, and each model's state and short cause codes (no paths, no contents)."""
+        return self.registry.readiness()
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """One entry per version, with its state, quality reports and the model's traffic table."""
+        return self.registry.list_models()
+
+    def version_states(self, name: str) -> dict[int, State]:
+        """Every version the registry has of a model and its state, or ModelNotFound."""
+        return self.registry.version_states(name)
+
+    async def admin_load(self, name: str) -> None:
+        """Load (or reload) the model's versions in this worker."""
+        await self.registry.admin_load(name)
+
+    async def admin_unload(self, name: str) -> None:
+        """Drain and unload the model's versions in this worker."""
+        await self.registry.admin_unload(name)
+
+    async def load_all(self) -> None:
+        """Load every version the repository asks for (at start)."""
+        await self.registry.load_all()
+
+    async def poll(self) -> None:
+        """Follow the repository: scan it every BERTSERVE_POLL_INTERVAL_S (runs until cancelled)."""
+        await self.registry.poll()
+
+    def stop_admitting(self) -> None:
+        """From now on new work is refused (503) and readiness fails."""
+        self.registry.stop_admitting()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new work, wait (at most timeout_s) for what was accepted; the sequences still unanswered."""
+        return await self.registry.drain(timeout_s)
 
     async def close(self) -> None:
         """Cancel the shadow comparisons still running, then stop every batcher."""

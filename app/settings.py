@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     # --- server ---
     host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside containers).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    grpc_port: int = Field(
+        8081, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC "
+        "(inference.GRPCInferenceService, as KServe's and Triton's); 0: no gRPC. Same keys, TLS and models as HTTP.",
+    )
     workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads every model.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field(
@@ -45,9 +49,19 @@ class Settings(BaseSettings):
         "Versions given a traffic weight or named as shadow in serving.json load besides them: they lift the cap.",
     )
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
-        "auto", description="auto: the fastest engine that passes the golden gate, measured at load (CUDA first "
-        "where onnxruntime has it; on CPU, onnxruntime's CPU provider on the INT8 artifact or its OpenVINO provider "
-        "on the fp32 one); cpu, openvino, cuda: that one only, or the model fails to load with the reason.",
+        "auto", description="auto: among the engines that pass the golden gate, measured at load, the fastest or a "
+        "more faithful one within BERTSERVE_FIDELITY_MARGIN (CUDA first where onnxruntime has it; on CPU, "
+        "onnxruntime's CPU provider on the INT8 artifact and OpenVINO's own runtime on the fp32 one); cpu, openvino, "
+        "cuda: that one only, or the model fails to load with the reason.",
+    )
+    fidelity_margin: float = Field(
+        0.05, ge=0, le=1, description="Among engines that pass the golden gate, the one most faithful to the golden "
+        "outputs serves if its measured rate is within this fraction of the fastest one's; 1: always the most "
+        "faithful, 0: always the fastest.",
+    )
+    openvino_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto", description="Precision OpenVINO computes fp32 graphs in; auto: OpenVINO's own default (bf16 where the "
+        "CPU has AMX or AVX512-BF16, else f32). A CPU without bf16 runs f32 whatever is asked; /models says which ran.",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="Intra-op threads per session; 0 = the worker's cores / sessions (OpenVINO: all of them)."
@@ -78,6 +92,11 @@ class Settings(BaseSettings):
         512, ge=1, description="Limit on queued + running sequences per model and worker; past it: 429."
     )
     max_client_batch_size: int = Field(32, ge=1, description="Most inputs accepted in one request.")
+    max_rerank_documents: int = Field(
+        512, ge=1, description="Most documents in one rerank request (/rerank, /v1/rerank, /v2/rerank), in place "
+        "of BERTSERVE_MAX_CLIENT_BATCH_SIZE; past it: 422. Its distinct documents must also fit "
+        "BERTSERVE_MAX_QUEUE_SIZE (else 422: it could never be queued).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; past it: 413.")
     request_timeout_ms: int = Field(
         30_000, ge=1, description="Per-request deadline: past it the work is dropped and the answer is 504."

@@ -21,7 +21,11 @@ SIGTERM, in this order:
    JSON, `Connection: close`: app.api.middleware) and whatever remains is closed.
 
 Multi-worker servers share one listening socket (uvicorn's supervisor holds it): each worker stops accepting
-and drains as above, but the socket filter is not used there (a SIGHUP restart reuses the socket)."""
+and drains as above, but the socket filter is not used there (a SIGHUP restart reuses the socket).
+
+The gRPC server (app.api.grpc.server) drains alongside: from step 1 a new call is held; after step 3 the server
+sends GOAWAY, the held calls are refused UNAVAILABLE (as the service refuses new work while draining) and the
+server stops, within the same bound."""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import socket
 import struct
 import sys
 import termios
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("bertserve")
@@ -90,9 +95,10 @@ class GracefulShutdown:
     """Installed by the app's lifespan, inside the uvicorn worker: takes SIGTERM from uvicorn's handler, runs
     the steps above, then hands over to it."""
 
-    def __init__(self, service: Any, timeout_s: float) -> None:
+    def __init__(self, service: Any, timeout_s: float, servers: Sequence[Any] = ()) -> None:
         self.service = service
         self.timeout_s = timeout_s
+        self.servers = servers  # other listeners (gRPC, `await stop(grace_s)`) that stop and drain with HTTP
         self.idle_grace_s = min(1.0, timeout_s / 4)
         self.uvicorn_handler = signal.getsignal(signal.SIGTERM)
         server = getattr(self.uvicorn_handler, "__self__", None)
@@ -127,6 +133,8 @@ class GracefulShutdown:
             if self.server is not None:
                 await self.stop_listening(min(deadline, start + 1.0))
             left = await self.service.drain(max(0.0, deadline - self.loop.time()))
+            for other in self.servers:  # gRPC: GOAWAY, then the calls held since SIGTERM are refused
+                await other.stop(max(0.0, deadline - self.loop.time()))
             if left:  # uvicorn then cancels their requests, which are answered 503 (app.api.middleware)
                 log.warning("drain bound (BERTSERVE_DRAIN_TIMEOUT_S=%.1f s) reached with %d sequence(s) unanswered; "
                             "their requests are answered 503", self.timeout_s, left)
@@ -176,11 +184,11 @@ class GracefulShutdown:
                 connection.shutdown()
 
 
-def install(service: Any, timeout_s: float) -> None:
+def install(service: Any, timeout_s: float, servers: Sequence[Any] = ()) -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():  # signals are the main thread's (uvicorn: same)
-        GracefulShutdown(service, timeout_s).install()
+        GracefulShutdown(service, timeout_s, servers).install()
 
 
 def exit_zero_after_uvicorn() -> None:

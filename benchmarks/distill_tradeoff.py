@@ -160,7 +160,8 @@ def main() -> None:
         write_docs(result, Path(args.docs))
         return
 
-    from app.lifecycle.distill import side_by_side
+    from app.lifecycle.speed import side_by_side
+    from app.settings import Settings
     from app.lifecycle.data import demo_split
 
     repository, work, docs = Path(args.model_repository), Path(args.work), Path(args.docs)
@@ -182,7 +183,7 @@ def main() -> None:
         folder = students / NAME / str(row["layers"])
         models[f"{row['layers']} layers"] = (folder, read_config(folder))
     print(f"\n=== timing all {len(models)} models side by side ({args.rounds} rounds) ===", flush=True)
-    speed = side_by_side(models, texts, args.rounds)
+    speed = side_by_side(models, texts, Settings(), args.rounds)  # the serving layout of BERTSERVE_* variables
     result = {"date": time.strftime("%Y-%m-%d"), "epochs": args.epochs, "rows": rows, "speed": speed}
     docs.mkdir(exist_ok=True)
     (docs / "distill.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -3,12 +3,15 @@
 `RawModel` wraps app.repository.read_config + app.engine.Engine + app.tokenizer.TextTokenizer + app.tokenizer.pad,
 i.e. exactly what a worker's inference path does minus HTTP and the batcher. `SingleThreadPool` keeps N
 processes, each with its own 1-thread session, alive across rounds (started once, idle between rounds) for the
-"N processes x 1 thread" configurations.
+"N processes x 1 thread" configurations. `python -m benchmarks.raw` compares the engines side by side (`compare`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing as mp
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,15 +46,17 @@ def engine_of(label: str) -> str:
 
 
 class RawModel:
-    def __init__(self, version_dir: Path, threads: int, provider: str = "cpu") -> None:
-        from app.engine import Engine
+    def __init__(self, version_dir: Path, threads: int, provider: str = "cpu", artifact: str | None = None,
+                 openvino_precision: str = "auto") -> None:
+        from app.engine import open_engine
         from app.repository import TOKENIZER_FILE, read_config
         from app.tokenizer import TextTokenizer, pad
 
         self.threads = threads
         self.config = read_config(version_dir)
         self.tokenizer = TextTokenizer(version_dir / TOKENIZER_FILE, self.config.max_length)
-        self.engine = Engine(version_dir, self.config, provider, threads=threads)
+        chosen = next((a for a in self.config.artifacts if a.file == artifact), None)
+        self.engine = open_engine(version_dir, self.config, provider, chosen, threads, openvino_precision)
         self._pad = pad
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
@@ -167,3 +172,75 @@ def summarize_call(result: dict, batch: int) -> dict:
         out["p50_ms"] = percentile(lat, 50) * 1000
         out["p99_ms"] = percentile(lat, 99) * 1000
     return out
+
+
+# ---- engines side by side: python -m benchmarks.raw [--model DIR] ----
+
+# (label, provider, artifact file)
+ENGINES = [
+    ("onnxruntime CPU INT8", "cpu", "model.int8.onnx"),
+    ("onnxruntime CPU fp32", "cpu", "model.onnx"),
+    ("OpenVINO (native), fp32 graph", "openvino", "model.onnx"),
+]
+
+
+def compare(version_dir: Path, threads: Sequence[int], batch: int, seconds: float, rounds: int,
+            singles: int = 64) -> dict:
+    """Each engine on the version's golden texts (real reviews for the demo), tokenization included: raw
+    sequences/s in length-sorted batches of `batch`, batch-1 p50 over `singles` texts, at each thread count; decisions
+    equal to the golden fp32 ones. Rounds alternate between the engines so that a shared machine's noise falls
+    on all of them alike; the best round of each is kept. `seq_per_cpu_s`: sequences per second of the process's
+    CPU time, which a shared machine disturbs far less than wall time (comparable between 1-thread engines; spinning
+    pool threads inflate it at more threads)."""
+    import numpy as np
+
+    from app.engine import cpu_name
+    from app.repository import read_golden
+
+    golden = read_golden(version_dir, len(RawModel(version_dir, 1).config.labels))
+    if golden is None:
+        raise SystemExit(f"{version_dir}: no golden.json: nothing to measure agreement on")
+    texts = list(golden.texts)
+    reference = np.asarray(golden.probabilities).argmax(1)
+    models = {(label, t): RawModel(version_dir, t, provider, artifact)
+              for label, provider, artifact in ENGINES for t in threads}
+    lengths = next(iter(models.values())).lengths(texts)
+    sorted_plan, single = batch_plan(lengths, batch, "sorted"), [[i] for i in range(len(texts))]
+    out: dict = {"cpu": cpu_name(), "texts": len(texts), "batch": batch, "rounds": rounds, "engines": {}}
+    for (label, t), model in models.items():
+        model.warm(texts)
+        logits = np.concatenate([model.run([texts[i] for i in b]) for b in sorted_plan])
+        order = [i for b in sorted_plan for i in b]
+        agreement = float((logits.argmax(1) == reference[order]).mean())
+        out["engines"][f"{label}, {t} thread(s)"] = {"precision": model.engine.precision,
+                                                    "agreement": round(agreement, 4), "seq_s": 0.0, "p50_ms": 1e9,
+                                                    "seq_per_cpu_s": 0.0}
+    for k in range(rounds):
+        for (label, t), model in models.items():
+            row = out["engines"][f"{label}, {t} thread(s)"]
+            cpu = time.process_time()
+            run = model.until(texts, sorted_plan, 0, seconds)
+            rate, per_cpu = run["seq_s"], run["seqs"] / (time.process_time() - cpu)
+            row["seq_per_cpu_s"] = round(max(row["seq_per_cpu_s"], per_cpu), 1)
+            lat = model.until(texts, single, k * singles, seconds, calls=singles)["call_latencies_s"]
+            row["seq_s"] = round(max(row["seq_s"], rate), 1)
+            row["p50_ms"] = round(min(row["p50_ms"], percentile(lat, 50) * 1000), 2)
+            print(f"round {k + 1}: {label}, {t} thread(s): {rate:.1f} seq/s ({per_cpu:.1f} per CPU-s), batch-1 p50 "
+                  f"{percentile(lat, 50) * 1000:.1f} ms", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Raw engines side by side on one model version")
+    parser.add_argument("--model", default="models/drug-review-sentiment/1")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    print(json.dumps(compare(Path(args.model), threads, args.batch, args.seconds, args.rounds), indent=1))
+
+
+if __name__ == "__main__":
+    main()

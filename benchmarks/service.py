@@ -114,7 +114,8 @@ class Server:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_API_KEYS")}
         # threads 0: the server's own layout (as `make run` starts it)
         own = {"BERTSERVE_INTRA_OP_THREADS": str(threads)} if threads else {}
-        self.env = {**inherited, **own, "BERTSERVE_LOG_LEVEL": "warning", **env}
+        # gRPC off unless asked: two benchmark servers must not contend for its default port
+        self.env = {**inherited, **own, "BERTSERVE_LOG_LEVEL": "warning", "BERTSERVE_GRPC_PORT": "0", **env}
         if src is not None:  # another checkout: its `app` package first on the path (ahead of an editable install)
             src = Path(src).resolve()
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), self.env.get("PYTHONPATH")]))

@@ -124,7 +124,9 @@ class Server:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
-        self.env = {**os.environ, "BERTSERVE_LOG_LEVEL": "info", **(env or {})}
+        # Each server its own gRPC port (the default 8081 would be shared, with SO_REUSEPORT, by parallel servers).
+        self.env = {**os.environ, "BERTSERVE_LOG_LEVEL": "info", "BERTSERVE_GRPC_PORT": str(free_port()), **(env or {})}
+        self.grpc_address = f"127.0.0.1:{self.env['BERTSERVE_GRPC_PORT']}"
         self.log_path = Path(tempfile.mkdtemp(prefix="bertserve-test-")) / f"server-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(

@@ -32,6 +32,25 @@ STATUS = {
     "internal": 500,
 }
 
+# The same kinds as gRPC status codes (grpc.StatusCode member names; app.api.grpc answers with them).
+GRPC_STATUS = {
+    "validation": "INVALID_ARGUMENT",
+    "unauthorized": "UNAUTHENTICATED",
+    "forbidden": "PERMISSION_DENIED",
+    "payload_too_large": "RESOURCE_EXHAUSTED",
+    "unsupported_media_type": "INVALID_ARGUMENT",
+    "not_found": "NOT_FOUND",
+    "method_not_allowed": "UNIMPLEMENTED",
+    "overloaded": "RESOURCE_EXHAUSTED",
+    "timeout": "DEADLINE_EXCEEDED",
+    "unhealthy": "UNAVAILABLE",
+    "request_timeout": "DEADLINE_EXCEEDED",
+    "headers_too_large": "RESOURCE_EXHAUSTED",
+    "too_many_connections": "UNAVAILABLE",
+    "backend": "INTERNAL",
+    "internal": "INTERNAL",
+}
+
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
 _KIND_OF_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                    413: "payload_too_large", 415: "unsupported_media_type"}
@@ -49,9 +68,7 @@ def status_of(exc: BaseException) -> int:
 async def _service_error(_request: Request, exc: ServiceError) -> Response:
     log.debug("answered %d %s: %s", STATUS[exc.kind], exc.kind, exc.message)  # messages never quote client text
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    if exc.kind == "unauthorized":
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, ShuttingDown):
+    if isinstance(exc, ShuttingDown):
         headers = {"Connection": "close"}  # so the client does not send its next request down this connection
     return error_response(STATUS[exc.kind], exc.message, exc.kind, headers)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import tracing
 from app.api.errors import error_response
 from app.logs import exception_summary, request_id
 
@@ -36,6 +37,8 @@ class RequestContextMiddleware:
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         rid = given if given is not None and _SAFE_ID.match(given) else os.urandom(16).hex().encode()  # a uuid4's bits
         token = request_id.set(rid.decode())
+        if tracing.tracer is not None:  # for the request's trace, recorded by app.api.transport.tracked
+            tracing.http_scope.set(scope)
         started = time.perf_counter()
         status = 0
 
@@ -70,7 +73,9 @@ class RequestContextMiddleware:
                 await error_response(500, "internal error", "internal")(scope, receive, send_with_id)
         finally:
             if self.log_access:
+                trace = tracing.trace_id.get()  # set once the request's trace is recorded (tracing on)
                 access_log.info(
-                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3,
+                    extra={"trace_id": trace} if trace else None,
                 )
             request_id.reset(token)

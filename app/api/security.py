@@ -1,7 +1,8 @@
 """Who may call what, decided in one place for every route: a pure-ASGI layer ahead of all routing.
 
 Two roles. Client keys (BERTSERVE_API_KEYS, _FILE) open the prediction and model routes: /predict, /explain,
-/v1/models/{name}:explain, /models and the /v2 model routes (metadata, readiness, inference) — everything that
+/v1/models/{name}:explain, /rerank, /v1/rerank, /v2/rerank, /models and the /v2 model routes (metadata, readiness,
+inference) — everything that
 is not named open below. Admin keys (BERTSERVE_ADMIN_API_KEYS, _FILE) open /admin, which changes the server's
 state, and the client routes too. Health probes and the API documentation are always open; /metrics is open
 unless BERTSERVE_PROTECT_METRICS. No key or a wrong one: 401. A client key on an admin route: 403. Without

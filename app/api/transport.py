@@ -1,5 +1,6 @@
-"""What every HTTP transport of a prediction shares: the lean route class, reading the body within limits,
-noticing a client that left, JSON answers, and counting each request by model and status however it ends."""
+"""What every HTTP transport of a prediction shares: one request skeleton (`handle`: count, read, parse, run,
+encode, answer with the X-Model-* headers), the lean route class, reading the body within limits, noticing a client
+that left, JSON answers, and counting each request by model and status however it ends."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -16,7 +17,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.responses import Response
 
-from app import metrics
+from app import metrics, tracing
 from app.api.errors import status_of
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.inference import answered_by
@@ -129,12 +130,14 @@ class Tracked:
 
 
 async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]],
-                  counter: Counter = metrics.REQUESTS, duration: Histogram = metrics.REQUEST_DURATION) -> Response:
+                  counter: Counter = metrics.REQUESTS, duration: Histogram = metrics.REQUEST_DURATION,
+                  tracking: Tracked | None = None) -> Response:
     """Run a prediction handler; count and time it by model, answering version and HTTP status whatever the
-    outcome (version "" when the request ended before a version was chosen)."""
+    outcome (version "" when the request ended before a version was chosen). `tracking`: the object the handler
+    fills in, when the caller made it (`handle`'s Call)."""
     started = time.perf_counter()
     answered_by.set("")
-    request = Tracked()
+    request = tracking or Tracked()
     status = 500
     try:
         response = await handle(request)
@@ -151,5 +154,65 @@ async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Respon
         raise
     finally:
         label, version = service.metric_label(request.model), answered_by.get()
-        counter.labels(label, version, str(status)).inc()
+        counter.labels(label, version, str(status), "http").inc()
         duration.labels(label, version).observe(time.perf_counter() - started)
+        if tracing.tracer is not None:  # off: this check is all a request pays
+            tracing.record_http(status, started, label, version)
+
+
+# ---- the request skeleton of every prediction-like route ----
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class Call(Tracked):
+    """One prediction-like request as the steps of its route see it. `model` is the model it is for, counted by:
+    given by the route (from the path) or set by `parse` (from the body)."""
+
+    def __init__(self, request: Request, service: Service, model: str | None) -> None:
+        self.request = request
+        self.service = service
+        self.model = model
+        self.body = b""
+
+    @property
+    def routing_key(self) -> str | None:
+        """X-Routing-Key: where the router places the request in a model's traffic split."""
+        return self.request.headers.get("x-routing-key")
+
+
+def handle(
+    request: Request,
+    parse: Callable[[Call], P],
+    run: Callable[[Call, P], Awaitable[R]],
+    encode: Callable[[P, R], tuple[ServedModel, Any]],
+    *,
+    model: str | None = None,
+    content_types: Collection[str] = JSON_ONLY,
+    counter: Counter = metrics.REQUESTS,
+    duration: Histogram = metrics.REQUEST_DURATION,
+) -> Awaitable[Response]:
+    """A prediction-like request from start to answer (awaited by the route; a plain function, so no coroutine of
+    its own per request): counted and timed (`tracked`, under `counter` and
+    `duration`), its body read within the limits (`read_body`, `content_types`), then
+
+    - `parse(call)`: the request from `call.body` (raises app.errors); sets `call.model` when the body names it;
+    - `run(call, parsed)`: the service's operation, awaited in this task and cancelled if the client leaves
+      (`call.service`, `call.routing_key`);
+    - `encode(parsed, result)`: the version that answered and the answer: data (sent as JSON) or a Response;
+      either way it carries that version's X-Model-Name and X-Model-Version."""
+    service: Service = request.app.state.service
+    call = Call(request, service, model)
+    return tracked(service, lambda _: _answer(call, parse, run, encode, content_types), counter, duration, call)
+
+
+async def _answer(call: Call, parse: Callable, run: Callable, encode: Callable, content_types: Collection[str]
+                  ) -> Response:
+    call.body = await read_body(call.request, call.service.settings.max_body_bytes, content_types)
+    parsed = parse(call)
+    served, answer = encode(parsed, await until_disconnect(call.request, run(call, parsed)))
+    if isinstance(answer, Response):
+        answer.headers.update(model_headers(served))
+        return answer
+    return json_response(answer, headers=model_headers(served))

@@ -12,15 +12,23 @@ EXTRA_OF = {name: "export" for name in ("torch", "transformers", "optimum", "onn
 EXTRA_OF["onnxruntime"] = "cpu"
 
 
-def _lazy(module: str):
+def _lazy(module: str, settings=None):
     """Run `app.lifecycle.<module>.main(args)`, imported only now. A problem the user can fix (bad input, a model
     the server would refuse) ends in one line and exit status 1 (2 for a usage error: an architecture that cannot be
-    exported); a missing extra (a serving-only install) in one line naming it, and exit status 2."""
+    exported); a missing extra (a serving-only install) in one line naming it, and exit status 2.
+
+    settings: for a command that runs the serving code (evaluate, distill's timings), a function of args giving the
+    settings it overrides; args.settings is then built here, from BERTSERVE_* variables and those (a bad variable:
+    one line, exit 2), so no lifecycle module reads the environment itself."""
 
     def run(args: argparse.Namespace) -> None:
         from app.errors import ModelLoadError
         from app.lifecycle import LifecycleError
 
+        if settings is not None:
+            from app.cli import _settings_or_exit
+
+            args.settings = _settings_or_exit(**settings(args))
         try:
             importlib.import_module(f"app.lifecycle.{module}").main(args)
         except (LifecycleError, ModelLoadError) as exc:
@@ -42,10 +50,22 @@ def _repository(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-repository", default="models", help="Model repository folder (default: models).")
 
 
+def _pair_column(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-pair-column", metavar="COLUMN", help="Column holding each row's second text: the rows "
+                   "are text pairs (NLI, cross-encoders), encoded with the tokenizer's pair template (default: none).")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("build-demo", help="Fine-tune, export, quantize and publish the demo model.")
     _repository(p)
     p.set_defaults(func=_lazy("demo"))
+
+    p = commands.add_parser("build-demo-reranker", help="Fine-tune, export and publish the demo reranker: a one-logit "
+                            "cross-encoder on (condition, review) pairs of the demo data (default repository: "
+                            "rerankers).")
+    p.add_argument("--model-repository", default="rerankers",
+                   help="Model repository folder (default: rerankers, apart from the sentiment demo's models).")
+    p.set_defaults(func=_lazy("demo_reranker"))
 
     p = commands.add_parser("demo-data", help="Write the demo's drug reviews as train.csv / test.csv (text,label).")
     p.add_argument("output", help="Folder to write into.")
@@ -55,6 +75,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
     p.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
     p.add_argument("--label-column", default="label", help="Column holding the class label (default: label).")
+    _pair_column(p)
+    p.add_argument("--one-logit", action="store_true",
+                   help="One logit (a cross-encoder / reranker): 0/1 labels, binary cross-entropy; served with "
+                        "sigmoid under one label named after the label column.")
     p.add_argument("--base", required=True, help="Local Hugging Face model folder to start from.")
     p.add_argument("--output", required=True, help="Folder for the fine-tuned checkpoint and report.json.")
     p.add_argument("--epochs", type=int, default=4)
@@ -80,10 +104,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", nargs="+", metavar="FILE", help="CSV/TSV texts (labels optional) for the gate.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    _pair_column(p)
     p.add_argument("--min-agreement", type=float, default=0.97,
                    help="Least share of identical decisions, int8 vs fp32 (default 0.97).")
     p.add_argument("--max-accuracy-loss", type=float, default=0.01,
                    help="Most accuracy int8 may lose against fp32 when labels are known (default 0.01).")
+    p.add_argument("--max-drift-share", type=float, default=0.02,
+                   help="One-logit and regression heads: int8's largest score drift as a share of the fp32 scores' "
+                   "spread over the gate texts (default 0.02).")
     _repository(p)
     p.set_defaults(func=_lazy("export"))
 
@@ -99,9 +127,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="CSV/TSV texts (labels optional) for the gate (default: a held-out part of --data).")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    _pair_column(p)
     p.add_argument("--version", type=int, help="Version number (default: next free).")
     p.add_argument("--quantize", choices=["int8", "fp16", "none"], default="int8",
                    help="Extra artifact beside fp32, as for export (int8 behind the export's int8 gate).")
+    p.add_argument("--require-int8", action="store_true",
+                   help="Publish nothing and exit 1 when no int8 recipe passes the int8 gate (default: publish the "
+                        "student's fp32 alone and record why int8 was refused).")
     p.add_argument("--optimize", choices=["none", "O1", "O2", "O3"], default="none")
     p.add_argument("--max-length", type=int, help="Tokens per text (default: the length the teacher was trained "
                    "with, from its report.json; else 128, or the model's limit if lower).")
@@ -125,16 +157,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         "NAME whose golden outputs the teacher reproduces, else a scratch export).")
     p.add_argument("--speed-rounds", type=int, default=3, help="Alternating timing rounds (default 3).")
     _repository(p)
-    p.set_defaults(func=_lazy("distill"))
+    p.set_defaults(func=_lazy("distill", settings=lambda args: {}))
 
     p = commands.add_parser("evaluate", help="Score a published model on labelled data, through the serving code.")
     p.add_argument("model", help="NAME or NAME:VERSION (default: the latest version).")
     p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-column", default="label",
+                   help="The row's label: a class name; for a multi-label model its labels separated by '|'; for a "
+                        "one-logit model 0 or 1; for a regression model a number (default: label).")
+    _pair_column(p)
     p.add_argument("--provider", choices=["auto", "cpu", "openvino", "cuda"], default="auto")
     _repository(p)
-    p.set_defaults(func=_lazy("evaluate"))
+    p.set_defaults(func=_lazy("evaluate", settings=lambda args: {
+        "model_repository": args.model_repository, "provider": args.provider, "batch_autotune": False}))
 
     p = commands.add_parser("models", help="List published models, versions, quantization and gate figures.")
     _repository(p)

@@ -1,4 +1,7 @@
-"""Reading labelled text tables (CSV/TSV) and the demo data set. No torch here."""
+"""Reading text tables (CSV/TSV, .txt) for train, export, distill and evaluate, and the demo data set. No torch here.
+
+A row's input is its text, or with a text-pair column (--text-pair-column) the pair (text, text_pair): encoded as
+the tokenizer's pair, as served (app.tokenizer.TextInput)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import importlib.metadata
 import io
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.lifecycle import LifecycleError
+from app.tokenizer import TextInput
 
 DEMO_LABELS = ["negative", "neutral", "positive"]
 
@@ -49,6 +54,19 @@ BUILTIN_SAMPLE = [
     "Quick relief, lasted all day, no side effects for me.",
     "The second week was rough with stomach cramps, but by the end of the month I felt much better overall.",
 ]
+
+
+# A pair model without evaluation data: consecutive built-in texts as pairs, so its golden outputs hold pairs.
+BUILTIN_PAIRS = list(zip(BUILTIN_SAMPLE[::2], BUILTIN_SAMPLE[1::2]))
+
+
+@dataclass
+class GateData:
+    """Inputs the gates and golden outputs are computed on."""
+
+    texts: list[TextInput]
+    truth: list[int] | None  # class indices, when the evaluation data has labels (a single-label head)
+    source: str  # where the texts came from, for the report
 
 
 def _delimiter(path: Path, head: str) -> str:
@@ -90,18 +108,85 @@ def column(rows: list[dict[str, str]], name: str, where: str) -> list[str]:
     return [(row[name] or "").strip() for row in rows]
 
 
-def read_labelled(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """Texts and labels, rows with an empty text or label dropped."""
+def inputs(rows: list[dict[str, str]], text_column: str, text_pair_column: str | None, where: str) -> list[TextInput]:
+    """Each row's text, or (text, text_pair) with a pair column; "" where a row lacks a text (or either text)."""
+    texts = column(rows, text_column, where)
+    if text_pair_column is None:
+        return texts
+    seconds = column(rows, text_pair_column, where)
+    return [(a, b) if a and b else "" for a, b in zip(texts, seconds)]
+
+
+def read_labelled(path: Path, text_column: str, label_column: str,
+                  text_pair_column: str | None = None) -> tuple[list[TextInput], list[str]]:
+    """Inputs (texts, or pairs with `text_pair_column`) and labels, rows with an empty text or label dropped."""
     rows = read_table(path)
     pairs = [
         (t, lab)
-        for t, lab in zip(column(rows, text_column, str(path)), column(rows, label_column, str(path)))
+        for t, lab in zip(inputs(rows, text_column, text_pair_column, str(path)), column(rows, label_column, str(path)))
         if t and lab
     ]
     if not pairs:
-        raise LifecycleError(f"{path}: every row has an empty {text_column!r} or {label_column!r}")
+        raise LifecycleError(f"{path}: every row has an empty {_columns(text_column, text_pair_column)} or "
+                             f"{label_column!r}")
     texts, labels = map(list, zip(*pairs))
     return texts, labels
+
+
+def _columns(text_column: str, text_pair_column: str | None) -> str:
+    return repr(text_column) + (f" or {text_pair_column!r}" if text_pair_column else "")
+
+
+def read_texts(path: Path, text_column: str, text_pair_column: str | None = None) -> list[TextInput]:
+    """Unlabeled inputs: a .txt file (one text per line) or the text column(s) of a CSV/TSV file."""
+    if path.suffix.lower() == ".txt":
+        if text_pair_column:
+            raise LifecycleError(f"{path}: a .txt file holds single texts; give pairs as a CSV/TSV file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise LifecycleError(f"{path}: cannot read ({exc.strerror})") from None
+        return [line.strip() for line in lines if line.strip()]
+    return [t for t in inputs(read_table(path), text_column, text_pair_column, str(path)) if t]
+
+
+def read_examples(path: Path, text_column: str, label_column: str, labels: list[str],
+                  text_pair_column: str | None = None) -> tuple[list[TextInput], list[int]]:
+    """Inputs and class indices (-1 where a row has no label, or the file no label column)."""
+    rows = read_table(path)
+    texts = inputs(rows, text_column, text_pair_column, str(path))
+    given = column(rows, label_column, str(path)) if label_column in rows[0] else [""] * len(texts)
+    unknown = sorted({lab for lab in given if lab} - set(labels))
+    if unknown:
+        raise LifecycleError(f"{path}: labels {unknown[:5]} are not the teacher's labels {labels}")
+    pairs = [(t, labels.index(lab) if lab else -1) for t, lab in zip(texts, given) if t]
+    if not pairs:
+        raise LifecycleError(f"{path}: every row has an empty {_columns(text_column, text_pair_column)}")
+    return [t for t, _ in pairs], [y for _, y in pairs]
+
+
+def read_gate_data(paths: list[Path], text_column: str, label_column: str, labels: list[str] | None,
+                   text_pair_column: str | None = None) -> GateData:
+    """Inputs (and class indices when the label column exists and `labels`, a single-label head's, are given: other
+    heads' labels are not read) from CSV/TSV files."""
+    texts, truth, all_labelled = [], [], labels is not None
+    for path in paths:
+        rows = read_table(path)
+        texts += inputs(rows, text_column, text_pair_column, str(path))
+        if labels is not None and label_column in rows[0]:
+            file_labels = column(rows, label_column, str(path))
+            unknown = sorted(set(file_labels) - set(labels))
+            if unknown:
+                raise LifecycleError(f"{path}: labels {unknown[:5]} are not the model's labels {labels}")
+            truth += [labels.index(lab) for lab in file_labels]
+        else:
+            all_labelled = False
+    keep = [i for i, t in enumerate(texts) if t]
+    return GateData(
+        texts=[texts[i] for i in keep],
+        truth=[truth[i] for i in keep] if all_labelled else None,
+        source=", ".join(str(p) for p in paths),
+    )
 
 
 def check_trainable(labels: list[str], where: str) -> None:

@@ -45,7 +45,7 @@ def teacher_checkpoint(repository: Path) -> Path:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from app.lifecycle.export import PARITY_TOLERANCE, pytorch_probabilities
+    from app.lifecycle.golden import PARITY_TOLERANCE, pytorch_probabilities
     from app.repository import read_golden
 
     kept = checkpoint_dir(repository)

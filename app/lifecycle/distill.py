@@ -7,7 +7,9 @@
    early stopping on agreement with the teacher on a held-out part of the data (train.fit, the loop of `train`).
 3. Then the path of `export`: ONNX export with the parity check, the artifacts for each provider, the golden outputs,
    the gate -- here against the teacher's fp32 probabilities (decision agreement, and accuracy loss when the
-   evaluation data has labels) -- and atomic publishing. A student that misses the gate is not published.
+   evaluation data has labels) -- and atomic publishing. A student that misses the gate is not published; one
+   whose INT8 artifact misses the INT8 gate is published fp32 only (as export; --require-int8: nothing).
+   Texts or text pairs (--text-pair-column), encoded with the tokenizer's pair template as served.
 4. Just before publishing, the teacher's and the student's served CPU artifacts are timed side by side in one run
    (alternating rounds, every CPU engine this machine has, as each would serve), and the figures are stored.
 """
@@ -17,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -26,26 +26,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from app.lifecycle import LifecycleError
-from app.lifecycle.data import BUILTIN_SAMPLE, column, read_table
-from app.lifecycle.export import (
-    ARTIFACTS, PARITY_TOLERANCE, ExportRequest, GateFailed, choose_max_length, export_fp32, export_model,
-    pytorch_probabilities, read_checkpoint, read_gate_data, say,
-)
+from app.lifecycle.checkpoint import choose_max_length, read_checkpoint
+from app.lifecycle.data import BUILTIN_PAIRS, BUILTIN_SAMPLE, read_examples, read_gate_data, read_texts
+from app.lifecycle.export import ExportRequest, GateFailed, export_model, say
 from app.lifecycle.gate import Gate, GateData, TeacherReference
 from app.lifecycle.figures import classification_figures
-from app.lifecycle.train import TrainOptions, balanced_weights, collate, fit, predict, seed_everything
-from app.repository import TOKENIZER_FILE, ModelConfig, read_config, read_golden, write_config
+from app.lifecycle.golden import pytorch_probabilities
+from app.lifecycle.speed import side_by_side, teacher_artifacts
+from app.lifecycle.train import TrainOptions, balanced_weights, collate, encode, fit, predict, seed_everything
+from app.repository import ModelConfig, read_config
+from app.scores import Head
+from app.settings import Settings
+from app.tokenizer import TextInput
 
 # The transformer layer stack of each architecture family, under model.base_model. ALBERT is absent on purpose:
 # its layers share one set of weights, so fewer of them save no size.
 LAYER_STACKS = {"distilbert": "transformer.layer"}  # every other supported family: "encoder.layer"
-SPEED_ROUNDS = 3
 
 
 @dataclass
@@ -94,31 +95,6 @@ def make_student(teacher: Path, layers: int):
     return student, kept
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
-    """Unlabeled texts: a .txt file (one per line) or the text column of a CSV/TSV file."""
-    if path.suffix.lower() == ".txt":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise LifecycleError(f"{path}: cannot read ({exc.strerror})") from None
-        return [line.strip() for line in lines if line.strip()]
-    return [t for t in column(read_table(path), text_column, str(path)) if t]
-
-
-def read_examples(path: Path, text_column: str, label_column: str, labels: list[str]) -> tuple[list[str], list[int]]:
-    """Texts and class indices (-1 where a row has no label, or the file no label column)."""
-    rows = read_table(path)
-    texts = column(rows, text_column, str(path))
-    given = column(rows, label_column, str(path)) if label_column in rows[0] else [""] * len(texts)
-    unknown = sorted({lab for lab in given if lab} - set(labels))
-    if unknown:
-        raise LifecycleError(f"{path}: labels {unknown[:5]} are not the teacher's labels {labels}")
-    pairs = [(t, labels.index(lab) if lab else -1) for t, lab in zip(texts, given) if t]
-    if not pairs:
-        raise LifecycleError(f"{path}: every row has an empty {text_column!r}")
-    return [t for t, _ in pairs], [y for _, y in pairs]
-
-
 def distillation_loss(student_logits, teacher_logits, targets, weights, options: DistillOptions) -> torch.Tensor:
     """Per text: T^2 KL(teacher_T || student_T), mixed with the (class-weighted) cross-entropy on the true label
     where there is one."""
@@ -132,7 +108,7 @@ def distillation_loss(student_logits, teacher_logits, targets, weights, options:
 
 
 def train_student(
-    teacher: Path, texts: list[str], targets: list[int], output: Path, options: DistillOptions, tokenizer,
+    teacher: Path, texts: list[TextInput], targets: list[int], output: Path, options: DistillOptions, tokenizer,
 ) -> tuple[dict[str, Any], list[int]]:
     """Build, distil and save the student to `output`. `targets`: class index or -1 (teacher only). Returns the
     training report and the indices of the held-out texts."""
@@ -143,10 +119,10 @@ def train_student(
     student, kept = make_student(teacher, options.layers)
     labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = tokenizer(texts, truncation=True, max_length=options.max_length)["input_ids"]
+    encoded, types = encode(tokenizer, texts, options.max_length)
     say(f"teacher: {teacher_model.config.num_hidden_layers} layers; student keeps {kept}; labelling "
         f"{len(texts)} texts with the teacher ...")
-    teacher_logits = torch.from_numpy(predict(teacher_model, encoded, pad_id))
+    teacher_logits = torch.from_numpy(predict(teacher_model, encoded, pad_id, types=types))
     teacher_layers = teacher_model.config.num_hidden_layers
     del teacher_model
 
@@ -158,6 +134,7 @@ def train_student(
         raise LifecycleError(f"only {len(texts)} texts: too few to distil with a held-out part; add data")
     val, train = order[:n_val], order[n_val:]
     train_ids = [encoded[i] for i in train]
+    train_types, val_types = ([types[i] for i in part] if types else None for part in (train, val))
     train_teacher = teacher_logits[train]
     train_targets = torch.tensor([targets[i] for i in train])
     labelled = [y for y in train_targets.tolist() if y >= 0]
@@ -166,11 +143,11 @@ def train_student(
     val_truth = [targets[i] for i in val]
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
-        logits = student(**collate(train_ids, batch, pad_id)).logits
+        logits = student(**collate(train_ids, batch, pad_id, train_types)).logits
         return distillation_loss(logits, train_teacher[batch], train_targets[batch], weights, options)
 
     def validate() -> dict[str, Any]:
-        decided = predict(student, val_ids, pad_id).argmax(axis=1)
+        decided = predict(student, val_ids, pad_id, types=val_types).argmax(axis=1)
         figures: dict[str, Any] = {"agreement": round(float((decided == val_teacher).mean()), 4)}
         known = [i for i, y in enumerate(val_truth) if y >= 0]
         if known:
@@ -188,6 +165,7 @@ def train_student(
         "teacher_layers": teacher_layers,
         "layers": options.layers,
         "layers_kept": kept,
+        "pairs": types is not None or any(isinstance(t, tuple) for t in texts),  # as train's report: for export
         "options": asdict(options),
         "train_size": len(train),
         "labelled": len(labelled),
@@ -202,100 +180,22 @@ def train_student(
     return report, val
 
 
-# ---- speed: teacher and student side by side ----
-
-
-def published_teacher(model_dir: Path, teacher: Path, tokenizer) -> Path | None:
-    """The version of this model whose golden outputs the teacher checkpoint reproduces: its published export."""
-    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: -int(p.name))
-    for path in versions:
-        try:
-            config = read_config(path)
-            golden = read_golden(path, len(config.labels))
-        except Exception:  # noqa: BLE001 - an unreadable version is simply not the teacher
-            continue
-        if golden is None:
-            continue
-        texts = golden.texts[:16]
-        probs = pytorch_probabilities(teacher, tokenizer, texts, config.max_length)
-        if probs.shape[1] == len(config.labels) and np.abs(probs - golden.probabilities[:16]).max() <= PARITY_TOLERANCE:
-            return path
-    return None
-
-
-def teacher_artifacts(teacher: Path, published: Path | None, model_dir: Path, tokenizer, labels: list[str],
-                      max_length: int, int8: bool, work: Path) -> tuple[Path, str]:
-    """A folder holding the teacher's artifacts to time, and what it is: the given published version, else the
-    version of this model the teacher was published as, else a scratch export (int8 per-channel, not gated)."""
-    from app.lifecycle.quantize import Recipe, quantize
-
-    if published is not None:
-        read_config(published)
-        return published, f"published {published}"
-    found = published_teacher(model_dir, teacher, tokenizer)
-    if found is not None:
-        return found, f"published {found} (its golden outputs match the teacher)"
-    say("the teacher has no published version here: exporting it to a scratch folder to time it ...")
-    folder = work / "teacher"
-    fp32_graph = export_fp32(teacher, work / "teacher-export", "none")
-    folder.mkdir()
-    shutil.copyfile(fp32_graph, folder / ARTIFACTS["fp32"].file)
-    tokenizer.save_pretrained(folder)
-    artifacts = [ARTIFACTS["fp32"]]
-    if int8:
-        quantize(fp32_graph, folder / ARTIFACTS["int8"].file, Recipe(), optimized=False)
-        artifacts.insert(0, ARTIFACTS["int8"].model_copy(update={"quantization": Recipe().describe()}))
-    write_config(folder, ModelConfig(labels=labels, max_length=max_length, artifacts=artifacts))
-    return folder, f"scratch export ({'int8 per-channel, not gated' if int8 else 'fp32'})"
-
-
-def side_by_side(models: dict[str, tuple[Path, ModelConfig]], texts: list[str], rounds: int = SPEED_ROUNDS
-                 ) -> dict[str, Any]:
-    """Raw sequences/s of each model's served CPU artifacts on every CPU engine this machine has (onnxruntime CPU
-    on the INT8 artifact when there is one, else fp32; the OpenVINO provider on fp32 when its plugin lists a CPU
-    device), each with the layout it would serve with, in length-sorted batches, rounds alternating between the
-    models. Per model: the median rate of each engine and the fastest engine."""
-    from app.engine import available, cpu_name
-    from app.lifecycle.runner import probabilities
-    from app.loader import TRIAL_BATCH, open_candidate
-    from app.settings import Settings
-    from app.tokenizer import TextTokenizer
-
-    settings = Settings()
-    skipped = {p: why for p in ("cpu", "openvino") if (why := available(p)) is not None}
-    runs = []
-    for who, (folder, config) in models.items():
-        tokenizer = TextTokenizer(folder / TOKENIZER_FILE, config.max_length)
-        for provider in ("cpu", "openvino"):
-            artifact = config.artifact_for(provider)
-            if provider not in skipped and artifact is not None:
-                model = open_candidate(who, 0, folder, config, tokenizer, provider, artifact, settings)
-                runs.append((who, f"{model.engine}, {len(model.engines)}x{model.engine.threads} threads", model))
-    files = {(who, engine): model.engine.artifact.file for who, engine, model in runs}
-    rates: dict[tuple[str, str], list[float]] = {(who, engine): [] for who, engine, _ in runs}
-    for _ in range(rounds):
-        for who, engine, model in runs:
-            _, seconds = probabilities(model, texts, TRIAL_BATCH[model.engine.provider])
-            rates[who, engine].append(len(texts) / seconds)
-    result: dict[str, Any] = {"cpu": cpu_name(), "texts": len(texts), "rounds": rounds, "skipped": skipped}
-    for who, (folder, config) in models.items():
-        engines = {engine: round(statistics.median(r), 1) for (w, engine), r in rates.items() if w == who}
-        best = max(engines, key=engines.__getitem__)
-        result[who] = {"engines": engines, "best_engine": best, "sequences_per_s": engines[best],
-                       "size_mb": round((folder / files[who, best]).stat().st_size / 1e6, 1)}  # of best's artifact
-    if "teacher" in models and "student" in models:
-        result["speedup"] = round(result["student"]["sequences_per_s"] / result["teacher"]["sequences_per_s"], 2)
-    return result
-
-
 # ---- the command ----
 
 
 def main(args: argparse.Namespace) -> None:
+    """args.settings: the serving layout the speeds are measured with (the CLI's, app.lifecycle.commands)."""
     started = time.perf_counter()
+    settings: Settings = args.settings
     teacher = Path(args.teacher)
+    if args.require_int8 and args.quantize != "int8":
+        raise LifecycleError(f"--require-int8 cannot go with --quantize {args.quantize}")
     hf_config, tokenizer = read_checkpoint(teacher)
     labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
+    head = Head(tuple(labels), hf_config.problem_type)
+    if head.function != "softmax":  # the soft targets and the agreement are a softmax head's
+        raise LifecycleError(f"{teacher}: distill takes a single-label (softmax) classifier; this one's head is "
+                             f"{head.function} ({len(labels)} label(s), problem_type {hf_config.problem_type})")
     spread(hf_config.num_hidden_layers, args.layers)  # a bad --layers fails before any work
     max_length, why = choose_max_length(hf_config, tokenizer, args.max_length, teacher, cap=128)
     say(f"max_length {max_length} tokens per text: {why}")
@@ -303,13 +203,15 @@ def main(args: argparse.Namespace) -> None:
         layers=args.layers, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
         max_length=max_length, temperature=args.temperature, soft_weight=args.soft_weight, seed=args.seed,
     )
-    texts, targets = read_examples(Path(args.data), args.text_column, args.label_column, labels)
+    pair_column = args.text_pair_column
+    texts, targets = read_examples(Path(args.data), args.text_column, args.label_column, labels, pair_column)
     for path in args.unlabeled or []:
-        extra = read_texts(Path(path), args.text_column)
+        extra = read_texts(Path(path), args.text_column, pair_column)
         texts, targets = texts + extra, targets + [-1] * len(extra)
     eval_data = None
     if args.eval_data:
-        eval_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column, labels)
+        eval_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column, labels,
+                                   pair_column)
     repository = Path(args.model_repository)
     if args.version is not None and (repository / args.name / str(args.version)).exists():
         raise LifecycleError(f"{repository / args.name / str(args.version)} already exists")
@@ -326,7 +228,8 @@ def main(args: argparse.Namespace) -> None:
             f"{gate.max_accuracy_loss} on {len(eval_data.texts)} texts ({eval_data.source})")
         reference = TeacherReference(str(teacher), pytorch_probabilities(teacher, tokenizer, eval_data.texts,
                                                                          max_length), gate)
-        speed_texts = eval_data.texts if len(eval_data.texts) >= 32 else eval_data.texts + BUILTIN_SAMPLE
+        speed_texts = eval_data.texts if len(eval_data.texts) >= 32 else eval_data.texts + (
+            BUILTIN_PAIRS if pair_column else BUILTIN_SAMPLE)
 
         def measure_speed(folder: Path, config: ModelConfig) -> dict[str, Any]:
             say(f"timing teacher and student side by side ({args.speed_rounds} rounds, {len(speed_texts)} texts) ...")
@@ -335,7 +238,7 @@ def main(args: argparse.Namespace) -> None:
                     teacher, Path(args.teacher_version) if args.teacher_version else None, repository / args.name,
                     tokenizer, labels, max_length, any(a.precision == "int8" for a in config.artifacts), Path(work))
                 speed = side_by_side({"teacher": (teacher_folder, read_config(teacher_folder)),
-                                      "student": (folder, config)}, speed_texts, args.speed_rounds)
+                                      "student": (folder, config)}, speed_texts, settings, args.speed_rounds)
             return {"speed": {**speed, "teacher_artifacts": how}}
 
         request = ExportRequest(
@@ -343,6 +246,7 @@ def main(args: argparse.Namespace) -> None:
             optimize=args.optimize, max_length=max_length, gate_data=eval_data,
             gate=Gate(min_agreement=args.int8_min_agreement, max_accuracy_loss=args.int8_max_accuracy_loss),
             teacher=reference, measure_staged=measure_speed, extra_report={"distillation": training},
+            fp32_when_gate_fails=not args.require_int8,  # as export: the student fp32 only, and why int8 was refused
         )
         try:
             path, report = export_model(request)
@@ -366,3 +270,5 @@ def main(args: argparse.Namespace) -> None:
           f"({speed['student']['best_engine']}): {speed['speedup']}x")
     print(f"distilled in {time.perf_counter() - started:.0f} s (training {training['training_s']:.0f} s, "
           f"export {report['export_s']:.0f} s)")
+    if "int8_refused" in report["gate"]:
+        print(f"int8 refused, fp32 only: {report['gate']['int8_refused']}")

@@ -7,27 +7,31 @@ from typing import Any
 
 import numpy as np
 
+from app.lifecycle.data import GateData
 from app.lifecycle.figures import classification_figures
-from app.scores import Head
+from app.scores import Head, spread
 
 
 @dataclass
 class Gate:
     min_agreement: float = 0.97
     max_accuracy_loss: float = 0.01
-
-
-@dataclass
-class GateData:
-    texts: list[str]
-    truth: list[int] | None  # class indices, when the evaluation data has labels
-    source: str  # where the texts came from, for the report
+    # A one-value head (one logit: a reranker / cross-encoder; regression): INT8's largest score drift on the gate
+    # texts, as a share of how far the fp32 scores move between those texts. At 2 %, INT8 cannot swap two texts whose
+    # scores are more than 4 % of that spread apart, and a regression drift stays 2.5x inside its recorded bound
+    # (app.scores.BOUND_SHARE, 5 % of the spread).
+    max_drift_share: float = 0.02
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, head: Head) -> dict[str, Any]:
     """Decision agreement and score drift by the model's head (app.scores.Head) and, with labels for a single-label
     (softmax) head, accuracy / macro-F1 of both."""
     figures: dict[str, Any] = head.drift(reference, candidate)
+    if head.one_value:
+        moved = spread(reference)
+        figures["score_spread"] = float(f"{moved:.4g}")
+        drifted = float(np.abs(reference - candidate).max(initial=0.0))
+        figures["drift_share"] = round(drifted / max(moved, 1e-9), 4)  # finite: the report is JSON
     if data.truth is not None and head.function == "softmax":
         for key, probs in (("fp32", reference), ("candidate", candidate)):
             scored = classification_figures(data.truth, probs.argmax(1).tolist(), list(head.labels))
@@ -35,10 +39,14 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, head: 
     return figures
 
 
-def verdict(figures: dict[str, Any], gate: Gate, reference: str = "fp32") -> str | None:
-    """None when the figures pass, else why not (`reference`: what the candidate was compared with)."""
+def verdict(figures: dict[str, Any], gate: Gate, reference: str = "fp32", bound_drift: bool = True) -> str | None:
+    """None when the figures pass, else why not (`reference`: what the candidate was compared with; `bound_drift`:
+    hold a one-value head's drift to gate.max_drift_share, as for a quantized artifact, not a distilled student)."""
     if figures["agreement"] < gate.min_agreement:
         return f"agreement {figures['agreement']:.4f} < {gate.min_agreement}"
+    if bound_drift and figures.get("drift_share", 0.0) > gate.max_drift_share:
+        return (f"score drift {figures['max_prob_diff']:.4g} is {figures['drift_share']:.1%} of the {reference} "
+                f"scores' spread {figures['score_spread']:.4g} (> {gate.max_drift_share:.0%})")
     if "fp32_accuracy" in figures and figures["fp32_accuracy"] - figures["candidate_accuracy"] > gate.max_accuracy_loss:
         return (f"accuracy {figures['candidate_accuracy']:.4f} is more than {gate.max_accuracy_loss} below "
                 f"{reference} {figures['fp32_accuracy']:.4f}")
@@ -58,6 +66,6 @@ class TeacherReference:
 def judge_student(teacher: TeacherReference, student: np.ndarray, data: GateData, head: Head) -> dict[str, Any]:
     """The student's figures against its teacher, with the gate's verdict."""
     figures = compare(teacher.probabilities, student, data, head)
-    why = verdict(figures, teacher.gate, reference="the teacher's")
+    why = verdict(figures, teacher.gate, reference="the teacher's", bound_drift=False)
     named = {k.replace("fp32_", "teacher_").replace("candidate_", "student_"): v for k, v in figures.items()}
     return {**asdict(teacher.gate), "teacher": teacher.source, **named, "passed": why is None, "why": why}

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from app.scores import Head
-from app.tokenizer import TextTokenizer, pad
+from app.tokenizer import TextInput, TextTokenizer, pad, pad_types
 
 QUANTIZED_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
 EMBEDDING_OPS = {"Gather", "EmbedLayerNormalization"}
@@ -90,7 +90,7 @@ def _fake_quantize_activation(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[str],
+def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[TextInput],
                        head: Head) -> list[tuple[str, float]]:
     """Each weight MatMul's effect on the head's scores (mean absolute change) when it alone is int8, most
     harmful first.
@@ -116,10 +116,11 @@ def matmul_sensitivity(fp32_path: Path, tokenizer: TextTokenizer, texts: list[st
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    ids, mask = pad([e.ids for e in tokenizer.encode(texts)], tokenizer.pad_id)
+    encoded = tokenizer.encode(texts)
+    ids, mask = pad([e.ids for e in encoded], tokenizer.pad_id)
     base = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in {i.name for i in session.get_inputs()}:
-        base["token_type_ids"] = np.zeros_like(ids)
+    if "token_type_ids" in {i.name for i in session.get_inputs()}:  # a pair's second text: type 1, as served
+        base["token_type_ids"] = pad_types([e.type_ids for e in encoded], ids.shape[1])
     idle = np.zeros((1,), dtype=np.float32)
     base |= {f"{n.name}_delta": idle for n in nodes}
     names = [o.name for o in session.get_outputs()]

@@ -1,4 +1,6 @@
-"""Fine-tune a BERT-family checkpoint as a sequence classifier: seeded, class-weighted, early-stopped."""
+"""Fine-tune a BERT-family checkpoint as a sequence classifier: seeded, class-weighted, early-stopped. On texts or
+text pairs (NLI, cross-encoders: the tokenizer's pair template); a softmax head over the labels, or with one_logit a
+single logit trained with binary cross-entropy on 0/1 labels (a reranker: served with sigmoid, the pipeline's rule)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ from transformers.utils import logging as hf_logging
 
 from app.lifecycle import LifecycleError
 from app.lifecycle.architectures import check_architecture  # what optimum-onnx exports: trainable here
+from app.lifecycle.checkpoint import tokenize
 from app.lifecycle.data import check_trainable, label_order, read_labelled
 from app.lifecycle.figures import classification_figures
+from app.tokenizer import TextInput
+
+BINARY = ["0", "1"]  # a one-logit head's labels in the data: not relevant / relevant
 
 
 @dataclass
@@ -65,25 +71,40 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
-def collate(encoded: list[list[int]], indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+def encode(tokenizer, inputs: list[TextInput], max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of each text or pair, and their token_type_ids where the tokenizer makes them for pairs (a
+    pair's second text is type 1); None otherwise (all zero)."""
+    encoded = tokenize(tokenizer, inputs, max_length)
+    pairs = any(isinstance(one, tuple) for one in inputs)
+    return encoded["input_ids"], encoded["token_type_ids"] if pairs and "token_type_ids" in encoded else None
+
+
+def collate(encoded: list[list[int]], indices: list[int], pad_id: int,
+            types: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     longest = max(len(encoded[i]) for i in indices)
     ids = torch.full((len(indices), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), longest), dtype=torch.long)
     for row, i in enumerate(indices):
         ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
         mask[row, : len(encoded[i])] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = torch.zeros_like(ids)
+        for row, i in enumerate(indices):
+            batch["token_type_ids"][row, : len(types[i])] = torch.tensor(types[i])
+    return batch
 
 
 @torch.no_grad()
-def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int = 32) -> np.ndarray:
+def predict(model, encoded: list[list[int]], pad_id: int, batch_size: int = 32,
+            types: list[list[int]] | None = None) -> np.ndarray:
     """Logits in input order, computed on length-sorted batches."""
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     logits = np.zeros((len(encoded), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        logits[batch] = model(**collate(encoded, batch, pad_id)).logits.float().numpy()
+        logits[batch] = model(**collate(encoded, batch, pad_id, types)).logits.float().numpy()
     return logits
 
 
@@ -153,15 +174,24 @@ def fit(
 
 
 def train_classifier(
-    texts: list[str], labels: list[str], base: str, output: Path, options: TrainOptions | None = None,
-    label_names: list[str] | None = None,
+    texts: list[TextInput], labels: list[str], base: str, output: Path, options: TrainOptions | None = None,
+    label_names: list[str] | None = None, one_logit: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune `base` on (texts, labels); save the best epoch to `output` with report.json. Returns the report."""
+    """Fine-tune `base` on (texts or pairs, labels); save the best epoch to `output` with report.json. Returns the
+    report. one_logit: labels "0"/"1", one logit named label_names[0] (default LABEL_0), binary cross-entropy."""
     options = options or TrainOptions()
     started = time.perf_counter()
     check_trainable(labels, "training data")
+    if one_logit:
+        other = sorted(set(labels) - set(BINARY))
+        if other:
+            raise LifecycleError(f"--one-logit trains on 0/1 labels; the data also has {other[:5]}")
+        label_names = label_names or ["LABEL_0"]
+        if len(label_names) != 1:
+            raise LifecycleError(f"a one-logit head has one label name, not {label_names}")
     label_names = label_names or label_order(labels)
-    unknown = set(labels) - set(label_names)
+    classes = BINARY if one_logit else label_names  # what validation counts decisions over
+    unknown = set(labels) - set(classes)
     if unknown:
         raise LifecycleError(f"training data has labels {sorted(unknown)} outside {label_names}")
     config = load_base_config(base)
@@ -176,27 +206,33 @@ def train_classifier(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
+        # One logit: no problem_type, so the pipeline's rule gives sigmoid (a "regression" one gives raw values).
+        **({"problem_type": None} if one_logit else {}),
         ignore_mismatched_sizes=True,
     )
 
-    targets = [label_names.index(lab) for lab in labels]
+    targets = [classes.index(lab) for lab in labels]
     train_texts, val_texts, train_y, val_y = split_validation(texts, targets, options.validation_fraction, options.seed)
-    def encode(batch: list[str]) -> list[list[int]]:
-        return tokenizer(batch, truncation=True, max_length=options.max_length)["input_ids"]
-
-    train_ids, val_ids = encode(train_texts), encode(val_texts)
+    (train_ids, train_types), (val_ids, val_types) = (encode(tokenizer, part, options.max_length)
+                                                      for part in (train_texts, val_texts))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    loss_fn = torch.nn.CrossEntropyLoss(weight=balanced_weights(train_y, len(label_names)))
-
+    weights = balanced_weights(train_y, len(classes))
+    # One logit: the positive class weighted against the negative as balanced class weights would.
+    bce = torch.nn.BCEWithLogitsLoss(pos_weight=weights[1] / weights[0]) if one_logit else None
+    cross_entropy = torch.nn.CrossEntropyLoss(weight=weights)
     target_tensor = torch.tensor(train_y)
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
-        return loss_fn(model(**collate(train_ids, batch, pad_id)).logits, target_tensor[batch])
+        logits = model(**collate(train_ids, batch, pad_id, train_types)).logits
+        if bce is not None:
+            return bce(logits[:, 0], target_tensor[batch].float())
+        return cross_entropy(logits, target_tensor[batch])
 
     def validate() -> dict[str, Any]:
-        predicted = predict(model, val_ids, pad_id).argmax(axis=1).tolist()
-        return classification_figures(val_y, predicted, label_names)
+        logits = predict(model, val_ids, pad_id, types=val_types)
+        predicted = (logits[:, 0] > 0).astype(int) if one_logit else logits.argmax(axis=1)  # sigmoid > 0.5
+        return classification_figures(val_y, predicted.tolist(), classes)
 
     history, best_epoch, best_figures = fit(model, [len(x) for x in train_ids], batch_loss, validate, options,
                                             best_by="macro_f1")
@@ -206,6 +242,8 @@ def train_classifier(
     report = {
         "base": str(base),
         "labels": label_names,
+        "one_logit": one_logit,
+        "pairs": any(isinstance(t, tuple) for t in texts),  # export's built-in gate sample is then pairs
         "options": asdict(options),
         "train_size": len(train_ids),
         "validation_size": len(val_ids),
@@ -219,13 +257,15 @@ def train_classifier(
 
 
 def main(args: argparse.Namespace) -> None:
-    texts, labels = read_labelled(Path(args.data), args.text_column, args.label_column)
+    texts, labels = read_labelled(Path(args.data), args.text_column, args.label_column, args.text_pair_column)
     check_trainable(labels, args.data)
     options = TrainOptions(
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
         max_length=args.max_length, seed=args.seed,
     )
-    report = train_classifier(texts, labels, args.base, Path(args.output), options)
+    # One logit: named after the label column (e.g. "relevance"), as it answers under that name.
+    report = train_classifier(texts, labels, args.base, Path(args.output), options,
+                              label_names=[args.label_column] if args.one_logit else None, one_logit=args.one_logit)
     best = report["validation"]
     print(f"trained {args.output}: best epoch {report['best_epoch']}, validation accuracy {best['accuracy']:.4f}, "
           f"macro-F1 {best['macro_f1']:.4f} ({report['elapsed_s']:.0f} s)")

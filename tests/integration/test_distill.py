@@ -161,3 +161,48 @@ def test_gate_refuses_a_student_that_cannot_meet_it_and_publishes_nothing(teache
     figures = json.loads(err[err.rindex("\n{") : err.rindex("}") + 1])  # the measured figures, printed
     assert figures["passed"] is False and figures["min_agreement"] == 1.01 and 0 <= figures["agreement"] <= 1
     assert leftovers(repo) == ["tiny", "tiny/1"]
+
+
+def test_a_student_without_a_passing_int8_recipe_is_published_fp32_only(teacher, data, tmp_path, capsys):
+    """As export: no INT8 recipe passes the INT8 gate (asked for agreement 1.01) -> the student's fp32 is published,
+    the report says why INT8 was refused, exit 0."""
+    repo = tmp_path / "repo"
+    argv = ["distill", str(teacher), "--layers", "2", "--name", "tiny", "--data", str(data / "train.csv"),
+            "--epochs", "1", "--min-agreement", "0", "--max-accuracy-loss", "1", "--int8-min-agreement", "1.01",
+            "--speed-rounds", "1", "--model-repository", str(repo)]
+    cli(argv)  # no SystemExit: exit status 0
+    out = capsys.readouterr().out
+    config = read_config(repo / "tiny" / "1")
+    assert [a.file for a in config.artifacts] == ["model.onnx"]
+    assert not (repo / "tiny" / "1" / "model.int8.onnx").exists()
+    refused = config.report["gate"]["int8_refused"]
+    assert refused.startswith("no int8 recipe passed the accuracy gate") and "< 1.01" in refused
+    assert f"int8 refused, fp32 only: {refused}" in out
+    assert config.report["teacher_gate"]["passed"] is True
+
+    # --require-int8 asks for the old way (publish nothing, exit 1): refused with another quantization, before work
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*argv, "--require-int8", "--quantize", "none"])
+    assert exit_info.value.code == 1
+    assert "--require-int8 cannot go with --quantize none" in capsys.readouterr().err
+    assert not (repo / "tiny" / "2").exists()
+
+
+def test_a_pair_classifier_is_distilled_on_pairs(teacher, tmp_path, capsys):
+    """--text-pair-column: the student learns the teacher's scores on pairs (type ids), its golden outputs are
+    pairs, and its kept checkpoint says so (a later export's built-in sample is then pairs)."""
+    from app.repository import read_golden
+
+    data = tmp_path / "nli.csv"
+    with data.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["premise", "hypothesis", "label"])
+        writer.writerows((a, b, LABELS[i % 3]) for i, (a, b) in enumerate(zip(texts(30, 0), texts(30, 3))))
+    repo, kept = tmp_path / "repo", tmp_path / "student"
+    cli(["distill", str(teacher), "--layers", "2", "--name", "nli", "--data", str(data), "--text-column", "premise",
+         "--text-pair-column", "hypothesis", "--epochs", "1", "--min-agreement", "0", "--max-accuracy-loss", "1",
+         "--quantize", "none", "--speed-rounds", "1", "--output", str(kept), "--model-repository", str(repo)])
+    golden = read_golden(repo / "nli" / "1", 3)
+    assert golden.texts and all(isinstance(t, tuple) and len(t) == 2 for t in golden.texts)
+    assert json.loads((kept / "report.json").read_text())["pairs"] is True
+    assert read_config(repo / "nli" / "1").report["parity_max_prob_diff"] <= 1e-3

@@ -18,7 +18,7 @@ def test_demo_teacher_distils_to_three_layers_and_is_published_with_its_gate_fig
     from transformers import AutoTokenizer
 
     from app.lifecycle.demo import teacher_checkpoint
-    from app.lifecycle.distill import published_teacher
+    from app.lifecycle.speed import published_teacher
 
     teacher = teacher_checkpoint(demo_repository)  # kept by build-demo (trained again once if built before that)
     published = demo_repository / DEMO_MODEL / "1"

@@ -116,7 +116,7 @@ def test_non_classification_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_labelled_eval_data_reports_accuracy(tmp_path, checkpoint):
-    from app.lifecycle.export import read_gate_data
+    from app.lifecycle.data import read_gate_data
     from tests.tiny import CORPUS, LABELS
 
     data = tmp_path / "eval.tsv"

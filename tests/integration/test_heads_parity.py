@@ -143,7 +143,7 @@ def test_the_int8_gate_and_the_golden_gate_at_load_judge_by_the_head(heads, tmp_
 
     repo = tmp_path / "repo"
     cli(["export", str(heads[0][name]), "--name", name, "--model-repository", str(repo), "--quantize", "int8",
-         "--min-agreement", "0"])
+         "--min-agreement", "0", "--max-drift-share", "100"])
     config = read_config(repo / name / "1")
     attempt = config.report["gate"]["attempts"][0]
     assert attempt["passed"] and 0 <= attempt["agreement"] <= 1 and "fp32_accuracy" not in attempt

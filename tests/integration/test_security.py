@@ -222,8 +222,9 @@ def test_no_client_text_leaks_when_the_engine_or_the_code_raises(tiny_model_repo
     from tests.conftest import free_port
 
     text = f"lovely {MARKER} pills"
+    # grpc_port=0: no gRPC in the test process (its stubs cannot share it with tritonclient.grpc's)
     settings = Settings(model_repository=tiny_model_repo, log_level="debug", access_log=True,
-                        batch_autotune=False, poll_interval_s=0)
+                        batch_autotune=False, poll_interval_s=0, grpc_port=0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
                                            http="httptools", log_config=None, log_level="debug"))

@@ -73,9 +73,11 @@ def test_model_readiness(client, tiny_server):
 
 
 def test_model_metadata(client):
+    """Both inputs are listed, the optional `text_pair` too (issue 22), as tritonclient reads them."""
     expected = {
         "name": "tiny", "versions": ["1"], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "text_pair", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                     {"name": "scores", "datatype": "FP32", "shape": [-1, 3]}],
         "parameters": {"labels": LABELS, "max_length": 64},

@@ -136,9 +136,9 @@ def counted(app):
     runs: list[int] = []
     infer = served.infer
 
-    def counting_infer(sequences):
+    def counting_infer(sequences, *args, **kwargs):  # type ids, the low-load path: passed on as given
         runs.extend(len(s) for s in sequences)
-        return infer(sequences)
+        return infer(sequences, *args, **kwargs)
 
     served.infer = counting_infer  # the batcher calls model.infer on the instance
     yield call, tokenizer, runs, served.max_length

@@ -1,6 +1,6 @@
 """One session on one provider and artifact, and the check of what really runs. No GPU exists here: CUDA sessions
 are simulated by a fake session factory (the only mock in the suite, for hardware that cannot exist on this
-machine); CPU and OpenVINO sessions are real."""
+machine); CPU and OpenVINO sessions are real (OpenVINO's own runtime, Intel and AMD alike)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.engine import Engine, openvino_device
+from app.engine import Engine, OpenVinoEngine, open_engine
 from app.errors import ModelLoadError
 from app.repository import Artifact, read_config
 
@@ -79,27 +79,57 @@ def test_real_cpu_session_feeds_only_declared_inputs(tiny_model_repo):
 
 
 def test_real_openvino_session_gives_the_cpu_logits(tiny_model_repo):
-    """onnxruntime's OpenVINO plugin, really loaded: where it lists no device (AMD CPUs) it says why."""
-    device, precision_or_why = openvino_device()
-    if device is None:
-        pytest.skip(precision_or_why)
+    """OpenVINO's own runtime on the fp32 graph, on whatever x86-64 CPU runs the tests: in fp32 it answers what
+    onnxruntime answers; in bf16 (OpenVINO's default where the CPU has it) within bf16's rounding."""
     path = tiny_model_repo / "tiny" / "1"
     config = read_config(path)
-    engine = Engine(path, config, "openvino", threads=2)
-    assert engine.session.get_providers()[0] == "OpenVINOExecutionProvider"
+    engine = open_engine(path, config, "openvino", threads=2)
+    assert isinstance(engine, OpenVinoEngine) and engine.provider == "openvino" and engine.threads == 2
+    assert engine.compiled.get_property("INFERENCE_NUM_THREADS") == 2
     assert engine.artifact.precision == "fp32" and engine.precision in ("fp32", "bf16")
+    reference = Engine(path, config, "cpu").run(IDS, MASK)
     atol = 1e-4 if engine.precision == "fp32" else 5e-2
-    np.testing.assert_allclose(engine.run(IDS, MASK), Engine(path, config, "cpu").run(IDS, MASK), atol=atol)
+    np.testing.assert_allclose(engine.run(IDS, MASK), reference, atol=atol)
+    forced = open_engine(path, config, "openvino", openvino_precision="f32")
+    assert forced.precision == "fp32" and str(forced) == "openvino on model.onnx (fp32)"
+    logits = forced.run(IDS, MASK)
+    np.testing.assert_allclose(logits, reference, atol=1e-4)
+    forced.run(IDS[::-1].copy(), MASK[::-1].copy())  # the request's buffers are reused: an answer is a copy
+    np.testing.assert_allclose(logits, reference, atol=1e-4)
+
+
+def test_openvino_feeds_type_ids_to_a_graph_that_declares_them(tiny_model_repo):
+    path = tiny_model_repo / "tiny" / "1"
+    config = read_config(path)
+    engine = open_engine(path, config, "openvino", openvino_precision="f32")
+    assert engine.input_names == Engine(path, config, "cpu").input_names
+    types = np.array([[0, 0, 1, 0], [0, 0, 1, 1]], dtype=np.int64)
+    np.testing.assert_allclose(engine.run(IDS, MASK, types), Engine(path, config, "cpu").run(IDS, MASK, types),
+                               atol=1e-4)
 
 
 def test_openvino_unavailable_is_a_load_error_with_the_reason(tiny_model_repo, monkeypatch):
-    """The AMD case, where the plugin lists no device: simulated by the answer the plugin gives there."""
+    """Where the runtime is missing (a platform without the wheel): the reason, at load."""
     import app.engine
 
-    monkeypatch.setattr(app.engine, "openvino_device", lambda: (None, "the OpenVINO plugin lists no CPU device"))
+    monkeypatch.setattr(app.engine, "openvino_core", lambda: (None, "the openvino package is not installed"))
+    assert app.engine.available("openvino") == "the openvino package is not installed"
     path = tiny_model_repo / "tiny" / "1"
-    with pytest.raises(ModelLoadError, match="OpenVINO cannot run here: the OpenVINO plugin lists no CPU device"):
-        Engine(path, read_config(path), "openvino")
+    with pytest.raises(ModelLoadError, match="OpenVINO cannot run here: the openvino package is not installed"):
+        open_engine(path, read_config(path), "openvino")
+
+
+def test_openvino_refuses_a_corrupt_graph_and_a_wrong_label_count(tiny_model_repo, tmp_path):
+    import shutil
+
+    path = tmp_path / "broken"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    config = read_config(path)
+    with pytest.raises(ModelLoadError, match="3 outputs but bertserve.json lists 2 labels"):
+        open_engine(path, config.model_copy(update={"labels": ["a", "b"]}), "openvino")
+    (path / "model.onnx").write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelLoadError, match="model.onnx: OpenVINO cannot load it"):
+        open_engine(path, config, "openvino")
 
 
 def test_label_count_must_match_the_graph(tiny_model_repo):

@@ -4,6 +4,7 @@ weights), then /explain and KServe V1's :explain on the tiny model in-process (h
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import numpy as np
@@ -132,6 +133,17 @@ def test_openapi_documents_both_verbs(call):
     assert {"inputs", "target", "max_features"} <= set(body["properties"])
 
 
+class _HeldUntil:
+    """A session whose runs wait for `released` (as a long batch would hold it)."""
+
+    def __init__(self, session, released: threading.Event) -> None:
+        self.session, self.released = session, released
+
+    def run(self, *args):
+        assert self.released.wait(60)
+        return self.session.run(*args)
+
+
 def test_an_explanation_that_does_not_fit_the_queue_now_is_429(tiny_model_repo):
     """The engine sessions are held (as a long batch would hold them) while 8 sequences fill most of a 12-sequence
     queue: an explanation needing 6 sequences is refused at once with 429 and Retry-After, not queued; once the
@@ -144,6 +156,9 @@ def test_an_explanation_that_does_not_fit_the_queue_now_is_429(tiny_model_repo):
         await service.load_all()
         served = service.resolve("tiny")
         held = [served._idle.get() for _ in served.engines]
+        released = threading.Event()  # the low-load (all-core) session is held too, until the sessions are given back
+        if served.wide is not None:
+            served.wide = _HeldUntil(served.wide, released)
         filler = asyncio.create_task(served.batcher.submit(["filler"] * 8))
         while served.batcher.load < 8:
             await asyncio.sleep(0.001)
@@ -152,6 +167,7 @@ def test_an_explanation_that_does_not_fit_the_queue_now_is_429(tiny_model_repo):
             load_after = served.batcher.load
             for engine in held:
                 served._idle.put(engine)
+            released.set()
             await filler
             answered = await client.post("/explain", json={"inputs": "one two three four five"})
         await service.close()

@@ -69,3 +69,49 @@ def test_demo_data_has_600_train_and_379_test_reviews():
     assert (len(train_texts), len(test_texts)) == (600, 379)
     assert set(train_labels) == set(test_labels) == set(DEMO_LABELS)
     assert not any("&#039;" in t or t.startswith('"') for t in train_texts + test_texts)
+
+
+def test_a_text_pair_column_makes_each_row_a_pair(tmp_path):
+    """--text-pair-column: rows are (text, text_pair) tuples, as app.tokenizer.TextInput; a row missing either text
+    is dropped as a row missing its text is."""
+    from app.lifecycle.data import read_examples, read_gate_data, read_texts
+
+    path = tmp_path / "nli.csv"
+    path.write_text("premise,hypothesis,label\na cat sleeps,an animal rests,entailment\n,no premise,neutral\n"
+                    "a dog barks,,neutral\nit rains,it is dry,contradiction\n")
+    assert read_labelled(path, "premise", "label", "hypothesis") == (
+        [("a cat sleeps", "an animal rests"), ("it rains", "it is dry")], ["entailment", "contradiction"])
+    assert read_labelled(path, "premise", "label") == (
+        ["a cat sleeps", "a dog barks", "it rains"], ["entailment", "neutral", "contradiction"])
+    assert read_texts(path, "premise", "hypothesis") == [("a cat sleeps", "an animal rests"), ("it rains", "it is dry")]
+    labels = ["contradiction", "entailment", "neutral"]
+    assert read_examples(path, "premise", "label", labels, "hypothesis")[1] == [1, 0]
+    data = read_gate_data([path], "premise", "label", labels, "hypothesis")
+    assert data.texts == [("a cat sleeps", "an animal rests"), ("it rains", "it is dry")] and data.truth == [1, 0]
+    # a head other than single-label: labels are not class names, not read
+    assert read_gate_data([path], "premise", "label", None, "hypothesis").truth is None
+    with pytest.raises(LifecycleError, match="no column 'document'"):
+        read_labelled(path, "premise", "label", "document")
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    with pytest.raises(LifecycleError, match="a .txt file holds single texts"):
+        read_texts(tmp_path / "t.txt", "text", "hypothesis")
+
+
+def test_no_lifecycle_module_builds_settings_from_the_environment():
+    """The CLI builds Settings (app.lifecycle.commands) and passes them: lifecycle code never reads BERTSERVE_*."""
+    from pathlib import Path
+
+    import app.lifecycle
+
+    folder = Path(app.lifecycle.__file__).parent
+    assert [p.name for p in folder.glob("*.py") if "Settings(" in p.read_text()] == []
+
+
+def test_a_bad_setting_stops_evaluate_in_one_line(tmp_path, monkeypatch, capsys):
+    from app.cli import main as cli
+
+    monkeypatch.setenv("BERTSERVE_WORKERS", "many")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["evaluate", "m", "--data", str(tmp_path / "d.csv"), "--model-repository", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("bertserve: bad setting BERTSERVE_WORKERS")

@@ -1,5 +1,6 @@
 """The loader's engine choice on real sessions: candidates by setting and machine, the golden gate, the measured
-choice. CUDA is simulated where needed (FakeGpuSessions: no GPU exists here); CPU and OpenVINO sessions are real."""
+choice and its fidelity rule. CUDA is simulated where needed (FakeGpuSessions: no GPU exists here); CPU and OpenVINO
+sessions are real (OpenVINO's own runtime, on Intel and AMD alike)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 from onnx import numpy_helper
 
 import app.loader
-from app.engine import Engine, openvino_device
+from app.engine import Engine, OpenVinoEngine, available
 from app.errors import ModelLoadError
-from app.loader import candidate_groups, load_model, score_texts
+from app.loader import candidate_groups, load_model, pick, score_texts
 from app.repository import GOLDEN_FILE, Artifact, Golden, read_config, write_config, write_golden
 from app.served import ServedModel
 from app.settings import Settings
@@ -48,13 +49,14 @@ def golden_model(tiny_model_repo, tmp_path):
     return path
 
 
-def damage(path, source: str, target: str) -> None:
-    """A copy of the graph whose classifier bias pushes every text to the label the reference picks least."""
+def damage(path, source: str, target: str, shift: float = 50.0) -> None:
+    """A copy of the graph whose classifier bias pushes every text to the label the reference picks least (by
+    default; a small `shift` only moves the scores a little)."""
     model = onnx.load(path / source)
     bias = next(t for t in model.graph.initializer if "classifier" in t.name and t.name.endswith("bias"))
     least = int(np.bincount(fp32_probabilities(path, TEXTS).argmax(1), minlength=3).argmin())
     values = numpy_helper.to_array(bias).copy()
-    values[least] += 50.0
+    values[least] += shift
     bias.CopyFrom(numpy_helper.from_array(values, bias.name))
     onnx.save(model, path / target)
 
@@ -69,8 +71,8 @@ def test_candidates_on_this_machine(monkeypatch):
     groups, skipped = candidate_groups("auto", config_artifacts.__getitem__)
     tried = [p for group in groups for p, _ in group]
     assert "cuda" not in tried and tried[0] == "cpu"  # this onnxruntime build has no CUDA
-    assert ("openvino" in tried) == (openvino_device()[0] is not None)
-    assert all(s["provider"] == "openvino" and s["why"] for s in skipped)
+    assert "openvino" in tried and available("openvino") is None  # the openvino package runs on every x86-64 CPU
+    assert skipped == []
     assert candidate_groups("cpu", config_artifacts.__getitem__)[0] == [[("cpu", config_artifacts["cpu"][0])]]
     # On a CUDA machine (simulated): both CUDA artifacts first, then the CPU group.
     monkeypatch.setattr(app.loader.ort, "get_available_providers", lambda: [CUDA, CPU])
@@ -80,16 +82,19 @@ def test_candidates_on_this_machine(monkeypatch):
         [("cuda", "m.fp16.onnx"), ("cuda", "m.onnx")], [("cpu", "m.int8.onnx"), ("openvino", "m.onnx")]]
 
 
-def test_auto_serves_the_fastest_candidate_that_passes(golden_model):
+def test_auto_serves_the_candidate_pick_chooses_among_those_that_pass(golden_model):
     model = load_model("tiny", 1, golden_model, Settings(**FAST))
     trials = model.describe()["engine"]["candidates"]
-    assert {t["provider"] for t in trials} == {"cpu"} | ({"openvino"} if openvino_device()[0] else set())
+    assert {t["provider"] for t in trials} == {"cpu", "openvino"}
     assert all(t["sequences_per_s"] > 0 and "agreement" in t for t in trials)
-    # onnxruntime on the very graph the reference came from; OpenVINO in fp32 too, unless the CPU has bf16 (AMX),
-    # where a random tiny model's near-uniform scores may flip and fail the gate: then the CPU provider serves.
+    # onnxruntime on the very graph the reference came from; OpenVINO in fp32 too, unless the CPU has bf16 (AMX,
+    # AVX512-BF16), where a random tiny model's near-uniform scores may flip and fail the gate: then the CPU serves.
     assert all(t["passed"] and t["agreement"] == 1.0 for t in trials if t["precision"] == "fp32")
-    chosen = max((t for t in trials if t["passed"]), key=lambda t: t["sequences_per_s"])
-    assert [t["chosen"] for t in trials] == [t is chosen for t in trials]
+    passing = [t for t in trials if t["passed"]]
+    index, rule = pick(passing, 0.05)
+    assert [t["chosen"] for t in trials] == [t is passing[index] for t in trials]
+    chosen = passing[index]
+    assert model.describe()["engine"]["rule"] == rule and model.describe()["engine"]["fidelity_margin"] == 0.05
     assert (model.engine.provider, model.engine.artifact.file) == (chosen["provider"], chosen["artifact"])
     assert model.describe()["engine"]["gate"] == {"texts": len(TEXTS), "min_agreement": 0.97, "max_prob_diff": 0.25}
 
@@ -122,21 +127,12 @@ def test_a_version_without_golden_outputs_still_loads(golden_model, caplog):
     assert "has no golden outputs" in caplog.text
 
 
-def test_explicit_openvino_serves_openvino_or_refuses_with_the_reason(golden_model):
-    device, why = openvino_device()
-    if device is None:
-        with pytest.raises(ModelLoadError, match="openvino: "):
-            load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
-        return
-    if why == "bf16":  # this test is about the session, not about bf16 on a random model's near-uniform scores
-        write_tiny_golden(golden_model, min_agreement=0.0, max_prob_diff=1.0)
-    model = load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
-    assert model.engine.session.get_providers()[0] == "OpenVINOExecutionProvider"
+def test_explicit_openvino_serves_native_openvino(golden_model):
+    model = load_model("tiny", 1, golden_model, Settings(provider="openvino", openvino_precision="f32", **FAST))
+    assert isinstance(model.engine, OpenVinoEngine)
     assert (len(model.engines), model.engine.threads) == Settings().engine_layout("openvino")
     [trial] = model.describe()["engine"]["candidates"]
-    assert trial["precision"] == why and trial["passed"]
-    if why == "fp32":  # the same arithmetic as the reference's graph
-        assert trial["agreement"] == 1.0
+    assert trial["precision"] == "fp32" and trial["passed"] and trial["agreement"] == 1.0
 
 
 def test_cuda_machine_measures_fp16_and_fp32_and_falls_back_to_cpu_when_cuda_fails(golden_model, monkeypatch):
@@ -161,3 +157,84 @@ def test_cuda_machine_measures_fp16_and_fp32_and_falls_back_to_cpu_when_cuda_fai
     assert model.engine.provider != "cuda"
     failed = [t for t in model.describe()["engine"]["candidates"] if t["provider"] == "cuda"]
     assert len(failed) == 2 and all("runs on CPUExecutionProvider" in t["why"] for t in failed)
+
+
+def with_artifact(path, artifact: Artifact) -> None:
+    config = read_config(path)
+    write_config(path, config.model_copy(update={"artifacts": [artifact, *config.artifacts]}))
+
+
+def test_a_damaged_openvino_artifact_fails_the_gate(golden_model, caplog):
+    """OpenVINO reads its own (damaged) fp32 graph: the gate refuses it and onnxruntime serves; asked for alone,
+    the version fails with the gate's reason."""
+    damage(golden_model, "model.onnx", "model.ov.onnx")
+    with_artifact(golden_model, Artifact(file="model.ov.onnx", precision="fp32", providers=["openvino"]))
+    with caplog.at_level(logging.WARNING, logger="bertserve.loader"):
+        model = load_model("tiny", 1, golden_model, Settings(**FAST))
+    assert (model.engine.provider, model.engine.artifact.file) == ("cpu", "model.onnx")
+    [refused] = [t for t in model.describe()["engine"]["candidates"] if t["provider"] == "openvino"]
+    assert refused["artifact"] == "model.ov.onnx" and not refused["passed"] and not refused["chosen"]
+    assert refused["agreement"] < 0.97 and "agreement" in refused["why"]
+    assert "openvino on model.ov.onnx" in caplog.text and "fails the golden gate" in caplog.text
+    with pytest.raises(ModelLoadError, match="provider=openvino: openvino on model.ov.onnx: agreement") as failed:
+        load_model("tiny", 1, golden_model, Settings(provider="openvino", **FAST))
+    assert failed.value.cause == "golden_gate"
+
+
+INT8_LIKE = {"provider": "cpu", "agreement": 0.963, "mean_prob_diff": 0.02}
+FP32_LIKE = {"provider": "openvino", "agreement": 1.0, "mean_prob_diff": 0.0}
+
+
+@pytest.mark.parametrize(("faithful_rate", "margin", "serves", "rule"), [
+    (97.0, 0.0, "cpu", "fastest: the most faithful is 3.0% slower, beyond the fidelity margin 0.0"),
+    (97.0, 0.05, "openvino", "most faithful, 3.0% slower than the fastest, within the fidelity margin 0.05"),
+    (97.0, 1.0, "openvino", "most faithful, 3.0% slower than the fastest, within the fidelity margin 1.0"),
+    (80.0, 0.05, "cpu", "fastest: the most faithful is 20.0% slower, beyond the fidelity margin 0.05"),
+    (80.0, 1.0, "openvino", "most faithful, 20.0% slower than the fastest, within the fidelity margin 1.0"),
+    (120.0, 0.0, "openvino", "fastest and most faithful"),
+])
+def test_pick_weighs_fidelity_against_rate(faithful_rate, margin, serves, rule):
+    trials = [INT8_LIKE | {"sequences_per_s": 100.0}, FP32_LIKE | {"sequences_per_s": faithful_rate}]
+    index, why = pick(trials, margin)
+    assert (trials[index]["provider"], why) == (serves, rule)
+
+
+def test_pick_ties_and_unknown_fidelity():
+    # equal agreement: the smaller mean score difference is the more faithful
+    trials = [FP32_LIKE | {"mean_prob_diff": 0.001, "sequences_per_s": 100.0}, FP32_LIKE | {"sequences_per_s": 99.0}]
+    assert pick(trials, 0.05)[0] == 1 and pick(trials, 0.0)[0] == 0
+    # no golden outputs: fidelity is unknown, the fastest serves whatever the margin
+    unproven = [{"sequences_per_s": 50.0}, {"sequences_per_s": 60.0}]
+    assert pick(unproven, 1.0) == (1, "fastest and most faithful")
+    assert pick([{"sequences_per_s": 50.0}], 0.05) == (0, "fastest")
+
+
+@pytest.fixture
+def less_faithful_cpu_artifact(golden_model):
+    """onnxruntime's CPU candidate on a graph whose scores moved a little (a stand-in for INT8: it passes the gate,
+    less faithfully); OpenVINO on the fp32 graph itself, in f32, as faithful as it gets."""
+    write_tiny_golden(golden_model, min_agreement=0.9)
+    damage(golden_model, "model.onnx", "model.moved.onnx", shift=0.002)
+    with_artifact(golden_model, Artifact(file="model.moved.onnx", precision="int8", providers=["cpu"]))
+    return golden_model
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.05, 1.0])
+def test_the_fidelity_margin_chooses_between_real_engines(less_faithful_cpu_artifact, margin):
+    from app.registry import _chosen_over
+
+    settings = Settings(fidelity_margin=margin, openvino_precision="f32", **FAST)
+    model = load_model("tiny", 1, less_faithful_cpu_artifact, settings)
+    choice = model.describe()["engine"]
+    by_provider = {t["provider"]: t for t in choice["candidates"]}
+    cpu, openvino = by_provider["cpu"], by_provider["openvino"]
+    assert cpu["artifact"] == "model.moved.onnx" and cpu["passed"] and openvino["passed"]
+    assert (openvino["agreement"], -openvino["mean_prob_diff"]) > (cpu["agreement"], -cpu["mean_prob_diff"])
+    fastest = max((cpu, openvino), key=lambda t: t["sequences_per_s"])
+    within = openvino["sequences_per_s"] >= (1 - margin) * fastest["sequences_per_s"]
+    expected = openvino if within else fastest  # margin 1: always OpenVINO; 0: only if it is the fastest
+    assert model.engine.provider == expected["provider"] and expected["chosen"]
+    assert choice["fidelity_margin"] == margin and choice["rule"] == pick([cpu, openvino], margin)[1]
+    assert f"chosen as {choice['rule']} over" in _chosen_over(model)  # the ready log line
+    if margin == 1.0:
+        assert model.engine.provider == "openvino"  # "most faithful", or "fastest and most faithful"

@@ -1,4 +1,5 @@
-"""The KServe V2 codec without HTTP: parse_infer (JSON and Triton's binary tensors) and encode_response."""
+"""The KServe V2 codec without HTTP: parse_infer (JSON and Triton's binary tensors) and encode_response (bytes, and
+the JSON part's length when binary outputs follow)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from app.api.v2.codec import encode_response, parse_infer
 from app.api.v2.schemas import HEADER_LENGTH
 from app.errors import InvalidInput
+from app.protocol import v2
 
 
 def body(inputs=None, **extra) -> bytes:
@@ -64,22 +66,27 @@ def test_bad_requests_say_what_is_wrong(request_body, header_length, message):
     assert message in caught.value.message
 
 
+def encode(model, scores, parsed) -> tuple[bytes, int | None]:
+    return encode_response(v2.Inferred(model, parsed.id, v2.outputs(model, scores, parsed.outputs)))
+
+
 def test_responses_json_binary_and_classification():
     model = SimpleNamespace(name="m", version=3, config=SimpleNamespace(labels=["neg", "pos"]))
     scores = np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32)
     parsed = parse_infer(body(id="r1"), None, "m")
-    payload = orjson.loads(encode_response(model, scores, parsed).body)
+    raw, json_length = encode(model, scores, parsed)
+    payload = orjson.loads(raw)
+    assert json_length is None
     assert payload["id"] == "r1" and payload["model_version"] == "3"
     assert payload["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["pos", "neg"]}
     assert payload["outputs"][1]["shape"] == [2, 2] and payload["outputs"][1]["data"] == pytest.approx([.2, .8, .9, .1])
 
     parsed = parse_infer(body(outputs=[{"name": "scores", "parameters": {"binary_data": True}}]), None, "m")
-    response = encode_response(model, scores, parsed)
-    split = int(response.headers[HEADER_LENGTH])
-    header, raw = orjson.loads(response.body[:split]), response.body[split:]
+    body_, split = encode(model, scores, parsed)
+    header, raw = orjson.loads(body_[:split]), body_[split:]
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 16}
     assert np.frombuffer(raw, dtype="<f4").tolist() == pytest.approx(scores.ravel().tolist())
 
     parsed = parse_infer(body(outputs=[{"name": "scores", "parameters": {"classification": 1}}]), None, "m")
-    top = orjson.loads(encode_response(model, scores, parsed).body)["outputs"][0]
+    top = orjson.loads(encode(model, scores, parsed)[0])["outputs"][0]
     assert top["shape"] == [2, 1] and top["data"] == ["0.800000:1:pos", "0.900000:0:neg"]

@@ -1,16 +1,19 @@
-"""/predict's route, declared once: documented by FastAPI, served lean (app.api.transport.LeanRoute). Parsing and
-shaping in the codec, every decision in app.service."""
+"""/predict's route, declared once: documented by FastAPI, served lean (app.api.transport.LeanRoute) through the
+request skeleton (app.api.transport.handle). Parsing and shaping in the codec; the service classifies."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.predict.codec import encode_predict, parse_predict
-from app.api.predict.schemas import PredictResponse
+from app.api.predict.schemas import PredictRequest, PredictResponse
 from app.api.schemas import error_responses
-from app.api.transport import LeanRoute, Tracked, json_response, model_headers, read_body, tracked, until_disconnect
-from app.service import Service
+from app.api.transport import Call, LeanRoute, handle
+from app.served import ServedModel
 
 router = APIRouter(route_class=LeanRoute)
 
@@ -28,25 +31,29 @@ router = APIRouter(route_class=LeanRoute)
     },
 )
 async def predict(request: Request) -> Response:
-    service: Service = request.app.state.service
-    return await tracked(service, lambda t: _predict(request, service, t))
+    return await handle(request, _parse, _classify, _encode)
 
 
-async def _predict(request: Request, service: Service, tracking: Tracked) -> Response:
-    req = parse_predict(await read_body(request, service.settings.max_body_bytes))
-    tracking.model = req.model
-    model, scores = await until_disconnect(
-        request,
-        service.classify(
-            [req.inputs] if isinstance(req.inputs, (str, tuple)) else req.inputs,  # one text or pair, or a list
-            model=req.model,
-            version=req.version,
-            truncate=req.truncate,
-            # None: the model head's function (softmax, sigmoid or none, by the text-classification pipeline's rule)
-            function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or None,
-            timeout_s=service.timeout_s(req.timeout_ms),
-            routing_key=request.headers.get("x-routing-key"),
-        ),
+def _parse(call: Call) -> PredictRequest:
+    req = parse_predict(call.body)
+    call.model = req.model
+    return req
+
+
+def _classify(call: Call, req: PredictRequest):
+    service = call.service
+    return service.classify(
+        [req.inputs] if isinstance(req.inputs, (str, tuple)) else req.inputs,  # one text or pair, or a list
+        model=req.model,
+        version=req.version,
+        truncate=req.truncate,
+        # None: the model head's function (softmax, sigmoid or none, by the text-classification pipeline's rule)
+        function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or None,
+        timeout_s=service.timeout_s(req.timeout_ms),
+        routing_key=call.routing_key,
     )
-    return json_response(encode_predict(req, model.config.labels, scores),
-                         headers=model_headers(model))
+
+
+def _encode(req: PredictRequest, answer: tuple[ServedModel, np.ndarray]) -> tuple[ServedModel, Any]:
+    model, scores = answer
+    return model, encode_predict(req, model.config.labels, scores)

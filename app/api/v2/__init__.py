@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe V2 / Triton HTTP/REST): a second transport over the same service and batchers
-as /predict. Parsing and shaping here, every decision in app.service.
+as /predict. The protocol's rules in app.protocol.v2 (shared with gRPC), parsing and shaping here.
 
-Each model has one input, `text` (BYTES, shape [n] or [n, 1]), and two outputs: `label` (BYTES [n], the best
+Each model has the input `text` (BYTES, shape [n] or [n, 1]), optionally `text_pair` (as many texts: row k
+is the pair), and two outputs: `label` (BYTES [n], the best
 label) and `scores` (FP32 [n, labels], in the order of the model's labels, given in the model metadata).
 Triton's extensions that `tritonclient` uses are supported:
 - binary tensor data: `Inference-Header-Content-Length: N` (the first N bytes are the JSON header, then the

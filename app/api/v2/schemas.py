@@ -1,5 +1,5 @@
-"""Open Inference Protocol (KServe V2) wire schemas: the names of the one input and two outputs, the request and
-response bodies, and the OpenAPI description of inference (whose binary form a schema cannot say)."""
+"""Open Inference Protocol (KServe V2) wire schemas: the request and response bodies (the names of the inputs and
+outputs are app.protocol.v2's), and the OpenAPI description of inference (whose binary form a schema cannot say)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from app.api.schemas import inline_schema
+from app.protocol.v2 import INPUT, INPUTS, OUTPUTS, PAIR_INPUT  # noqa: F401 (the names, kept by the protocol)
 
-INPUT = "text"
-PAIR_INPUT = "text_pair"  # optional: a second text per row makes each row a pair (text[k], text_pair[k])
-INPUTS = (INPUT, PAIR_INPUT)
-OUTPUTS = ("label", "scores")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
 
 class ServerMetadata(BaseModel):
     name: str
