@@ -9,7 +9,7 @@ DEMO := models/drug-review-sentiment/1/bertserve.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install demo demo-reranker clean gpu-check grpc-stubs
+.PHONY: run test install demo demo-reranker clean gpu-check grpc-stubs bench-base
 
 run: $(INSTALLED) $(DEMO)
 	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
@@ -46,9 +46,28 @@ grpc-stubs: $(INSTALLED)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
 		app/api/grpc/grpc_predict_v2.proto
 
+# A BERT-base-shaped classifier (random weights: speed only; benchmarks/base_model.py) in its own gitignored repository,
+# benchmarked as the demo is: docs/benchmarks-base.md and .png. About 20 minutes on 2 cores; run it on a quiet machine.
+# `make run` and `make test` never build it. BENCH_BASE_ARGS overrides the settings, e.g. --duration 2 --rounds 1.
+BASE_MODEL := benchmarks/.models/bert-base-random/1/bertserve.json
+BASE_NOTE := bert-base-random has the shape of bert-base-uncased (12 layers, hidden 768, 110 M parameters) with random \
+	weights (benchmarks/base_model.py): the speed of a fine-tuned BERT-base classifier; its accuracy means nothing.
+BENCH_BASE_ARGS ?= --servers 1x0,plain --concurrency 1,32,64 --duration 20 --rounds 2 --warmup 10 \
+	--raw-batches 1,4,8,16,32 --raw-seconds 3 --probe-seconds 2
+
+bench-base: $(BASE_MODEL)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench.py --model-repository benchmarks/.models --model bert-base-random \
+		--output-md docs/benchmarks-base.md --output-png docs/benchmarks-base.png --json docs/benchmarks-base.json \
+		--note "$(BASE_NOTE)" \
+		$(BENCH_BASE_ARGS)
+
+$(BASE_MODEL): | $(INSTALLED)
+	$(BIN)/python benchmarks/base_model.py --model-repository benchmarks/.models
+
 # On a machine with an NVIDIA GPU (and the demo model): the CUDA path's tests and its fp16 vs fp32 figures.
 gpu-check:
 	bash deploy/gpu-check.sh
 
 clean:
-	rm -rf $(VENV) models/drug-review-sentiment models/.checkpoints rerankers
+	rm -rf $(VENV) models/drug-review-sentiment models/.checkpoints rerankers benchmarks/.models

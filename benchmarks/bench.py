@@ -3,9 +3,9 @@
     python benchmarks/bench.py [--model-repository models] [--model drug-review-sentiment] [--duration 8]
                                [--servers 2x1,1x2] [--concurrency 1,8,32,64] [--rounds 3] [--url URL] ...
 
-1. Raw engines: every CPU engine this machine has (onnxruntime CPU on the INT8 artifact; onnxruntime's OpenVINO
-   provider on the fp32 one, where it lists a device), through app.engine + app.tokenizer on real review texts,
-   tokenization included: batch sizes 1..64 in arrival order and length-sorted with intra-op threads = cores; for
+1. Raw engines: every CPU engine this machine has on each artifact it may run (onnxruntime CPU on the INT8 artifact
+   and on the fp32 one; OpenVINO's own runtime on the fp32 one), through app.engine + app.tokenizer on real review
+   texts, tokenization included: batch sizes 1..64 in arrival order and length-sorted with intra-op threads = cores; for
    onnxruntime CPU also 1 process x 1 thread at batch 1 and N processes x 1 thread (batch 1, batch 4 sorted). The
    raw limit is the best sequences/s of any of them: the best engine's.
 2. Service: `bertserve serve` subprocesses on 127.0.0.1 (one per --servers entry: WORKERSxTHREADS, THREADS 0 for
@@ -224,14 +224,15 @@ def main(argv: list[str] | None = None) -> None:
         if (why := available(p)) is not None:
             log(f"raw engine {p} skipped: {why}")
             providers.remove(p)
-    models = {p: raw.RawModel(version_dir, threads=cores, provider=p) for p in providers}
-    model = models[providers[0]]
+    found = raw.engines(version_dir, providers)  # key ("cpu", "cpu-fp32", "openvino") -> (provider, artifact)
+    models = {key: raw.RawModel(version_dir, threads=cores, provider=p, artifact=f) for key, (p, f) in found.items()}
+    model = models[next(iter(models))]
     lengths = model.lengths(texts)
     for m in models.values():
         m.warm(texts)
     procs = max(1, cores)
     pool = raw.SingleThreadPool(procs, version_dir, "cpu", texts) if "cpu" in providers else None
-    configs = raw.configs(cores, [int(b) for b in args.raw_batches.split(",")], procs, providers)
+    configs = raw.configs(cores, [int(b) for b in args.raw_batches.split(",")], procs, list(models))
 
     # ---- servers, started one after another so their warm-up and autotuning do not overlap
     servers: list[Server] = []
@@ -253,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             info, choices = model_info(url, name, version, args.api_key)
             label = server_label(spec)
             # the engine that serves, as the server reports it: the c=1 point is compared with its raw batch-1 passes
-            served = (info.get("provider", "cpu"), info.get("intra_op_threads") or spec["threads"] or 1)
+            # on the session a lone request runs on (the wide one on every core, when the model has it)
+            served = (raw.engine_key(found, info.get("provider", "cpu"), info.get("artifact")),
+                      info.get("wide_session_threads") or info.get("intra_op_threads") or spec["threads"] or 1)
             server_results.append({"label": label, "url": url, "workers": spec["workers"], "threads": served[1],
                                    "provider": served[0], "plain": spec.get("plain", False),
                                    "env": {**extra_env, **spec["env"]}, "src": spec["src"], "batching": choices,

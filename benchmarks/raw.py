@@ -18,14 +18,35 @@ from pathlib import Path
 
 from benchmarks.common import batch_plan, percentile, shuffled
 
-# (label, provider, processes, threads per session, batch, order). onnxruntime CPU rows are labelled as before;
-# OpenVINO rows start with "openvino" and use its serving layout only: one session on every core.
+# (label, engine, processes, threads per session, batch, order). Engines are the keys of `engines`: onnxruntime CPU
+# rows on its preferred artifact ("cpu") are labelled as before; the others start with the engine's key ("cpu-fp32",
+# "openvino") and use the one-session-on-every-core layout only.
 Config = tuple[str, str, int, int, int, str]
+
+
+def engines(version_dir: Path, providers: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Every raw engine of a version: key -> (provider, artifact file), each provider on each artifact it may run.
+    Its preferred artifact (the one it serves when that passes the gate) goes by the provider's name ("cpu":
+    onnxruntime on INT8 when published), the others by provider and precision ("cpu-fp32")."""
+    from app.repository import read_config
+
+    config = read_config(version_dir)
+    out: dict[str, tuple[str, str]] = {}
+    for provider in providers:
+        for k, artifact in enumerate(config.artifacts_for(provider)):
+            key = provider if k == 0 else f"{provider}-{artifact.precision}"
+            out[key if key not in out else f"{key}-{Path(artifact.file).stem}"] = (provider, artifact.file)
+    return out
+
+
+def engine_key(found: dict[str, tuple[str, str]], provider: str, artifact: str | None) -> str:
+    """The raw engine a server's model runs (GET /models: provider, artifact); the provider's name if none is."""
+    return next((key for key, pair in found.items() if pair == (provider, artifact)), provider)
 
 
 def configs(cores: int, batches: Sequence[int], procs: int, providers: Sequence[str] = ("cpu",)) -> list[Config]:
     out: list[Config] = []
-    for provider in providers:
+    for provider in providers:  # engine keys (`engines`)
         prefix = "" if provider == "cpu" else f"{provider} "
         for batch in batches:
             for order in ("arrival", "sorted"):
@@ -41,7 +62,7 @@ def configs(cores: int, batches: Sequence[int], procs: int, providers: Sequence[
 
 
 def engine_of(label: str) -> str:
-    """The provider a raw configuration's label stands for."""
+    """The engine (key of `engines`) a raw configuration's label stands for."""
     return label.split(" ", 1)[0] if not label[0].isdigit() else "cpu"
 
 

@@ -146,7 +146,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
          "full raw rounds around them), and right before and after every service point the best raw configurations "
          "of the last full raw round are measured again (probes): each point is divided by the mean of the raw "
          "limits measured just before and just after it. The concurrency-1 point is also bracketed by two raw "
-         "batch-1 passes over all the texts with the server's intra-op threads, and its p50 is compared with theirs. "
+         "batch-1 passes over all the texts with the threads of the session a lone request runs on (the server's "
+         "low-load session on every core, when it has one), and its p50 is compared with theirs. "
          "Tables show medians over rounds."),
         (f"- **Raw limit**: the best sequences/s of any raw configuration in each full raw round (tokenization "
          f"included), median over rounds: **{_f(summary['raw_limit'])} seq/s** (rounds: "
@@ -165,7 +166,7 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
 
     out += ["## Targets", "",
             (f"Service ≥ {TARGET_RATIO} × raw limit at concurrency {' and '.join(map(str, TARGET_RATIO_AT))}; at concurrency 1, "
-             f"p50 within {TARGET_P50_MS:.0f} ms of the raw batch-1 p50 (same threads per session, same texts, "
+             f"p50 within {TARGET_P50_MS:.0f} ms of the raw batch-1 p50 (the threads of the session a lone request runs on, same texts, "
              "measured right around it); no errors."), "",
             (f"Against the plain server of the same run (FastAPI + onnxruntime INT8, 2 uvloop workers x 1 thread): "
              f"≥ {TARGET_OVER_PLAIN} × its req/s at the same concurrencies."), "",
@@ -188,6 +189,11 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
         out.append(f"Settings: {', '.join(settings)}. Batch caps chosen (GET /models → batching"
                    f"{', per worker' if len(batching) > 1 else ''}): "
                    + "; ".join(_batching(b) for b in batching) + ".")
+        choice = (s.get("model") or {}).get("engine") or {}
+        if choice.get("candidates"):  # what the loader measured and which candidate serves (app.loader)
+            out.append(f"Engine (GET /models → engine; BERTSERVE_PROVIDER={choice.get('setting')}, fidelity margin "
+                       f"{choice.get('fidelity_margin')}): " + "; ".join(_candidate(t) for t in choice["candidates"])
+                       + f". Serving: the one chosen as {choice.get('rule')}.")
         c1 = next((p for p in s["points"] if p["concurrency"] == 1 and "raw_b1_p50_ms" in p), None)
         if c1:
             out.append(f"Raw batch-1 p50 with {s['threads']} thread(s), over all texts right before and after the "
@@ -234,6 +240,16 @@ def engines_of(meta: dict) -> dict:
         return meta["engines"]
     return {meta.get("provider", "cpu"): {"artifact": meta.get("artifact"), "quantization": meta.get("quantization"),
                                           "precision": meta.get("quantization")}}
+
+
+def _candidate(trial: dict) -> str:
+    what = f"{trial.get('provider')} on `{trial.get('artifact')}`" + (
+        f" ({trial['precision']})" if trial.get("precision") else "")
+    if not trial.get("passed"):
+        return f"{what} refused ({trial.get('why')})"
+    figures = f"{trial.get('sequences_per_s')} seq/s" + (
+        f", agreement {trial['agreement']:.4f}" if "agreement" in trial else "")
+    return f"**{what}, {figures}, chosen**" if trial.get("chosen") else f"{what}, {figures}"
 
 
 def _batching(b: dict | None) -> str:

@@ -3,12 +3,17 @@
 
 - raw: the engine bertserve picks for the version (its artifact, a session on every core), scoring the 100 pairs
   in length-sorted batches (the best of 8, 16, 32 per call), tokenization included: the limit;
-- bertserve: `bertserve serve` as `make run` starts it (the queue bound raised to 800: 8 x 100), POST /v2/rerank with the 100 documents, at c=1 (median
-  latency) and c=8 (documents/s over all clients);
-- Infinity (`infinity_emb v2 --engine optimum` on the same model folder) when `--infinity` names its executable
-  (install it in a separate venv: it pins its own torch and onnxruntime).
+- bertserve: `bertserve serve` as `make run` starts it (the queue bound raised to 800: 8 x 100), POST /v2/rerank
+  with the 100 documents, at c=1 (median latency) and c=8 (documents/s over all clients);
+- Infinity (`infinity_emb v2 --engine optimum`, its onnxruntime engine) when `--infinity` names the Python of its
+  own venv (`pip install 'infinity-emb[server,optimum]==0.0.78' torch==2.13.0 optimum==2.1.0 optimum-onnx==0.1.0
+  transformers==4.57.6 'numpy<2'`, the set measured; started through benchmarks/infinity_launch.py): on the
+  same graph bertserve serves (an INT8 one named `model_quantized.onnx`, the file Infinity prefers on CPU; an fp32
+  one as `model.onnx`), the checkpoint's config.json, and
+  the same truncation (config's max_position_embeddings set to the version's max_length: Infinity truncates there);
+  its scores are compared with bertserve's on the same pairs.
 
-    python -m benchmarks.rerank [--repository rerankers] [--model drug-review-reranker] [-n 20] [--infinity PATH]
+    python -m benchmarks.rerank [--repository rerankers] [--model drug-review-reranker] [-n 20] [--infinity PYTHON]
 """
 
 from __future__ import annotations
@@ -109,17 +114,32 @@ def measure(url: str, path: str, body: dict, rounds: int) -> dict:
             "c8_docs_s": round(answered * len(body["documents"]) / wall, 1), "c8_errors": sorted(errors)}
 
 
-def infinity(executable: str, version_dir: Path, body: dict, rounds: int) -> dict:
-    """Infinity's optimum (onnxruntime) engine on a Hugging Face layout of the same fp32 graph."""
+def infinity_folder(version_dir: Path, artifact: str) -> Path:
+    """The version as Infinity reads it: a Hugging Face folder with one ONNX file (see the module docstring)."""
+    config = json.loads((version_dir / "bertserve.json").read_text())
+    checkpoint = version_dir.parent.parent / ".checkpoints" / version_dir.parent.name / version_dir.name
+    if not (checkpoint / "config.json").is_file():
+        checkpoint = Path(config["report"]["source"])
+    hf_config = json.loads((checkpoint / "config.json").read_text())
+    hf_config["max_position_embeddings"] = config["max_length"]  # Infinity truncates pairs there
     folder = Path(tempfile.mkdtemp(prefix="infinity-model-"))
     for item in version_dir.iterdir():
-        if item.is_file():
+        if item.is_file() and item.suffix != ".onnx":
             shutil.copy(item, folder / item.name)
+    int8 = any(a["file"] == artifact and a["precision"] == "int8" for a in config["artifacts"])
+    shutil.copy(version_dir / artifact, folder / ("model_quantized.onnx" if int8 else "model.onnx"))
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    return folder
+
+
+def infinity(python: str, folder: Path, body: dict, rounds: int) -> tuple[dict, list[float]]:
+    """Infinity's optimum (onnxruntime) engine on `folder`: the same measurement, and its scores for `body`."""
     port = free_port()
     log = open(folder / "infinity.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([executable, "v2", "--model-id", str(folder), "--engine", "optimum", "--port",
-                                str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen([python, str(ROOT / "benchmarks" / "infinity_launch.py"), "v2", "--model-id",
+                                str(folder), "--engine", "optimum", "--port", str(port), "--device", "cpu"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -132,11 +152,19 @@ def infinity(executable: str, version_dir: Path, body: dict, rounds: int) -> dic
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        return measure(url, "/rerank", {**body, "model": folder.name}, rounds)
+        request = {**body, "model": str(folder)}
+        scores = scores_by_index(httpx.post(url + "/rerank", json=request, timeout=120).json())
+        return measure(url, "/rerank", request, rounds), scores
     finally:
         process.terminate()
         process.wait(30)
         log.close()
+
+
+def scores_by_index(answer: dict) -> list[float]:
+    """Relevance scores of a Cohere-shaped answer, in the request's document order."""
+    results = sorted(answer["results"], key=lambda r: r["index"])
+    return [r["relevance_score"] for r in results]
 
 
 def main() -> None:
@@ -145,7 +173,7 @@ def main() -> None:
     p.add_argument("--model", default="drug-review-reranker")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("-n", type=int, default=20, help="requests per client, and raw rounds")
-    p.add_argument("--infinity", help="the infinity_emb executable (its own venv)")
+    p.add_argument("--infinity", help="the Python of Infinity's own venv (see the module docstring)")
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="extra BERTSERVE_* settings")
     args = p.parse_args()
     version_dir = args.repository / args.model / str(args.version)
@@ -161,6 +189,7 @@ def main() -> None:
         batching = info.get("batching", {})
         # a deadline past the c=8 round's length: measured is throughput, not the default deadline
         ours = measure(server.url, "/v2/rerank", {**body, "timeout_ms": 120_000}, args.n)
+        our_scores = scores_by_index(httpx.post(server.url + "/v2/rerank", json=body, timeout=120).json())
     finally:
         server.stop()
     engine = {"provider": info.get("provider", "cpu"), "quantization": info.get("quantization")}
@@ -177,9 +206,14 @@ def main() -> None:
               "c8_ratio_to_raw": round(ours["c8_docs_s"] / (1000 * len(documents) / limit), 3)}
     if args.infinity:
         try:
-            result["infinity"] = infinity(args.infinity, version_dir, body, args.n)
-            result["c8_ratio_to_infinity"] = round(ours["c8_docs_s"] / result["infinity"]["c8_docs_s"], 3)
-        except (RuntimeError, OSError, httpx.HTTPError) as exc:  # reported, not fatal: the rest of the run stands
+            theirs, their_scores = infinity(args.infinity, infinity_folder(version_dir, artifact), body, args.n)
+            result["infinity"] = theirs
+            result["c1_ratio_to_infinity"] = round(ours["c1_ms"] / theirs["c1_ms"], 3)
+            result["c8_ratio_to_infinity"] = round(ours["c8_docs_s"] / theirs["c8_docs_s"], 3)
+            # Infinity leaves token_type_ids out of its pairs (return_token_type_ids=False): on an fp32 graph this
+            # is the whole difference (measured 2026-12-03); on INT8, per-batch activation scales add some.
+            result["infinity_max_score_diff"] = round(max(abs(a - b) for a, b in zip(our_scores, their_scores)), 4)
+        except (RuntimeError, OSError, KeyError, httpx.HTTPError) as exc:  # reported, not fatal: the rest stands
             result["infinity"] = {"error": str(exc)[-500:]}
     print(json.dumps(result, indent=2))
 

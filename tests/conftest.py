@@ -52,7 +52,7 @@ def metric(text: str, name: str, **labels) -> float:
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue
-        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit("}", 1)[0])) if "{" in line else {}
         if all(sample_labels.get(k) == v for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total

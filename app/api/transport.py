@@ -127,6 +127,7 @@ class Tracked:
     """What a handler tells the counting: the model the request is for (once it knows)."""
 
     model: str | None = None
+    route = ""  # the route's path template, a metric label
 
 
 async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]],
@@ -154,7 +155,7 @@ async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Respon
         raise
     finally:
         label, version = service.metric_label(request.model), answered_by.get()
-        counter.labels(label, version, str(status), "http").inc()
+        counter.labels(label, version, str(status), "http", request.route).inc()
         duration.labels(label, version).observe(time.perf_counter() - started)
         if tracing.tracer is not None:  # off: this check is all a request pays
             tracing.record_http(status, started, label, version)
@@ -174,6 +175,7 @@ class Call(Tracked):
         self.request = request
         self.service = service
         self.model = model
+        self.route = getattr(request.scope.get("route"), "path", "")  # the template, not the request's own path
         self.body = b""
 
     @property

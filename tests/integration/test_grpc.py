@@ -149,6 +149,7 @@ def test_requests_are_counted_with_the_grpc_protocol(client, server):
     status_of(lambda: client.infer("nope", inputs(TEXTS), headers=AUTH))
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
     assert metric(text, "bertserve_requests_total", protocol="grpc", status="200", model="tiny") == before + 1
+    assert metric(text, "bertserve_requests_total", protocol="grpc", route="ModelInfer") >= 1
     assert metric(text, "bertserve_requests_total", protocol="grpc", status="404") >= 1
     assert metric(text, "bertserve_requests_total", protocol="http", status="200") >= 1  # the HTTP comparisons
 

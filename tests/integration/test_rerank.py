@@ -1,14 +1,17 @@
 """Reranking on a tiny random one-logit BERT pair classifier (a cross-encoder), exported with `bertserve export`:
-the real Cohere SDK (v1 and v2 clients) against a real `bertserve serve` on 127.0.0.1, text-embeddings-inference's
-shape field by field in-process, bad input answered 4xx with the server still serving, duplicates scored once and
-a request's pairs sent to the batcher as one submission."""
+the real Cohere SDK (v1 and v2 clients) and tritonclient.http (KServe V2, `text` and `text_pair`) against a real
+`bertserve serve` on 127.0.0.1, text-embeddings-inference's shape field by field and V2 REST's scores in-process,
+bad input answered 4xx with the server still serving, duplicates scored once and a request's pairs sent to the
+batcher as one submission. The queue bound (429) and deadline (504): tests/integration/test_rerank_limits.py."""
 
 from __future__ import annotations
 
 import math
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as triton
 
 from app import batching
 from app.cli import main as cli
@@ -130,6 +133,27 @@ def test_cohere_errors_are_the_sdks_own_exceptions_and_the_server_keeps_serving(
                   kind="scored") >= len(DOCUMENTS)
 
 
+def test_tritonclient_scores_the_reranker_as_v2_rerank(server):
+    """tritonclient.http, Triton's own client, sends `text` and `text_pair` (BYTES, its binary tensor extension) to
+    the reranker on a real server: each row's score is /v2/rerank's relevance score for that document."""
+    ranked = httpx.post(server.url + "/v2/rerank", json={"model": "reranker", "query": QUERY, "documents": DOCUMENTS},
+                        headers=AUTH, timeout=30).json()
+    expected = [score for _, score in sorted((r["index"], r["relevance_score"]) for r in ranked["results"])]
+    inputs = []
+    for name, texts in (("text", [QUERY] * len(DOCUMENTS)), ("text_pair", DOCUMENTS)):
+        tensor = triton.InferInput(name, [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array(texts, dtype=object))
+        inputs.append(tensor)
+    with triton.InferenceServerClient(url=f"127.0.0.1:{server.port}") as client:
+        metadata = client.get_model_metadata("reranker", headers=AUTH)
+        assert [i["name"] for i in metadata["inputs"]] == ["text", "text_pair"]
+        assert metadata["parameters"]["labels"] == ["relevance"]
+        # a copy: tritonclient adds its own headers (Inference-Header-Content-Length) to the dict it is given
+        scores = client.infer("reranker", inputs, headers=dict(AUTH)).as_numpy("scores")
+    assert scores.shape == (len(DOCUMENTS), 1)
+    np.testing.assert_allclose(scores[:, 0], expected, atol=1e-5)
+
+
 # ---- text-embeddings-inference's shape, in-process ----
 
 def test_tei_shape_field_by_field(call):
@@ -150,6 +174,37 @@ def test_tei_shape_field_by_field(call):
     for item in raw:
         assert item["score"] == pytest.approx(logits[item["index"]], abs=1e-5)
         assert 1 / (1 + math.exp(-item["score"])) == pytest.approx(expected[item["index"]], abs=1e-5)
+
+
+def v2_infer(call, function: str | None = None) -> list[float]:
+    """The reranker's one score per (QUERY, document) row over KServe V2 REST: `text` and `text_pair` inputs of the
+    same length; the head's scores or, with `function`, parameters.function_to_apply's."""
+    n = len(DOCUMENTS)
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [n], "data": [QUERY] * n},
+                       {"name": "text_pair", "datatype": "BYTES", "shape": [n], "data": DOCUMENTS}],
+            "outputs": [{"name": "scores"}]} | ({"parameters": {"function_to_apply": function}} if function else {})
+    r = call("POST", "/v2/models/reranker/infer", json=body)
+    assert r.status_code == 200, r.text
+    [scores] = r.json()["outputs"]
+    assert scores["shape"] == [len(DOCUMENTS), 1] and scores["datatype"] == "FP32"
+    return scores["data"]
+
+
+def test_kserve_v2_serves_the_reranker_with_text_and_text_pair(call):
+    """V2's `text` × `text_pair` rows score as the rerank routes do: its scores as /v2/rerank's relevance scores,
+    its logits (function_to_apply none) as /rerank's raw_scores, and their sigmoid as /rerank's scores."""
+    ranked = call("POST", "/v2/rerank", json={"model": "reranker", "query": QUERY, "documents": DOCUMENTS}).json()
+    cohere_scores = {item["index"]: item["relevance_score"] for item in ranked["results"]}
+    tei = {item["index"]: item["score"] for item in call("POST", "/rerank", json={"query": QUERY, "texts": DOCUMENTS})
+           .json()}
+    raw = {item["index"]: item["score"] for item in call("POST", "/rerank", json={
+        "query": QUERY, "texts": DOCUMENTS, "raw_scores": True}).json()}
+    scores, logits = v2_infer(call), v2_infer(call, "none")
+    assert max(logits) - min(logits) > 0.1  # scores that differ: a comparison that means something
+    for k in range(len(DOCUMENTS)):
+        assert scores[k] == pytest.approx(cohere_scores[k], abs=1e-5)
+        assert logits[k] == pytest.approx(raw[k], abs=1e-5)
+        assert 1 / (1 + math.exp(-logits[k])) == pytest.approx(tei[k], abs=1e-5)
 
 
 def test_the_openapi_document_has_the_three_routes(call):

@@ -85,7 +85,7 @@ class Servicer(GRPCInferenceServiceServicer):
         finally:
             if counted:
                 label, version = self.service.metric_label(model or None), answered_by.get()
-                metrics.REQUESTS.labels(label, version, str(status), "grpc").inc()
+                metrics.REQUESTS.labels(label, version, str(status), "grpc", rpc).inc()
                 metrics.REQUEST_DURATION.labels(label, version).observe(time.perf_counter() - started)
                 if tracing.tracer is not None:  # off: this one check is all it costs
                     tracing.record_grpc("/inference.GRPCInferenceService/" + rpc, metadata, grpc.StatusCode[code],
