@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, metric
 from tests.deploy.conftest import ROOT, prom_query, run, stop_process, tool, wait_for, wait_until_ready
 
 pytestmark = pytest.mark.deploy
@@ -129,7 +129,8 @@ def test_container_serves_on_a_read_only_root_and_stops_cleanly(podman, image, m
         r = httpx.post(url + "/predict", json={"inputs": ["great", "awful"]}, timeout=30)
         assert r.status_code == 200 and len(r.json()) == 2
         metrics = httpx.get(url + "/metrics", timeout=10).text
-        assert 'bertserve_requests_total{model="tiny",protocol="http",status="200",version="1"} 2.0' in metrics
+        assert metric(metrics, "bertserve_requests_total", model="tiny", protocol="http", status="200", version="1",
+                      route="/predict") == 2
         # the image carries the OpenVINO plugin: the engine is chosen by measurement between the two CPU providers
         assert 'provider="cpu"' in metrics or 'provider="openvino"' in metrics
         healthy(podman, name)  # the image's own HEALTHCHECK command passes
