@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceError(Exception):
@@ -86,6 +90,16 @@ def validation_message(errors: Sequence[Mapping[str, Any]], root: str = "body") 
     if first["type"] == "extra_forbidden":  # the unknown name is the client's own text: not echoed
         return f"{_where(parts[:-1], root)}: a field that is not part of the API was sent"
     return f"{_where(parts, root)}: {first['msg']}"
+
+
+def parse_json(schema: type[M], body: bytes,
+               message: Callable[[list], str] = validation_message) -> M:
+    """A request body validated from raw JSON bytes in one pass; any problem is one InvalidInput (422), worded by
+    `message` from pydantic's errors (each endpoint can say its own shapes more plainly)."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(message(exc.errors())) from None
 
 
 def _where(parts: list, root: str) -> str:

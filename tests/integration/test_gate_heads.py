@@ -97,7 +97,8 @@ def test_a_published_regression_int8_records_a_bound_that_covers_its_drift(tmp_p
     config = read_config(path)
     chosen = next(a for a in report["gate"]["attempts"] if a["passed"])
     assert config.artifacts[0].precision == "int8"
-    assert config.regression_bound >= BOUND_SAFETY * chosen["max_prob_diff"] * 0.999
+    # The report rounds the drift to 4 decimals (app.scores): the bound covers the drift it was computed from.
+    assert config.regression_bound >= BOUND_SAFETY * (chosen["max_prob_diff"] - 5e-5)
     trials = candidates(path)
     int8 = next(t for t in trials if t["artifact"] == "model.int8.onnx")
     assert int8["passed"] and int8["agreement"] == 1.0 and np.isfinite(int8["max_prob_diff"])

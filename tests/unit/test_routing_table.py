@@ -164,7 +164,9 @@ def test_a_bad_new_table_leaves_the_one_in_force(tmp_path, tiny_model_repo, capf
     assert routing["in_force"] == {"traffic": {"1": 80.0, "2": 20.0}, "shadow": None}
     assert "version 4 has no folder" in routing["refused"]["reason"] and seen["gauge"] == 1
     split = Counter(r.headers["x-model-version"] for r in answers)
-    assert {r.status_code for r in answers} == {200} and abs(split["1"] / 4 - 80) <= 5, split
+    # Routing draws at random: 400 answers put version 1 at 80 % +- 2 points (one sigma); 8 points is 4 sigma, and
+    # still far from the refused table's 50 %.
+    assert {r.status_code for r in answers} == {200} and abs(split["1"] / 4 - 80) <= 8, split
     (seen, traffic) = malformed
     assert traffic == {1: 80.0, 2: 20.0} and seen["ready"].json()["causes"] == {"tiny": "bad_serving_json"}
     assert seen["listed"][0]["routing"]["asked"] is None and seen["gauge"] == 1

@@ -3,28 +3,24 @@ routing here."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from app.api.predict.codec import ranked
-from app.errors import InvalidInput, validation_message
+from app.errors import M, parse_json, validation_message
 from app.inference import Explanation
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def parse(schema: type[M], body: bytes) -> M:
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # A pair ([a, b] or {"text", "text_pair"}) where a text goes: said plainly. Occlusion weighs the words of
-        # one text; pairs are classified by /predict but not explained.
-        pairs = [e for e in errors if e["type"] == "string_type" and isinstance(e["input"], list | dict)]
-        if pairs:
-            errors = [{**pairs[0], "msg": "explanations take single texts; text pairs are not explained"}]
-        raise InvalidInput(validation_message(errors)) from None
+    return parse_json(schema, body, _message)
+
+
+def _message(errors: list) -> str:
+    # A pair ([a, b] or {"text", "text_pair"}) where a text goes: said plainly. Occlusion weighs the words of one
+    # text; pairs are classified by /predict but not explained.
+    pairs = [e for e in errors if e["type"] == "string_type" and isinstance(e["input"], list | dict)]
+    if pairs:
+        errors = [{**pairs[0], "msg": "explanations take single texts; text pairs are not explained"}]
+    return validation_message(errors)
 
 
 def encode_explanation(text: str, explanation: Explanation) -> dict[str, Any]:

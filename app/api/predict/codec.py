@@ -6,20 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from app.api.predict.schemas import PredictRequest
-from app.errors import InvalidInput, validation_message
+from app.errors import parse_json, validation_message
 
 TEXTS_ONLY = "list[constrained-str]"  # the texts-only branch of `inputs`: the mixed list's errors say more
 INPUT_FORMS = 'a text, a pair (a list of two texts, or {"text": ..., "text_pair": ...})'
 
 
 def parse_predict(body: bytes) -> PredictRequest:
-    try:
-        return PredictRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise InvalidInput(_message(exc.errors())) from None
+    return parse_json(PredictRequest, body, _message)
 
 
 def _message(errors: list) -> str:

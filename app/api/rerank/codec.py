@@ -4,28 +4,23 @@ flat list or as Cohere's results object. No HTTP here."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from app.api.rerank.schemas import CohereRerankRequest, TeiRerankRequest
-from app.errors import InvalidInput, validation_message
+from app.errors import M, parse_json, validation_message
 from app.rerank import Ranking
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def parse(schema: type[M], body: bytes) -> M:
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # A document of the wrong kind: said once, by its place (pydantic reports each branch of the union).
-        wrong = next((e["loc"][:2] for e in errors if e["loc"][:1] == ("documents",) and len(e["loc"]) > 2), None)
-        if wrong is not None:
-            raise InvalidInput(f"documents[{wrong[1]}]: each document is a non-empty text or an object with one "
-                               '("text": ...)') from None
-        raise InvalidInput(validation_message(errors)) from None
+    return parse_json(schema, body, _message)
+
+
+def _message(errors: list) -> str:
+    # A document of the wrong kind: said once, by its place (pydantic reports each branch of the union).
+    wrong = next((e["loc"][:2] for e in errors if e["loc"][:1] == ("documents",) and len(e["loc"]) > 2), None)
+    if wrong is not None:
+        return f'documents[{wrong[1]}]: each document is a non-empty text or an object with one ("text": ...)'
+    return validation_message(errors)
 
 
 def texts_of(req: CohereRerankRequest) -> list[str]:
