@@ -1,5 +1,6 @@
 # Quick start: `make run` (set up + serve the demo model), `make test` (the whole suite).
 PORT ?= 8000
+GRPC_PORT ?= 8081
 WORKERS ?= 1
 PYTHON ?= python3
 VENV := .venv
@@ -9,14 +10,22 @@ DEMO := models/drug-review-sentiment/1/bertserve.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install demo demo-reranker clean gpu-check grpc-stubs bench-base
+.PHONY: run test test-fast test-slow install demo demo-reranker clean gpu-check grpc-stubs bench-base
 
 run: $(INSTALLED) $(DEMO)
-	$(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
+	BERTSERVE_GRPC_PORT=$(GRPC_PORT) $(BIN)/bertserve serve --port $(PORT) --workers $(WORKERS)
 
 test: $(INSTALLED) $(DEMO)
 	bash deploy/ci-setup.sh
 	$(BIN)/python -m pytest
+
+# Lanes by marker (pyproject.toml): test-fast while working (no server process, no training or real export, no demo
+# model: about a minute); test-slow (training, export, the demo model) before calling an issue resolved.
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow and not process and not deploy and not cuda"
+
+test-slow: $(INSTALLED) $(DEMO)
+	$(BIN)/python -m pytest -m "slow"
 
 install: $(INSTALLED)
 

@@ -10,14 +10,20 @@ Pipeline, per model:  submit() -> [incoming] -> tokenize thread -> [ready] -> `p
 - Low load on all cores: a batch that would run alone (no other batch running, nothing else ready) runs on the
   model's wide session (every core, `model.wide`) when it has one, and no other batch starts until it is done;
   otherwise the per-core sessions run. Decided from what is in flight, never by a timer.
-- A batch is cut around the ready sequence due first (nobody starves; a large submission's sequences fall due
-  at the engine's measured pace, so a request arriving behind it is not kept waiting for all of it) from the
-  ready sequences sorted by token length, taking the nearest lengths first, within max_batch_size and
+- Fair between submissions (round-robin): each batch is cut around an anchor, the earliest ready sequence of the
+  submission whose turn it is — the one served longest ago, a new one taking its place in the round on arrival —
+  and that submission then goes to the back of the round. So a request arriving while a large one (an
+  explanation, a rerank of 512 documents, a full client batch) runs waits about one batch, not for all of it,
+  whatever the throughput; and nobody starves. The batch grows around the anchor from the ready sequences (of
+  every submission) sorted by token length, taking the nearest lengths first, within max_batch_size and
   max_batch_tokens (longest x count), and only while the padding stays within max_batch_padding of the batch's
-  real tokens.
-- Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL).
+  real tokens (cut_batch, pure).
+- Tokenization of new arrivals overlaps the running batches (the tokenizer and onnxruntime release the GIL), and
+  goes before what is left of earlier arrivals' texts (at the next chunk, see below): a small request is not kept
+  behind a large one's tokenization either.
 - Admission is bounded (Admission): past max_queue_size queued + running sequences, submit() raises Overloaded
-  at once, with a Retry-After from the measured throughput.
+  at once, with a Retry-After from the measured throughput; a submission larger than max_queue_size itself could
+  never be admitted, and is refused as InvalidInput (every caller: predict, explain, rerank).
 - Sequences whose caller has gone (future cancelled: timeout, disconnect) are skipped before inference, and
   before tokenization: the tokenize thread encodes what it took in chunks (CHUNK_CHARS of text) and looks again
   between chunks, so a deadline or a close stops a long round of tokenization part-way.
@@ -76,12 +82,21 @@ class Timing:
 
 
 @dataclass(slots=True, eq=False)
+class _Turn:
+    """One submission's place in the round (see the module docstring): the number it drew on arrival, and again
+    each time a batch was cut around it; the lowest number's turn is next. Under Batcher._lock."""
+
+    number: int = 0
+
+
+@dataclass(slots=True, eq=False)
 class _Item:
     text: TextInput  # a text or a pair: only the tokenizer looks inside
     truncate: bool
     future: asyncio.Future
     enqueued: float
-    due: float  # when its turn comes: a submission's sequences are due one after another (see submit)
+    turn: _Turn  # its submission's, shared by all its sequences
+    index: int  # its place in its submission: a submission's sequences are anchors in this order
     ids: list[int] = field(default_factory=list)
     type_ids: list[int] | None = None
     timing: Timing = field(default_factory=Timing)
@@ -103,12 +118,13 @@ class Admission:
         self.throughput = 100.0  # sequences/s, refreshed per batch; only used for Retry-After
         self.on_size = on_size
 
-    def room(self) -> int:
-        return self.limit - self.load
-
     def admit(self, count: int) -> None:
         if self.closed:
             raise NotReady(f"model {self.name} is shutting down")
+        if count > self.limit:  # refused for ever, not just now: invalid (422), never a retry (429)
+            raise InvalidInput(f"the request needs {count} sequences, over the queue limit of {self.limit} of model "
+                               f"{self.name} (BERTSERVE_MAX_QUEUE_SIZE): it could never be queued; send fewer texts "
+                               "(an explanation also counts one sequence per feature)")
         if self.load + count > self.limit:
             raise Overloaded(
                 f"model {self.name} has {self.load} sequences queued or running (limit {self.limit})",
@@ -159,6 +175,7 @@ class Batcher:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._turns = 0  # the last number drawn for the round (under _lock)
 
     # ---- public ----
 
@@ -185,14 +202,13 @@ class Batcher:
         self.admission.admit(len(texts))
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        # Its k-th sequence is due k engine-sequence-times after arrival: a large submission (an explanation, a
-        # full client batch) runs at the engine's pace, and a request arriving meanwhile is taken in between
-        # instead of waiting for the whole of it (fair queueing on the measured throughput).
-        step = 1.0 / self.admission.throughput
-        items = [_Item(text, truncate, loop.create_future(), now, now + k * step) for k, text in enumerate(texts)]
+        turn = _Turn()  # its place in the round: batches take from concurrent submissions in turn
+        items = [_Item(text, truncate, loop.create_future(), now, turn, k) for k, text in enumerate(texts)]
         for item in items:
             item.future.add_done_callback(self._release)
         with self._lock:
+            self._turns += 1
+            turn.number = self._turns  # at the back of the round
             self._incoming.extend(items)
             self._have_incoming.notify()
         try:
@@ -260,22 +276,24 @@ class Batcher:
     # ---- worker threads ----
 
     def _tokenize_worker(self) -> None:
+        items: list[_Item] = []  # taken from _incoming and not encoded yet
         while True:
             with self._lock:
-                while not self._incoming and not self._closed:
+                while not (self._incoming or items or self._closed):
                     self._have_incoming.wait()
-                if self._closed:
-                    return
-                items = self._incoming
-                self._incoming = []
-            for first, last in _chunks([_chars(item.text) for item in items], CHUNK_CHARS):
-                if self._closed:  # what close() could not see (taken from _incoming) is answered here
-                    self._unloaded(items[first:])
-                    return
-                # A plain attribute read outside the event loop, as in _cut: at worst one more text is encoded.
-                chunk = [item for item in items[first:last] if not item.future.done()]
-                if chunk:
-                    self._tokenize(chunk)
+                # Arrivals go before what is left of earlier ones: a small request waits one chunk at most.
+                items, self._incoming = self._incoming + items, []
+                closed = self._closed
+            if closed:  # what close() could not see (taken from _incoming) is answered here
+                if items:
+                    self._unloaded(items)
+                return
+            last = _chunk_end(items, CHUNK_CHARS)
+            # A plain attribute read outside the event loop, as in _cut: at worst one more text is encoded.
+            chunk = [item for item in items[:last] if not item.future.done()]
+            items = items[last:]
+            if chunk:
+                self._tokenize(chunk)
 
     def _tokenize(self, items: list[_Item]) -> None:
         start = time.perf_counter()
@@ -362,7 +380,10 @@ class Batcher:
         if not ready:
             self._ready = []
             return []
-        anchor = min(range(len(ready)), key=lambda k: ready[k].due)
+        # The anchor: the earliest ready sequence of the submission whose turn it is; that one goes to the back.
+        anchor = min(range(len(ready)), key=lambda k: (ready[k].turn.number, ready[k].index))
+        self._turns += 1
+        ready[anchor].turn.number = self._turns
         lo, hi = cut_batch([len(i.ids) for i in ready], anchor, self.max_batch_size, self.max_batch_tokens,
                            self.max_batch_padding)
         batch = ready[lo:hi]
@@ -375,20 +396,18 @@ def _chars(text: TextInput) -> int:
     return len(text) if type(text) is str else len(text[0]) + len(text[1])
 
 
-def _chunks(sizes: list[int], max_size: int):
-    """Consecutive slices [first, last) of items whose sizes add up to about max_size each (at least one item)."""
-    first = total = 0
-    for k, size in enumerate(sizes):
-        total += size
-        if total >= max_size:
-            yield first, k + 1
-            first, total = k + 1, 0
-    if first < len(sizes):
-        yield first, len(sizes)
+def _chunk_end(items: list[_Item], max_chars: int) -> int:
+    """How many of `items`, from the first, make about max_chars characters of text (at least one)."""
+    total = 0
+    for k, item in enumerate(items):
+        total += _chars(item.text)
+        if total >= max_chars:
+            return k + 1
+    return len(items)
 
 
 def cut_batch(lengths: list[int], anchor: int, max_size: int, max_tokens: int, max_padding: float) -> tuple[int, int]:
-    """The batch rule, pure: given token lengths sorted ascending and the index of the sequence due first, the
+    """The batch rule, pure: given token lengths sorted ascending and the index of the anchor (whose turn it is), the
     slice [lo, hi) to run next. It grows around the anchor, nearest length first, while the batch stays within max_size
     sequences, max_tokens padded tokens (longest x count) and max_padding padded tokens per real token."""
     lo, hi = anchor, anchor + 1  # the batch is lengths[lo:hi]; its padded width is lengths[hi - 1]

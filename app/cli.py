@@ -11,25 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from app.settings import Settings
-
-
-def _settings_or_exit(**overrides) -> Settings:
-    """Settings from BERTSERVE_* variables (and overrides: a lifecycle command's options); a bad value stops here,
-    with one line naming each."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError we raised
-            # A field's own error names it; one across fields (a model validator) names its fields in the message.
-            field = "_".join(str(p) for p in error["loc"]).upper()
-            where = f"setting BERTSERVE_{field}" if field else "settings"
-            print(f"bertserve: bad {where}: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
-
+from app.settings import settings_or_exit
 
 # prometheus_client's multiprocess value files, <type>_<pid>.db (gauges: gauge_<mode>_<pid>.db): what we write.
 _METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_[0-9]+\.db")
@@ -69,7 +51,7 @@ def serve(args: argparse.Namespace) -> None:
     }
     # Workers build their Settings from the environment: command-line values go there first.
     os.environ.update({f"BERTSERVE_{k.upper()}": str(v) for k, v in overrides.items() if v is not None})
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     if settings.provider != "auto":  # a provider asked for by name must exist here; say why not before serving
         from app.engine import available
 
@@ -77,14 +59,21 @@ def serve(args: argparse.Namespace) -> None:
         if why_not:
             print(f"bertserve: BERTSERVE_PROVIDER={settings.provider} cannot run here: {why_not}", file=sys.stderr)
             raise SystemExit(2)
+    from app.tracing import sampler_problem  # the OTEL_* variables are read by each worker: checked once, here
+
+    if problem := sampler_problem():
+        print(f"bertserve: bad setting {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    from app.api.grpc.port import exit_if_unbindable  # sockets only: one line, not a worker's traceback
+
+    exit_if_unbindable(settings)
     # Before anything imports prometheus_client (it picks its value store at import): metric files shared by
     # all workers, so counters add up.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(settings.metrics_dir))
     import uvicorn
 
-    from app.logs import log_config
-
     from app import shutdown
+    from app.logs import log_config
 
     shutdown.exit_zero_after_uvicorn()
     uvicorn.run(

@@ -1,5 +1,5 @@
-"""The closed set of errors the service reports to clients. The HTTP status of each kind lives in app.api.errors.
-(A missing or wrong key is answered by app.api.security itself, kinds "unauthorized" and "forbidden".)"""
+"""The closed set of errors the service reports to clients, each of one kind; its HTTP status and gRPC status code
+live in one table, app.api.errors.STATUSES, so both transports answer a kind alike."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     kind = "validation"
+
+
+class Unauthorized(ServiceError):
+    """No key, or not a valid one, where one is needed (app.api.security)."""
+
+    kind = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """A client key where an admin key is needed (app.api.security)."""
+
+    kind = "forbidden"
 
 
 class PayloadTooLarge(ServiceError):

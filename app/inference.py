@@ -6,7 +6,6 @@ while the shadow has room)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from app.batching import too_long
 from app.errors import DeadlineExceeded, InvalidInput, NotReady, ShuttingDown
 from app.explain import Feature, features, occluded, read_part, weights
 from app.logs import exception_summary
+from app.record import current
 from app.registry import Registry
 from app.router import Router
 from app.scores import Head, ScoreFunction
@@ -26,12 +26,10 @@ from app.tokenizer import TextInput
 
 log = logging.getLogger("bertserve.inference")
 
-# The version that answers the current request ("" until one is chosen), for the request metrics' version label
-# (app.api.transport.tracked reads it: the request's task runs classify, so the value is seen there).
-answered_by: contextvars.ContextVar[str] = contextvars.ContextVar("answered_by", default="")
-# What the current request ran, for its trace (app.tracing reads it the same way): the number of texts, and the
-# (row, timing) of each sequence its version's batcher answered.
-ran: contextvars.ContextVar[tuple[int, list]] = contextvars.ContextVar("ran", default=(0, []))
+# The one hook of a request into the version chosen for it, called before anything is queued: given that version
+# and the request's texts, the sequences to submit (an explanation: each text and its variants). It may refuse the
+# version (InvalidInput: a reranker's head, an explanation's target label).
+Prepare = Callable[[ServedModel, list[TextInput]], Awaitable[list[TextInput]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,25 +64,22 @@ class Inference:
         timeout_s: float,
         routing_key: str | None = None,
         max_inputs: int | None = None,
-        accept: Callable[[ServedModel], None] | None = None,
+        prepare: Prepare | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
         """Scores [len(texts), labels] in label order (each input a text or a pair: only the tokenizer looks
         inside), from the model version the router picks (the one named,
         else by the model's traffic weights, placed by `routing_key` when given): its head's function (app.scores,
         the text-classification pipeline's rule), or `function` when asked. Metrics and the shadow comparison
         always use the head's own scores. `max_inputs` replaces BERTSERVE_MAX_CLIENT_BATCH_SIZE for a caller with
-        its own limit (reranking); `accept` may refuse the chosen version before anything is queued."""
+        its own limit (reranking); `prepare` (see Prepare) may refuse the chosen version before anything is
+        queued (reranking: a head that ranks nothing), and returns `texts` as they are: those are scored."""
         limit = max_inputs or self.settings.max_client_batch_size
         if len(texts) > limit:
             raise InvalidInput(f"{len(texts)} inputs in one request; the limit is {limit}")
 
-        async def accepted(served: ServedModel) -> list[TextInput]:
-            accept(served)
-            return texts
-
-        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key,
-                                       prepare=None if accept is None else accepted)
-        ran.set((len(texts), rows))
+        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key, prepare)
+        if (record := current.get()) is not None:  # the request's record (app.record), for its metrics and trace
+            record.text_count, record.rows = len(texts), rows
         logits = np.stack([row for row, _ in rows])
         head = served.head
         scores = head.scores(logits)
@@ -116,7 +111,7 @@ class Inference:
         deadline."""
         parts: list[tuple[int, list[Feature]]] = []  # per text: characters read, features
 
-        async def variants(served: ServedModel) -> list[str]:
+        async def variants(served: ServedModel, texts: list[TextInput]) -> list[TextInput]:
             if target is not None and target not in served.config.labels:
                 raise InvalidInput(f"target is not a label of model {served.name}: {served.config.labels}")
             sequences: list[str] = []
@@ -127,11 +122,12 @@ class Inference:
                 found = features(part, max_features)
                 parts.append((len(part), found))
                 sequences += [part] + [occluded(part, f) for f in found]
-            _check_fits(served, len(sequences))
             return sequences
 
-        served, rows = await self._run([], model, version, True, timeout_s, routing_key, prepare=variants)
-        ran.set((len(texts), rows))
+        # truncate=True: each variant is already within max_length (or the text was refused above).
+        served, rows = await self._run(texts, model, version, True, timeout_s, routing_key, variants)
+        if (record := current.get()) is not None:  # the request's record (app.record), for its metrics and trace
+            record.text_count, record.rows = len(texts), rows
         probabilities = served.head.scores(np.stack([row for row, _ in rows]))
         answers, first = [], 0
         for read, found in parts:
@@ -144,9 +140,10 @@ class Inference:
 
     async def _run(self, texts: list[TextInput], model: str | None, version: int | None, truncate: bool,
                    timeout_s: float, routing_key: str | None,
-                   prepare: Callable[[ServedModel], Awaitable[list[str]]] | None = None) -> tuple[ServedModel, list]:
-        """Admission (draining), the deadline, the version the router picks, and one submission to its batcher:
-        the (row, timing) of each text (of the texts `prepare` makes for the version, when given)."""
+                   prepare: Prepare | None = None) -> tuple[ServedModel, list]:
+        """Admission (draining), the deadline, the version the router picks, and one submission to its batcher
+        (which refuses one that could never fit its queue: 422, not 429): the (row, timing) of each text (of the
+        texts `prepare` makes for the version, when given)."""
         if self.registry.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         try:
@@ -157,10 +154,11 @@ class Inference:
                 # afterwards finds this request in the queue and waits for it.
                 served = self.router.resolve(model, version, routing_key)
                 if prepare is not None:
-                    texts = await prepare(served)
+                    texts = await prepare(served, texts)
                     # It awaited: the version may have started unloading meanwhile; ask for it again.
                     served = self.router.resolve(served.name, served.version)
-                answered_by.set(str(served.version))
+                if (record := current.get()) is not None:
+                    record.version = str(served.version)  # counted under it, however the request ends
                 assert served.batcher is not None
                 return served, await served.batcher.submit(texts, truncate)
         except TimeoutError:
@@ -225,10 +223,3 @@ class Inference:
         for task in list(self._shadows):
             task.cancel()
         await self.idle()
-
-
-def _check_fits(served: ServedModel, sequences: int) -> None:
-    assert served.batcher is not None
-    if sequences > served.batcher.max_queue_size:  # would be refused forever, not just now: not a 429
-        raise InvalidInput(f"an explanation needs {sequences} sequences (each text and one variant per feature), "
-                           f"over the queue limit of {served.batcher.max_queue_size}; ask for fewer max_features")

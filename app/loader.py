@@ -1,6 +1,6 @@
 """The loader: a version folder in, a warmed ServedModel out, on the fastest correct engine of this machine (or the
 most faithful one within the fidelity margin).
-Blocking: the registry (app.service) runs it in a thread.
+Blocking: the registry (app.registry) runs it in a thread.
 
 Which engine serves is measured here, never assumed (the machine may be an Intel CPU with AMX, one without, an
 AMD CPU, or a GPU):

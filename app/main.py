@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
-    keys = Keys(settings)
+    keys = app.state.keys = Keys(settings)  # who may call what, and who is told failure reasons in full
     errors.install(app)
     # Each protocol's routes go straight into the app's table, /predict's first: Starlette tries routes in order,
     # and FastAPI resolves an included router's routes per request through its include layers (measured: 6 % of

@@ -28,7 +28,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # `version` on request metrics: the version that answered (closed set: versions loaded by this process); "" for a
 # request that ended before a version was chosen (validation, unknown model or version, draining).
 # protocol: "http" or "grpc"; a gRPC call's status is the HTTP status of the same outcome (NOT_FOUND: 404, ...)
-# route: the route's path template (/predict, /v2/models/{model_name}/infer, /v2/rerank...) or the gRPC method: a
+# route: the route's path template (/predict, /v2/models/{name}/infer, /v2/rerank...) or the gRPC method: a
 # closed set, never the request's own path.
 REQUESTS = Counter("bertserve_requests", "Prediction requests answered, by model, version, HTTP status, protocol "
                    "(http, grpc) and route.", ["model", "version", "status", "protocol", "route"])

@@ -4,14 +4,11 @@ batcher, drains and unloads removed ones, takes the admin's load / unload, drain
 answers readiness and the model listing. It owns the slots and each model's traffic table; every state change
 republishes the routing table (app.router), which is all a request reads.
 
-Traffic tables (serving.json's traffic weights and shadow): the table a model's serving.json asks for takes effect
-only once every version it weights or names as shadow is ready. Until then, and whenever it cannot be honoured (a
-named version with no folder, one that failed to load or its golden gate, a malformed serving.json), the table in
-force stays, with the versions it names kept loaded; a model with no table in force yet (at start) is not ready
-and answers no request naming no version. The reason is logged once per change (error level), shown in /models
-(table asked, table in force, why), as a cause code in /health/ready, and in bertserve_routing_table_refused.
-Every worker decides alike from the same files: nothing here depends on timing, only on what is ready after
-the scan's loads."""
+Which traffic table is in force, why the asked one is refused and which versions stay loaded is decided by
+app.traffic.decide (a pure function: its docstring states the rules); the registry carries the decision out. A
+refusal is logged once per change (error level), shown in /models (table asked, table in force, why), as a cause
+code in /health/ready, and in bertserve_routing_table_refused; a model with no table in force yet (at start) is
+not ready and answers no request naming no version."""
 
 from __future__ import annotations
 
@@ -19,20 +16,19 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from app import metrics
 from app.batching import Batcher
 from app.errors import ModelLoadError, ModelNotFound
 from app.loader import load_model
-from app.repository import CONFIG_FILE, ModelServing, version_dirs, wanted_versions
+from app.repository import CONFIG_FILE, Wanted, wanted_versions
 from app.router import Router, Routing
 from app.served import ServedModel
 from app.settings import Settings
+from app.traffic import Decision, State, decide
 
 log = logging.getLogger("bertserve.registry")
-
-State = Literal["loading", "ready", "failed", "unloading"]
 
 
 @dataclass(eq=False)
@@ -99,14 +95,15 @@ class Registry:
     async def sync(self, only: str | None = None) -> None:
         """Make the loaded versions and traffic tables match the repository (for one model, or all)."""
         async with self._sync_lock:
-            serving: dict[str, ModelServing] = {}
-            wanted, present = await asyncio.to_thread(_scan, self.settings, serving)
+            settings = self.settings
+            wanted = await asyncio.to_thread(wanted_versions, settings.model_repository, settings.max_loaded_versions)
             self.unloaded_by_admin &= set(wanted)  # a model gone from the repository is forgotten
             if only is None:
                 self._check_default_model(set(wanted))
             names = [only] if only else sorted(set(wanted) | set(self.slots) | set(self.tables))
             for name in names:
-                await self._sync_model(name, wanted.get(name), serving.get(name), present.get(name, {}))
+                unloaded = name in self.unloaded_by_admin  # by the admin: followed as if gone from the repository
+                await self._sync_model(name, None if unloaded else wanted.get(name))
 
     def _check_default_model(self, names: set[str]) -> None:
         missing = bool(self.settings.default_model) and self.settings.default_model not in names
@@ -116,69 +113,49 @@ class Registry:
                         self.settings.model_repository, sorted(names))
         self.default_model_missing = missing
 
-    async def _sync_model(self, name: str, wanted: list[tuple[int, Path]] | str | None,
-                          serving: ModelServing | None, present: dict[int, Path]) -> None:
-        """Load the versions the model's serving.json and policy want, besides those of the table in force; put
-        the asked table in force once every version it names is ready; unload the rest. The table is registered
-        before any load, so that a version ready early never answers as a default meanwhile."""
-        gone = wanted is None or name in self.unloaded_by_admin  # gone from the repository, or unloaded by the admin
-        table = self.tables.get(name)
-        if gone:
-            if table is not None:  # while its versions drain, only requests naming one are answered
-                table.in_force = table.asked = table.refused = None
-            keep: dict[int, Path] = {}
-        else:
-            table = self.tables.setdefault(name, Table())
-            if isinstance(wanted, str):  # unreadable serving.json: keep what runs and the table in force
-                table.asked = None
-                keep = {v: s.path for v, s in self.slots.get(name, {}).items() if v in present}
-            else:
-                table.asked = Routing(serving.traffic, serving.shadow) if serving else Routing()
-                keep = dict(wanted)
-            keep |= _named_folders(table.in_force, present)
+    async def _sync_model(self, name: str, wanted: Wanted | None) -> None:
+        """Carry out the traffic decision (app.traffic.decide) for one model (wanted None: gone from the
+        repository, or unloaded by the admin): load what it keeps, decide again on the outcomes, put that in
+        force, then drain and unload the rest. The table is registered before any load, so that a version ready
+        early never answers as a default meanwhile."""
+        table = self.tables.get(name) if wanted is None else self.tables.setdefault(name, Table())
         slots = self.slots.setdefault(name, {})
-        for version, path in sorted(keep.items()):  # load new versions first, so traffic can move over
-            slot = slots.get(version)
+        decision = decide(wanted, table.in_force if table else None, slots)
+        if table is not None:
+            table.asked = decision.asked
+        folders = wanted.folders if wanted else {}
+        for version in sorted(decision.keep):  # load new versions first, so traffic can move over
+            slot, path = slots.get(version), folders[version]
             mtime = _mtime(path / CONFIG_FILE)
             if slot is None or (slot.state == "failed" and slot.config_mtime != mtime):
                 slot = slots[version] = Slot(name, version, path, config_mtime=mtime)
                 await self._load(slot)
-        if not gone:
-            refused = ("bad_serving_json", wanted) if isinstance(wanted, str) else _verdict(table.asked, slots, present)
-            if refused is None and table.asked is not None and all(
-                    v in slots and slots[v].state == "ready" for v in table.asked.named):
-                self._put_in_force(name, table, table.asked)
-            self._refuse(name, table, refused)
-            if isinstance(wanted, list):  # the versions of a table no longer in force may go now
-                keep = dict(wanted) | _named_folders(table.in_force, present)
+        decision = decide(wanted, table.in_force if table else None, slots)
+        if table is not None:
+            self._apply(name, table, decision)
         self._publish()
-        for version in [v for v in slots if v not in keep]:
+        for version in [v for v in slots if v not in decision.keep]:
             await self._unload(slots[version])
-        if not gone and table.in_force is not None and not table.in_force.weighted <= set(slots):
-            # A weighted version of the table in force is gone (its folder removed, now drained): the table no
-            # longer holds, and no other split is made up in its place.
+        if table is not None and decision.gone:  # drained now: the table no longer holds, no other split is made up
             log.error("model %s: version(s) %s of the traffic table in force are gone; requests naming no version "
-                      "are refused until serving.json names versions that can be served", name,
-                      sorted(table.in_force.weighted - set(slots)))
+                      "are refused until serving.json names versions that can be served", name, sorted(decision.gone))
             table.in_force = None
-        if gone and self.tables.pop(name, None) is not None:  # no longer followed: its gauge says nothing refused
+        if wanted is None and self.tables.pop(name, None) is not None:  # no longer followed
             metrics.ROUTING_TABLE_REFUSED.labels(name).set(0)
         if not slots:
             del self.slots[name]
         self._publish()
 
-    def _put_in_force(self, name: str, table: Table, routing: Routing) -> None:
-        if table.in_force != routing:
-            log.info("model %s: traffic table in force: %s", name, routing.describe())
-        table.in_force = routing
-
-    def _refuse(self, name: str, table: Table | None, refused: tuple[str, str] | None) -> None:
-        """Record why the asked table is not in force: logged once per change, and the metric follows."""
+    def _apply(self, name: str, table: Table, decision: Decision) -> None:
+        """Take the decided table in force and refusal: each change logged once, and the metric follows."""
+        if decision.in_force is not None and decision.in_force != table.in_force:
+            log.info("model %s: traffic table in force: %s", name, decision.in_force.describe())
+        refused = decision.refused
         if refused is not None and refused != table.refused:
             log.error("model %s: the traffic table of serving.json is not in force (%s: %s); %s", name, refused[0],
-                      refused[1], "the previous table stays in force" if table.in_force is not None else
+                      refused[1], "the previous table stays in force" if decision.in_force is not None else
                       "no table is in force, so requests naming no version are refused and the replica is not ready")
-        table.refused = refused
+        table.in_force, table.refused = decision.in_force, refused
         metrics.ROUTING_TABLE_REFUSED.labels(name).set(0 if refused is None else 1)
 
     async def _load(self, slot: Slot) -> None:
@@ -322,15 +299,17 @@ class Registry:
             detail["causes"] = dict(sorted(causes.items()))
         return ready, detail
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self, full_reasons: bool = True) -> list[dict[str, Any]]:
         """One entry per version (a model with none loaded: one entry, state failed, with why), each with the
-        model's traffic table: asked by serving.json, in force, and why the asked one is not in force."""
+        model's traffic table: asked by serving.json, in force, and why the asked one is not in force.
+        `full_reasons` False (a client key): each reason is its cause's fixed wording (redacted()), since the full
+        one names paths and quotes repository files."""
         listed = []
         for name in sorted(set(self.slots) | set(self.tables)):
             slots = self.slots.get(name, {})
             default = self.router.default_version(name)
             traffic, shadow = self.router.traffic(name), self.router.shadow_version(name)
-            routing = self._routing_info(name)
+            routing = self._routing_info(name, full_reasons)
             for version, slot in sorted(slots.items()):
                 entry = {"name": name, "version": version, "state": slot.state, "default": version == default,
                          "traffic": traffic.get(version, 0.0), "shadow": version == shadow}
@@ -338,8 +317,10 @@ class Registry:
                     entry["shadow_agreement"] = slot.model.shadow_record.summary()
                 if slot.model:
                     entry |= slot.model.describe()
+                    if not full_reasons and entry.get("engine"):
+                        entry["engine"] = _redacted_engine(entry["engine"])
                 if slot.reason:
-                    entry |= {"reason": slot.reason, "cause": slot.cause}
+                    entry |= {"reason": slot.reason if full_reasons else redacted(slot.cause), "cause": slot.cause}
                 listed.append(entry | {"routing": routing})
             if not slots:
                 refused = routing["refused"] or {"cause": "not_serving", "reason": "no version loaded"}
@@ -350,39 +331,46 @@ class Registry:
                            "reason": "BERTSERVE_DEFAULT_MODEL names no model of the repository"})
         return listed
 
-    def _routing_info(self, name: str) -> dict[str, Any]:
+    def _routing_info(self, name: str, full_reasons: bool = True) -> dict[str, Any]:
         table = self.tables.get(name)
         if table is None:
             return {"asked": None, "in_force": None, "refused": None}
+        refused = None
+        if table.refused:
+            cause, reason = table.refused
+            refused = {"cause": cause, "reason": reason if full_reasons else redacted(cause)}
         return {
             "asked": table.asked.describe() if table.asked else None,
             "in_force": table.in_force.describe() if table.in_force else None,
-            "refused": {"cause": table.refused[0], "reason": table.refused[1]} if table.refused else None,
+            "refused": refused,
         }
 
 
-def _scan(settings: Settings, serving: dict[str, ModelServing]) -> tuple[dict[str, Any], dict[str, dict[int, Path]]]:
-    """The repository now: the versions each model wants (or why its serving.json is broken), and its folders."""
-    wanted = wanted_versions(settings.model_repository, settings.max_loaded_versions, serving)
-    present = {name: dict(versions) for name, versions in version_dirs(settings.model_repository).items()}
-    return wanted, present
+# What a client key is told of each cause (the full reason, with paths and text quoted from repository files, goes
+# to admin keys and the log only).
+_REDACTED = {
+    "load_failed": "the version could not be loaded",
+    "golden_gate": "no engine reproduced the version's golden outputs",
+    "missing_files": "a file the version needs is missing",
+    "invalid_config": "a file of the version is not valid",
+    "unreadable": "a file of the version cannot be read",
+    "outside_repository": "a file is a link leading outside the model repository (refused)",
+    "bad_serving_json": "the model's serving.json cannot be used",
+    "table_refused": "serving.json's traffic table names versions that cannot be served",
+}
 
 
-def _named_folders(routing: Routing | None, present: dict[int, Path]) -> dict[int, Path]:
-    """The folders of the versions a table names (those still in the repository)."""
-    return {v: present[v] for v in (routing.named if routing else ()) if v in present}
+def redacted(cause: str | None) -> str:
+    """A cause's fixed reason for client keys: no path, nothing read from a file."""
+    return _REDACTED.get(cause or "", "not serving") + " (details in the server log)"
 
 
-def _verdict(asked: Routing | None, slots: dict[int, Slot], present: dict[int, Path]) -> tuple[str, str] | None:
-    """Why the asked table cannot be honoured, or None (it takes effect once its versions are ready)."""
-    problems = []
-    for version in sorted(asked.named if asked else ()):
-        slot = slots.get(version)
-        if version not in present:
-            problems.append(f"version {version} has no folder in the repository")
-        elif slot is not None and slot.state == "failed":
-            problems.append(f"version {version} failed ({slot.cause}): {slot.reason}")
-    return ("table_refused", "; ".join(problems)) if problems else None
+def _redacted_engine(choice: dict[str, Any]) -> dict[str, Any]:
+    """The engine choice for client keys: a candidate that could not even be opened says so without its error
+    (which names the artifact's path); gate figures (a candidate that ran) are kept."""
+    candidates = [t if t.get("passed") or "agreement" in t else t | {"why": "could not be opened (details in the "
+                  "server log)"} for t in choice.get("candidates", [])]
+    return choice | {"candidates": candidates} if "candidates" in choice else choice
 
 
 def _mtime(path: Path) -> float:

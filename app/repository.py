@@ -9,12 +9,16 @@ A version folder holds:
                      older folders have none)
 
 Folders without bertserve.json, or whose name is not an integer, are not versions and are ignored, so a
-publisher can write into a temporary folder and rename it into place atomically.
+publisher can write into a temporary folder and rename it into place atomically. Beside the version folders, an
+optional serving.json (ModelServing: version policy, traffic weights, shadow); wanted_versions reads what each
+model asks to load. Every file is read only where its real place lies in the repository (`inside`): a link
+leading out of it is refused.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,6 +31,7 @@ CONFIG_FILE = "bertserve.json"
 POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
 TOKENIZER_FILE = "tokenizer.json"
 GOLDEN_FILE = "golden.json"
+CARD_FILE = "README.md"  # the model card app.lifecycle.card writes into each version folder it publishes
 
 Provider = Literal["cpu", "openvino", "cuda"]
 
@@ -245,41 +250,52 @@ def version_dirs(root: Path) -> dict[str, list[tuple[int, Path]]]:
     return found
 
 
-def read_serving(model_dir: Path) -> ModelServing:
-    """The model's serving.json (version policy, traffic weights, shadow), or the defaults without one."""
+def read_serving(model_dir: Path, root: Path | None = None) -> ModelServing:
+    """The model's serving.json (version policy, traffic weights, shadow), or the defaults without one; refused,
+    like every file of a version, when it is a link leading outside the repository `root` (default: the folder
+    above `model_dir`)."""
     path = model_dir / POLICY_FILE
     if not path.is_file():
         return ModelServing()
-    return _read(ModelServing, path)
+    return _read(ModelServing, inside(model_dir.parent if root is None else root, path))
 
 
-def read_policy(model_dir: Path) -> VersionPolicy:
-    return read_serving(model_dir).version_policy
+@dataclass(frozen=True)
+class Wanted:
+    """One model as a scan of the repository finds it: its version folders, its serving.json (None when that file
+    cannot be used: `refused` says why) and the versions to load, ascending (none without a usable serving.json:
+    the registry then keeps what runs)."""
 
+    folders: dict[int, Path]
+    serving: ModelServing | None = None
+    versions: tuple[int, ...] = ()
+    refused: str | None = None
 
-def wanted_versions(
-    root: Path, max_loaded: int, serving: dict[str, ModelServing] | None = None
-) -> dict[str, list[tuple[int, Path]] | str]:
-    """Per model, the versions to load, ascending: every one given a traffic weight or named as shadow in its
-    serving.json (the operator named them: they lift the cap), and those its version policy selects besides them,
-    at most `max_loaded` of these (the highest kept); or, for a model whose serving.json is broken, why.
-    `serving`, when given, receives each readable serving.json. A named version with no folder is not invented:
-    the registry refuses the table that names it."""
-    wanted: dict[str, list[tuple[int, Path]] | str] = {}
-    for name, versions in version_dirs(root).items():
-        try:
-            policy = read_serving(root / name)
-        except ModelLoadError as exc:
-            wanted[name] = str(exc)
-            continue
-        if serving is not None:
-            serving[name] = policy
-        available = [v for v, _ in versions]
-        named = {v for v, w in (policy.traffic or {}).items() if w > 0} | ({policy.shadow} if policy.shadow else set())
+    @classmethod
+    def select(cls, folders: dict[int, Path], serving: ModelServing, max_loaded: int) -> "Wanted":
+        """Every version given a traffic weight or named as shadow (the operator named them: they lift the cap),
+        and those the version policy selects besides them, at most `max_loaded` of these (the highest kept). A
+        named version with no folder is not invented: the registry refuses the table that names it."""
+        named = {v for v, w in (serving.traffic or {}).items() if w > 0}
+        named |= {serving.shadow} if serving.shadow else set()
         # The policy picks the serving versions among the others: a shadow never takes the place of the latest.
-        others = [v for v in available if v != policy.shadow]
-        rest = [v for v in policy.version_policy.select(others) if v not in named][-max_loaded:]
-        wanted[name] = [(v, p) for v, p in versions if v in named or v in rest]
+        others = [v for v in sorted(folders) if v != serving.shadow]
+        rest = [v for v in serving.version_policy.select(others) if v not in named][-max_loaded:]
+        return cls(folders, serving, tuple(v for v in sorted(folders) if v in named or v in rest))
+
+
+def wanted_versions(root: Path, max_loaded: int) -> dict[str, Wanted]:
+    """Per model of the repository, what its folders and serving.json ask to load (Wanted.select), or why its
+    serving.json cannot be used."""
+    wanted: dict[str, Wanted] = {}
+    for name, versions in version_dirs(root).items():
+        folders = dict(versions)
+        try:
+            serving = read_serving(root / name, root)
+        except ModelLoadError as exc:
+            wanted[name] = Wanted(folders, refused=str(exc))
+        else:
+            wanted[name] = Wanted.select(folders, serving, max_loaded)
     return wanted
 
 

@@ -4,10 +4,11 @@ one logit), the documents answered best first. Every wire shape (app.api.rerank:
 
 The rules, in one place: the model's head must have one logit (else 422 naming the model and its head); at most
 BERTSERVE_MAX_RERANK_DOCUMENTS documents (in place of BERTSERVE_MAX_CLIENT_BATCH_SIZE), whose distinct texts must
-fit the version's queue; a text given twice is scored once; every (query, document) pair goes to the version's
-batcher as one submission (admission, deadline, routing and metrics are app.inference's, as for /predict);
-scores follow the head (sigmoid for a one-logit classifier) or are the raw logits; ties keep the request's order;
-`top_n` above the count is the count (as Cohere answers)."""
+fit the version's queue (else 422, as for any submission that could never be queued: app.batching.Admission); a
+text given twice is scored once; every (query, document) pair goes to the version's batcher as one submission
+(admission, deadline, routing and metrics are app.inference's, as for /predict); scores follow the head (sigmoid
+for a one-logit classifier) or are the raw logits; ties keep the request's order; `top_n` above the count is the
+count (as Cohere answers)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app import metrics
 from app.errors import InvalidInput
 from app.served import ServedModel
 from app.service import Service
+from app.tokenizer import TextInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +75,14 @@ async def rerank(
         raise InvalidInput(f"top_n must be at least 1 (got {top_n})")
     texts, where = distinct(documents)
 
-    def accept(served: ServedModel) -> None:
+    async def prepare(served: ServedModel, pairs: list[TextInput]) -> list[TextInput]:
         check_head(served)
-        assert served.batcher is not None
-        if len(texts) > served.batcher.max_queue_size:  # refused forever, not just now: not a 429
-            raise InvalidInput(f"{len(texts)} distinct documents are over the queue limit of "
-                               f"{served.batcher.max_queue_size} (BERTSERVE_MAX_QUEUE_SIZE); send fewer")
+        return pairs
 
     served, scores = await service.classify(
         [(query, text) for text in texts], model=model, version=version, truncate=truncate,
         function="none" if raw_scores else None, timeout_s=timeout_s, routing_key=routing_key,
-        max_inputs=limit, accept=accept,
+        max_inputs=limit, prepare=prepare,
     )
     column = scores[:, 0].tolist()
     counted = metrics.RERANK_DOCUMENTS

@@ -3,7 +3,7 @@ model's traffic split (canary weights from serving.json) or its default version;
 one served or BERTSERVE_DEFAULT_MODEL. Its table is rebuilt by the registry on every state change and repository
 scan and swapped in whole, so that a request reads dicts (and, for a split, one bisect) instead of scanning.
 
-The routing it is given is each model's table *in force* (app.registry decides which: a table serving.json asks
+The routing it is given is each model's table *in force* (app.traffic.decide says which: a table serving.json asks
 for takes effect only once every version it weights or names as shadow is ready; until then the previous one
 stays). A model the registry gives no table (None: none in force yet) answers no request that names no version
 (503, NotReady); a named ready version still answers.
@@ -138,9 +138,6 @@ class Router:
 
     def default_version(self, name: str) -> int | None:
         return self._defaults.get(name)
-
-    def ready_versions(self, name: str) -> list[int]:
-        return sorted(self._ready.get(name, {}))
 
     def traffic(self, name: str) -> dict[int, float]:
         """Share (percent) of the requests naming no version that each version gets now."""

@@ -20,6 +20,7 @@ import numpy as np
 
 ScoreFunction = Literal["softmax", "sigmoid", "none"]
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+HeadKind = Literal["single-label", "multi-label", "one-logit", "regression"]
 
 THRESHOLD = 0.5  # a sigmoid head's label is chosen when its score is over this
 REGRESSION_BOUND = 0.1  # a regression head's agreement bound when its export recorded none
@@ -95,6 +96,20 @@ class Head:
     def function(self) -> ScoreFunction:
         return pipeline_function(len(self.labels), self.problem_type)
 
+    @property
+    def single_label(self) -> bool:
+        """Each text gets exactly one label, the top one (softmax): decisions are class labels, as in accuracy."""
+        return self.function == "softmax"
+
+    @property
+    def kind(self) -> HeadKind:
+        """What the head answers, in words (evaluate's figures, `bertserve models`)."""
+        if self.single_label:
+            return "single-label"
+        if self.function == "none":
+            return "regression"
+        return "multi-label" if self.problem_type == "multi_label_classification" else "one-logit"
+
     def scores(self, logits: np.ndarray, function: ScoreFunction | None = None) -> np.ndarray:
         """Scores [n, labels]: the head's function, or `function` when a request asks for another."""
         return apply_function(logits, function or self.function)
@@ -102,7 +117,7 @@ class Head:
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """The labels chosen per row of the head's scores, [n, labels] booleans: the top one (softmax), those over
         0.5 (sigmoid), or every one (a regression value is always answered)."""
-        if self.function == "softmax":
+        if self.single_label:
             return np.arange(scores.shape[1]) == scores.argmax(1)[:, None]
         if self.function == "sigmoid":
             return scores > THRESHOLD
@@ -110,7 +125,7 @@ class Head:
 
     def chosen(self, row: list[float]) -> list[int]:
         """decide() for one row in plain Python (the per-request metrics: numpy's call cost dominates there)."""
-        if self.function == "softmax":
+        if self.single_label:
             return [max(range(len(row)), key=row.__getitem__)]
         if self.function == "sigmoid":
             return [i for i, value in enumerate(row) if value > THRESHOLD]
@@ -119,7 +134,7 @@ class Head:
     def decisions(self, reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row by row: whether the candidate decides as the reference does, and how far its scores are (softmax:
         on the reference's top label; otherwise: the largest difference over the labels)."""
-        if self.function == "softmax":
+        if self.single_label:
             return decisions(reference, candidate)
         diff = np.abs(reference - candidate).max(1)
         if self.function == "sigmoid":
@@ -128,7 +143,7 @@ class Head:
 
     def drift(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         """Share of equal decisions and the largest and mean score differences."""
-        if self.function == "softmax":
+        if self.single_label:
             return drift(reference, candidate)
         agreed, _ = self.decisions(reference, candidate)
         diff = np.abs(reference - candidate)

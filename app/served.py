@@ -1,5 +1,5 @@
 """A loaded model version: its tokenizer and engine sessions (chosen by app.loader), batch caps, metric children,
-and how it describes itself in /models. The registry (app.service) gives it a batcher."""
+and how it describes itself in /models. The registry (app.registry) gives it a batcher."""
 
 from __future__ import annotations
 

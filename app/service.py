@@ -6,12 +6,11 @@ protocols' own rules (readiness, metadata, versions as KServe V2 states them) ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from app.inference import Explanation, Inference
+from app.inference import Explanation, Inference, Prepare
 from app.registry import Registry, State
 from app.router import Router
 from app.scores import ScoreFunction
@@ -32,12 +31,12 @@ class Service:
     async def classify(
         self, texts: list[TextInput], *, model: str | None = None, version: int | None = None, truncate: bool = True,
         function: ScoreFunction | None = None, timeout_s: float, routing_key: str | None = None,
-        max_inputs: int | None = None, accept: Callable[[ServedModel], None] | None = None,
+        max_inputs: int | None = None, prepare: Prepare | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
         """The version that answered and the scores [len(texts), labels] (Inference.classify)."""
         return await self.inference.classify(
             texts, model=model, version=version, truncate=truncate, function=function, timeout_s=timeout_s,
-            routing_key=routing_key, max_inputs=max_inputs, accept=accept,
+            routing_key=routing_key, max_inputs=max_inputs, prepare=prepare,
         )
 
     async def explain(self, text: str, **options: Any) -> Explanation:
@@ -79,9 +78,10 @@ class Service:
         """Whether the server is ready, and each model's state and short cause codes (no paths, no contents)."""
         return self.registry.readiness()
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """One entry per version, with its state, quality reports and the model's traffic table."""
-        return self.registry.list_models()
+    def list_models(self, full_reasons: bool = True) -> list[dict[str, Any]]:
+        """One entry per version, with its state, quality reports and the model's traffic table; the reasons in
+        full (paths, file text) or, `full_reasons` False, as fixed wording per cause code."""
+        return self.registry.list_models(full_reasons)
 
     def version_states(self, name: str) -> dict[int, State]:
         """Every version the registry has of a model and its state, or ModelNotFound."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         8081, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC "
         "(inference.GRPCInferenceService, as KServe's and Triton's); 0: no gRPC. Same keys, TLS and models as HTTP.",
+    )
+    grpc_idle_timeout_s: float = Field(
+        30.0, gt=0, description="A gRPC connection with no call under way for this long is closed (GOAWAY; a "
+        "client reconnects at its next call), so idle connections do not hold the connection cap "
+        "(BERTSERVE_MAX_CONNECTIONS, which gRPC holds to as HTTP does).",
     )
     workers: int = Field(1, ge=1, description="Uvicorn worker processes; each loads every model.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
@@ -172,10 +178,6 @@ class Settings(BaseSettings):
         keys = [k.get_secret_value() for k in given] + (_file_keys(file) if file else [])
         return [_digest(k) for k in keys]
 
-    def accepted_keys(self) -> list[bytes]:
-        """Digests of every client key (see key_digests)."""
-        return self.key_digests("client")
-
     @model_validator(mode="after")
     def _check_keys(self) -> "Settings":
         # Fail closed: a keys setting or file that is given but yields no key (an unpopulated Secret, ",") is a
@@ -220,6 +222,21 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return max(1, cores // self.intra_op_threads), self.intra_op_threads
         return cores, 1
+
+
+def settings_or_exit(**overrides) -> Settings:
+    """Settings from BERTSERVE_* variables (and overrides: command-line options) for a command line: a bad value
+    stops the command here, with one line naming each, and exit status 2."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix for a ValueError we raised
+            # A field's own error names it; one across fields (a model validator) names its fields in the message.
+            field = "_".join(str(p) for p in error["loc"]).upper()
+            where = f"setting BERTSERVE_{field}" if field else "settings"
+            print(f"bertserve: bad {where}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _file_keys(file: Path) -> list[str]:

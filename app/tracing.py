@@ -7,19 +7,23 @@ OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_* (the batch span 
 (otlp, console, none) and OTEL_SDK_DISABLED. With no endpoint and no exporter named, nothing is set up (the SDK is
 not even imported) and a request pays one `tracer is None` check.
 
-Spans are recorded after the answer, with explicit start and end times, from what the batcher measured
-(app.batching.Timing, carried out of the inference core by its `ran` context variable): the worker threads never
-touch OpenTelemetry. A W3C `traceparent` (HTTP header or gRPC metadata) continues the caller's trace. Spans carry
-names, counts and times, never the client's text: the model is the metric label (a served model's name), the route
-its template."""
+A sampler OpenTelemetry does not know (OTEL_TRACES_SAMPLER) or a ratio that is not one (OTEL_TRACES_SAMPLER_ARG)
+is refused at start (`sampler_problem`), where the SDK would warn and sample everything.
+
+Spans are recorded after the answer, with explicit start and end times, from the request's record (app.record:
+route, answering version, and what the batcher measured, app.batching.Timing, as the inference core left it
+there): the worker threads never touch OpenTelemetry, and this module knows nothing of the rooms it observes. A
+W3C `traceparent` (HTTP header or gRPC metadata) continues the caller's trace; a `tracestate` over 512 characters
+or not W3C-valid is dropped before OpenTelemetry's propagator sees it (it would log it). Spans carry names, counts and
+times, never the client's text: the model is the metric label (a served model's name), the route its template."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace as trace_api
@@ -27,8 +31,8 @@ from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app import __version__
-from app.inference import ran
 from app.logs import exception_summary
+from app.record import RequestRecord
 
 log = logging.getLogger("bertserve.tracing")
 
@@ -38,12 +42,17 @@ _processors: list = []  # its span processors, which each request's finished spa
 _scope: Any = None  # the instrumentation scope the spans are recorded under (bertserve, its version)
 _ReadableSpan: Any = None  # the SDK's finished span (imported with the SDK, once tracing is set up)
 _propagator = TraceContextTextMapPropagator()
-_CARRIED = (b"traceparent", b"tracestate")
-
-# The HTTP request being served (its ASGI scope: method, route, headers), handed over by app.api.middleware when
-# tracing is on; and its trace (hex) once recorded, for its access-log line (the middleware reads it).
-http_scope: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("http_scope", default=None)
-trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+_CARRIED = (b"traceparent", b"tracestate")  # the trace context's headers (W3C)
+# A tracestate the propagator is never shown (W3C Trace Context lets a receiver drop it and keep the traceparent):
+# one over 512 characters (else every span would carry it on), over 32 members, or not W3C-valid, which
+# OpenTelemetry logs as a warning quoting the client's text (the same grammar as its own, so it never warns).
+_TRACESTATE_MAX_CHARS, _TRACESTATE_MAX_MEMBERS = 512, 32
+_TRACESTATE_MEMBER = re.compile(r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+                                r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+# OpenTelemetry's samplers, as the SDK's TracerProvider reads OTEL_TRACES_SAMPLER (any other: a warning, and
+# parentbased_always_on). Samplers registered as entry points are for the SDK's auto-configuration only.
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+            "parentbased_traceidratio")
 
 # gRPC status codes a server span counts as errors (OpenTelemetry's RPC conventions): UNKNOWN, DEADLINE_EXCEEDED,
 # UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. The others are the caller's doing.
@@ -65,6 +74,25 @@ def exporters(env: Mapping[str, str] = os.environ) -> list[str]:
     return [n for n in dict.fromkeys(named) if n in ("otlp", "console")]
 
 
+def sampler_problem(env: Mapping[str, str] = os.environ) -> str | None:
+    """What is wrong with OTEL_TRACES_SAMPLER(_ARG) when spans are to be exported, in one line; None: nothing
+    (or tracing is off, and the sampler unused)."""
+    if not exporters(env):
+        return None
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in SAMPLERS:
+        return f"OTEL_TRACES_SAMPLER: {env['OTEL_TRACES_SAMPLER']!r} is not a sampler; use one of {', '.join(SAMPLERS)}"
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if sampler.endswith("traceidratio") and arg:  # unset: 1.0, OpenTelemetry's default
+        try:
+            ratio = float(arg)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            return f"OTEL_TRACES_SAMPLER_ARG: {arg!r} is not a ratio; {sampler} keeps that share of traces, 0 to 1"
+    return None
+
+
 def setup(processor: Any = None, env: Mapping[str, str] = os.environ) -> bool:
     """Set up this worker's tracer from the OTEL_* variables (once, at start-up), or with `processor` (a span
     processor: tests). Returns whether tracing is on."""
@@ -74,6 +102,8 @@ def setup(processor: Any = None, env: Mapping[str, str] = os.environ) -> bool:
     names = [] if processor is not None else exporters(env)
     if processor is None and not names:
         return False
+    if processor is None and (problem := sampler_problem(env)):  # `bertserve serve` refused it already
+        raise ValueError(problem)
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
     if "otlp" in names and protocol.strip() not in ("", "http/protobuf"):
         log.error("tracing is off: OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL=%s, but bertserve exports OTLP over "
@@ -115,56 +145,73 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def record_http(status: int, started: float, model: str, version: str) -> None:
-    """The trace of the HTTP prediction being served, begun at `started` (time.perf_counter()) and ended now:
-    its server span, named by method and route template (never the path, which holds names the client chose),
-    continuing a `traceparent` header. Call only when `tracer` is set (app.api.transport.tracked does)."""
-    scope = http_scope.get() or {}
-    route = getattr(scope.get("route"), "path", None) or ""
-    method = scope.get("method", "")
-    carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in _CARRIED}
-    attributes = {"http.request.method": method, "http.route": route, "http.response.status_code": status}
-    if status >= 500:
-        attributes["error.type"] = str(status)
-    _record(f"{method} {route}".strip(), carrier, attributes, status >= 500, started, model, version)
-
-
-def record_grpc(full_method: str, metadata: Iterable[tuple[str, Any]], code: Any, started: float, model: str,
-                version: str) -> None:
-    """The same for one gRPC call: `full_method` as gRPC names it ("/inference.GRPCInferenceService/ModelInfer"),
-    the call's invocation metadata (its `traceparent` continues the caller's trace), its status (a
-    grpc.StatusCode, or its number). Call only when `tracer` is set, from the task that ran the call."""
-    code = code.value[0] if hasattr(code, "value") else int(code)
-    name = full_method.lstrip("/")
-    service, _, method = name.rpartition("/")
-    carrier = {key: value for key, value in metadata if key in ("traceparent", "tracestate")}
-    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method, "rpc.grpc.status_code": code}
-    _record(name, carrier, attributes, code in _GRPC_SERVER_ERRORS, started, model, version)
-
-
-def _record(name: str, carrier: dict[str, str], attributes: dict[str, Any], error: bool, started: float,
-            model: str, version: str) -> None:
-    """The server span and its children, from perf_counter times (converted to the wall clock spans use). A fault
-    here is logged, never the request's: it runs once the answer is decided."""
+def record_request(record: RequestRecord, model: str, status: int, grpc_code: Any = None) -> None:
+    """The trace of a request just answered (app.api.accounting.finish calls it, only when `tracer` is set): its
+    server span from the record's start to now, continuing the caller's trace from its headers or metadata, and
+    its phases. `model`: its metric label; `status`: the HTTP status of its outcome; `grpc_code`: a gRPC call's
+    own (a grpc.StatusCode or its number). A fault here is logged, never the request's: the answer is decided."""
     try:
-        _spans(name, carrier, attributes, error, started, model, version)
+        if record.protocol == "grpc":
+            name, carrier, attributes, error = _grpc(record, grpc_code)
+        else:
+            name, carrier, attributes, error = _http(record, status)
+        _spans(record, name, carrier, attributes, error, model)
     except Exception as exc:
         log.warning("a request's trace was not recorded: %s", exception_summary(exc))
 
 
-def _spans(name: str, carrier: dict[str, str], attributes: dict[str, Any], error: bool, started: float,
-           model: str, version: str) -> None:
-    """The spans are made finished, as the SDK's ReadableSpan its processors take at a span's end, with the SDK's
-    own sampler, ids and resource: what start_span and end would do for spans that never change after, at about a
-    third of its event-loop cost (no attribute bounds, locks or context objects per span)."""
+def _http(record: RequestRecord, status: int) -> tuple[str, dict[str, str], dict[str, Any], bool]:
+    """Named by method and route template (never the path, which holds names the client chose)."""
+    carrier = _carrier((k.decode("latin-1"), v.decode("latin-1")) for k, v in record.headers if k in _CARRIED)
+    attributes = {"http.request.method": record.method, "http.route": record.route,
+                  "http.response.status_code": status}
+    if status >= 500:
+        attributes["error.type"] = str(status)
+    return f"{record.method} {record.route}".strip(), carrier, attributes, status >= 500
+
+
+def _grpc(record: RequestRecord, code: Any) -> tuple[str, dict[str, str], dict[str, Any], bool]:
+    """Named by the full method as gRPC names it ("/inference.GRPCInferenceService/ModelInfer", less its slash)."""
+    code = code.value[0] if hasattr(code, "value") else int(code)
+    name = record.method.lstrip("/")
+    service, _, method = name.rpartition("/")
+    carrier = _carrier((key, value) for key, value in record.headers if key in ("traceparent", "tracestate"))
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method, "rpc.grpc.status_code": code}
+    return name, carrier, attributes, code in _GRPC_SERVER_ERRORS
+
+
+def _carrier(pairs: Any) -> dict[str, str]:
+    """The trace context for the propagator from (name, value) pairs: the last traceparent, and the tracestate
+    fields joined (RFC 9110) unless it is to be dropped (see _TRACESTATE_MEMBER)."""
+    carrier: dict[str, str] = {}
+    states: list[str] = []
+    for name, value in pairs:
+        if name == "tracestate":
+            states.append(value)
+        elif len(value) <= 512:  # longer: OpenTelemetry ignores it, with a warning per request
+            carrier[name] = value
+    state = ",".join(states)
+    if state and len(state) <= _TRACESTATE_MAX_CHARS:
+        members = [m for m in (m.strip(" \t") for m in state.split(",")) if m]
+        if len(members) <= _TRACESTATE_MAX_MEMBERS and all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+            carrier["tracestate"] = state
+    return carrier
+
+
+def _spans(record: RequestRecord, name: str, carrier: dict[str, str], attributes: dict[str, Any], error: bool,
+           model: str) -> None:
+    """The server span and its children, from perf_counter times (converted to the wall clock spans use). They
+    are made finished, as the SDK's ReadableSpan its processors take at a span's end, with the SDK's own sampler,
+    ids and resource: what start_span and end would do for spans that never change after, at about a third of
+    its event-loop cost (no attribute bounds, locks or context objects per span)."""
     if _provider is None:
         return
-    texts, rows = ran.get()
+    rows = record.rows
     attributes["bertserve.model"] = model
-    if version:
-        attributes["bertserve.model.version"] = version
+    if record.version:
+        attributes["bertserve.model.version"] = record.version
     if rows:
-        attributes["bertserve.texts"] = texts
+        attributes["bertserve.texts"] = record.text_count
         attributes["bertserve.sequences"] = len(rows)
     context = _propagator.extract(carrier)
     parent = trace_api.get_current_span(context).get_span_context()
@@ -180,7 +227,7 @@ def _spans(name: str, carrier: dict[str, str], attributes: dict[str, Any], error
     offset = now - time.perf_counter_ns()  # perf_counter seconds -> the wall clock's nanoseconds spans use
     spans = [_ReadableSpan(name, server, parent if parent.is_valid else None, _provider.resource, attributes,
                           kind=trace_api.SpanKind.SERVER, status=_ERROR if error else _UNSET,
-                          start_time=int(started * 1e9) + offset, end_time=now, instrumentation_scope=_scope)]
+                          start_time=int(record.started * 1e9) + offset, end_time=now, instrumentation_scope=_scope)]
     for child, start, end, child_attributes in _phases([timing for _, timing in rows]) if rows else ():
         context = trace_api.SpanContext(trace, ids.generate_span_id(), False, server.trace_flags, server.trace_state)
         spans.append(_ReadableSpan(child, context, server, _provider.resource, child_attributes,
@@ -189,7 +236,7 @@ def _spans(name: str, carrier: dict[str, str], attributes: dict[str, Any], error
     for span in spans:
         for processor in _processors:
             processor.on_end(span)
-    trace_id.set(trace_api.format_trace_id(trace))
+    record.trace_id = trace_api.format_trace_id(trace)  # for the request's access-log line (app.api.middleware)
 
 
 def _phases(timings: list) -> list[tuple[str, float, float, dict[str, Any]]]:

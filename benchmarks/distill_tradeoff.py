@@ -160,9 +160,9 @@ def main() -> None:
         write_docs(result, Path(args.docs))
         return
 
+    from app.lifecycle.data import demo_split
     from app.lifecycle.speed import side_by_side
     from app.settings import Settings
-    from app.lifecycle.data import demo_split
 
     repository, work, docs = Path(args.model_repository), Path(args.work), Path(args.docs)
     published = repository / NAME / str(VERSION)

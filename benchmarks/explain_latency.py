@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import load_reviews, median  # noqa: E402
 from app.engine import cpu_name  # noqa: E402
+from benchmarks.common import load_reviews, median  # noqa: E402
 from benchmarks.service import Server  # noqa: E402
 
 

@@ -42,12 +42,13 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.tiny import CORPUS, make_tiny_checkpoint  # noqa: E402
+
 from app.settings import Settings  # noqa: E402
 from tests.conftest import in_process  # noqa: E402
 from tests.integration.test_architectures import TEXTS  # noqa: E402
 from tests.integration.test_heads_parity import HEADS  # noqa: E402
 from tests.integration.test_pairs import PAIRS  # noqa: E402
-from tests.tiny import CORPUS, make_tiny_checkpoint  # noqa: E402
 
 ARCHS = ["bert", "distilbert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet", "electra", "deberta",
          "deberta-v2", "modernbert"]

@@ -1,4 +1,5 @@
-"""Error kind -> HTTP status, in one place, and the handlers that give every error one JSON shape."""
+"""Error kind -> status on both transports, in one table, and the handlers that give every HTTP error one JSON
+shape. gRPC answers the same kinds with the table's other column (app.api.grpc.servicer)."""
 
 from __future__ import annotations
 
@@ -10,46 +11,29 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from app.errors import ServiceError, ShuttingDown, validation_message
+from app.errors import ServiceError, ShuttingDown, Unauthorized, validation_message
 
 log = logging.getLogger("bertserve.api")
 
-STATUS = {
-    "validation": 422,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "overloaded": 429,
-    "timeout": 504,
-    "unhealthy": 503,
-    "request_timeout": 408,
-    "headers_too_large": 431,
-    "too_many_connections": 503,
-    "backend": 500,
-    "internal": 500,
+# Each error kind's answer: (HTTP status, gRPC status code as a grpc.StatusCode member name).
+STATUSES: dict[str, tuple[int, str]] = {
+    "validation": (422, "INVALID_ARGUMENT"),
+    "unauthorized": (401, "UNAUTHENTICATED"),
+    "forbidden": (403, "PERMISSION_DENIED"),
+    "payload_too_large": (413, "RESOURCE_EXHAUSTED"),
+    "unsupported_media_type": (415, "INVALID_ARGUMENT"),
+    "not_found": (404, "NOT_FOUND"),
+    "method_not_allowed": (405, "UNIMPLEMENTED"),
+    "overloaded": (429, "RESOURCE_EXHAUSTED"),
+    "timeout": (504, "DEADLINE_EXCEEDED"),
+    "unhealthy": (503, "UNAVAILABLE"),
+    "request_timeout": (408, "DEADLINE_EXCEEDED"),
+    "headers_too_large": (431, "RESOURCE_EXHAUSTED"),
+    "too_many_connections": (503, "UNAVAILABLE"),
+    "backend": (500, "INTERNAL"),
+    "internal": (500, "INTERNAL"),
 }
-
-# The same kinds as gRPC status codes (grpc.StatusCode member names; app.api.grpc answers with them).
-GRPC_STATUS = {
-    "validation": "INVALID_ARGUMENT",
-    "unauthorized": "UNAUTHENTICATED",
-    "forbidden": "PERMISSION_DENIED",
-    "payload_too_large": "RESOURCE_EXHAUSTED",
-    "unsupported_media_type": "INVALID_ARGUMENT",
-    "not_found": "NOT_FOUND",
-    "method_not_allowed": "UNIMPLEMENTED",
-    "overloaded": "RESOURCE_EXHAUSTED",
-    "timeout": "DEADLINE_EXCEEDED",
-    "unhealthy": "UNAVAILABLE",
-    "request_timeout": "DEADLINE_EXCEEDED",
-    "headers_too_large": "RESOURCE_EXHAUSTED",
-    "too_many_connections": "UNAVAILABLE",
-    "backend": "INTERNAL",
-    "internal": "INTERNAL",
-}
+STATUS = {kind: http for kind, (http, _) in STATUSES.items()}  # its HTTP column (here and app.api.http_limits)
 
 # Starlette's own HTTP errors (unknown route, wrong method) in the same shape.
 _KIND_OF_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -65,12 +49,19 @@ def status_of(exc: BaseException) -> int:
     return STATUS[exc.kind] if isinstance(exc, ServiceError) else 500
 
 
-async def _service_error(_request: Request, exc: ServiceError) -> Response:
+def service_error_response(exc: ServiceError) -> Response:
+    """The HTTP answer to a service error: its status, the JSON error shape and the headers its kind calls for."""
     log.debug("answered %d %s: %s", STATUS[exc.kind], exc.kind, exc.message)  # messages never quote client text
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     if isinstance(exc, ShuttingDown):
         headers = {"Connection": "close"}  # so the client does not send its next request down this connection
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}  # the scheme to answer with (RFC 9110 asks it of every 401)
     return error_response(STATUS[exc.kind], exc.message, exc.kind, headers)
+
+
+async def _service_error(_request: Request, exc: ServiceError) -> Response:
+    return service_error_response(exc)
 
 
 async def _http_error(_request: Request, exc: HTTPException) -> Response:

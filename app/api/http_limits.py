@@ -11,7 +11,9 @@ class to uvicorn; ASGI middleware could not do this (it runs once a request's he
 - Head caps (`BERTSERVE_MAX_HEADER_BYTES`, `BERTSERVE_MAX_HEADERS`): 431 and close. Bytes are counted per read and
   a head that came in one read is measured at its end, so a head holds at most the cap plus one read in memory.
 - Connection cap (`BERTSERVE_MAX_CONNECTIONS`, per worker, so file descriptors remain for model, metric and
-  repository files): a connection past it is answered 503 at once, without reading its request, and closed.
+  repository files): a connection past it is answered 503 at once, without reading its request, and closed. The
+  gRPC port holds to the same cap (app.api.grpc.server); by default the files the reserve leaves are split
+  between the two.
 
 Answers are the API's JSON error shape with `Connection: close`. After one, what the client still sends is read
 and dropped until it closes its side, for a second at most, and then the connection is closed: closing with bytes
@@ -51,9 +53,17 @@ def open_file_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def auto_max_connections(limit: int | None) -> int:
-    """BERTSERVE_MAX_CONNECTIONS=0: what the open-file limit leaves after the reserve, at most 4096."""
-    return AUTO_MAX_CONNECTIONS if limit is None else max(8, min(AUTO_MAX_CONNECTIONS, limit - file_reserve(limit)))
+def auto_max_connections(limit: int | None, ports: int = 1) -> int:
+    """BERTSERVE_MAX_CONNECTIONS=0: what the open-file limit leaves after the reserve, shared equally by the `ports`
+    served (HTTP, and gRPC unless BERTSERVE_GRPC_PORT=0), at most 4096 each."""
+    if limit is None:
+        return AUTO_MAX_CONNECTIONS
+    return max(8, min(AUTO_MAX_CONNECTIONS, (limit - file_reserve(limit)) // ports))
+
+
+def ports(settings: Any) -> int:
+    """Listening ports of a worker, each holding up to the connection cap: HTTP, and gRPC when served."""
+    return 2 if getattr(settings, "grpc_port", 0) else 1
 
 
 def _answer(error: ServiceError, *headers: bytes) -> bytes:
@@ -77,12 +87,14 @@ class Limits:
     read_timeout_s: float
     max_header_bytes: int
     max_headers: int
-    max_connections: int
+    max_connections: int  # per port: HTTP's, and gRPC's too
+    ports: int = 1
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
+        served = ports(settings)
         return cls(settings.request_read_timeout_s, settings.max_header_bytes, settings.max_headers,
-                   settings.max_connections or auto_max_connections(open_file_limit()))
+                   settings.max_connections or auto_max_connections(open_file_limit(), served), served)
 
     def answers(self) -> Answers:
         return Answers(
@@ -104,13 +116,14 @@ def configure(settings: Any) -> Limits:
     _limits = Limits.from_settings(settings)
     _answers = _limits.answers()
     limit = open_file_limit()
-    log.info("HTTP limits per worker: %d connections (open files allowed: %s), request head %d bytes and %d "
-             "fields, %g s to receive a request", _limits.max_connections, limit or "unlimited",
-             _limits.max_header_bytes, _limits.max_headers, _limits.read_timeout_s)
-    if limit is not None and _limits.max_connections > limit - file_reserve(limit):
-        log.warning("BERTSERVE_MAX_CONNECTIONS=%d leaves fewer than %d of the %d open files allowed for models, "
-                    "metrics and repository scans: raise the limit (ulimit -n) or lower the setting",
-                    _limits.max_connections, file_reserve(limit), limit)
+    log.info("HTTP limits per worker: %d connections%s (open files allowed: %s), request head %d bytes and %d "
+             "fields, %g s to receive a request", _limits.max_connections, " (and as many on gRPC)" * (
+                 _limits.ports > 1), limit or "unlimited", _limits.max_header_bytes, _limits.max_headers,
+             _limits.read_timeout_s)
+    if limit is not None and _limits.max_connections * _limits.ports > limit - file_reserve(limit):
+        log.warning("BERTSERVE_MAX_CONNECTIONS=%d on %d port(s) leaves fewer than %d of the %d open files allowed "
+                    "for models, metrics and repository scans: raise the limit (ulimit -n) or lower the setting",
+                    _limits.max_connections, _limits.ports, file_reserve(limit), limit)
     return _limits
 
 

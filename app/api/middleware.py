@@ -1,23 +1,22 @@
-"""Request IDs: accept the caller's X-Request-ID (or make one), echo it, and put it on every log line;
-optionally one access-log line per request (method, path, status, duration; never the body, nor the query);
-while the server drains, every response closes its connection."""
+"""Request IDs: accept the caller's X-Request-ID (or make one, app.api.accounting's rule, as gRPC does), echo it,
+and put it on every log line; optionally one access-log line per request (method, path, status, duration, and
+the trace id of a traced prediction; never the body, nor the query); while the server drains, every response
+closes its connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import tracing
+from app.api.accounting import request_id_for
 from app.api.errors import error_response
 from app.logs import exception_summary, request_id
+from app.record import current
 
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")  # echoed into headers and logs: nothing else gets through
 access_log = logging.getLogger("bertserve.access")
 log = logging.getLogger("bertserve.api")
 
@@ -35,10 +34,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = given if given is not None and _SAFE_ID.match(given) else os.urandom(16).hex().encode()  # a uuid4's bits
-        token = request_id.set(rid.decode())
-        if tracing.tracer is not None:  # for the request's trace, recorded by app.api.transport.tracked
-            tracing.http_scope.set(scope)
+        rid = request_id_for(None if given is None else given.decode("latin-1"))
+        token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
 
@@ -46,7 +43,7 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                headers = message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
                 if self.service is not None and self.service.draining and not any(
                     k.lower() == b"connection" for k, _ in headers
                 ):
@@ -73,7 +70,8 @@ class RequestContextMiddleware:
                 await error_response(500, "internal error", "internal")(scope, receive, send_with_id)
         finally:
             if self.log_access:
-                trace = tracing.trace_id.get()  # set once the request's trace is recorded (tracing on)
+                record = current.get()  # a prediction's record (app.record): its trace id once traced
+                trace = record.trace_id if record is not None else None
                 access_log.info(
                     "%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3,
                     extra={"trace_id": trace} if trace else None,

@@ -1,18 +1,21 @@
-"""The routes that run the server rather than predict: health probes, model listing, admin load and unload (mounted
-only when admin keys are set, or BERTSERVE_ADMIN_WITHOUT_KEY), and Prometheus metrics. Who may call which is
-decided for every route in one place: app.api.security."""
+"""The routes that run the server rather than predict: health probes, model listing and model cards, admin load
+and unload (mounted only when admin keys are set, or BERTSERVE_ADMIN_WITHOUT_KEY), and Prometheus metrics. Who may
+call which is decided for every route in one place: app.api.security."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app import metrics
 from app.api.schemas import ModelInfo, Readiness, error_responses
+from app.api.security import Keys, bearer_token
 from app.api.transport import json_response
-from app.errors import ModelNotFound
+from app.errors import ModelLoadError, ModelNotFound
+from app.repository import CARD_FILE, CONFIG_FILE, inside
 from app.service import Service
 
 router = APIRouter()
@@ -32,20 +35,60 @@ async def ready(request: Request) -> Response:
     return json_response(detail, status_code=200 if is_ready else 503)
 
 
+def full_reasons(request: Request) -> bool:
+    """Whether the caller is told failure reasons in full (paths, text quoted from repository files): whoever may
+    call /admin does (an admin key; anyone when BERTSERVE_ADMIN_WITHOUT_KEY serves it open), and anyone when no
+    key is configured at all (a trusted network); other callers get each cause's fixed wording."""
+    keys: Keys = request.app.state.keys  # app.main's
+    if not keys.enforced:
+        return True
+    return keys.admin_served and keys.refusal("admin", bearer_token(request.scope["headers"])) is None
+
+
 @router.get("/models", summary="Models being served", response_model=list[ModelInfo],
             responses=error_responses(401))
 async def list_models(request: Request) -> Response:
-    return json_response(request.app.state.service.list_models())
+    return json_response(request.app.state.service.list_models(full_reasons(request)))
 
 
 @router.get("/models/{name}", summary="Every version of one model, with quality reports",
             response_model=list[ModelInfo],
             responses=error_responses(401, 404))
 async def get_model(name: str, request: Request) -> Response:
-    versions = [m for m in request.app.state.service.list_models() if m["name"] == name]
+    versions = [m for m in request.app.state.service.list_models(full_reasons(request)) if m["name"] == name]
     if not versions:
         raise ModelNotFound(f"model {name!r} is not served")
     return json_response(versions)
+
+
+
+
+def published_card(root: Path, name: str, version: str) -> bytes:
+    """The model card of a version as the repository counts them (app.repository.version_dirs: not a dot-folder,
+    a number, a bertserve.json) whose real place is inside the repository; else ModelNotFound, never naming a path."""
+    missing = ModelNotFound(f"model {name!r} has no published version {version!r}")
+    if name.startswith(".") or not (version.isascii() and version.isdigit()):
+        raise missing
+    folder = root / name / version
+    try:
+        card = inside(root, inside(root, folder) / CARD_FILE)  # before anything there is looked at
+        if not (folder / CONFIG_FILE).is_file():
+            raise missing
+        if not card.is_file():
+            raise ModelNotFound(f"model {name!r} version {version} has no model card (published before cards were)")
+        return card.read_bytes()
+    except ModelLoadError:  # its message names paths
+        raise ModelNotFound(f"model {name!r} version {version}: outside the model repository (refused)") from None
+    except (OSError, ValueError):  # a name no file system holds (a NUL byte, too long), or unreadable
+        raise missing from None
+
+
+@router.get("/models/{name}/versions/{version}/card", summary="The model card (README.md, Hugging Face format) of "
+            "a published version of the repository, loaded or not", response_class=Response,
+            responses={200: {"content": {"text/markdown": {}}}, **error_responses(401, 404)})
+async def model_card(name: str, version: str, request: Request) -> Response:
+    card = published_card(request.app.state.service.settings.model_repository, name, version)
+    return Response(card, media_type="text/markdown; charset=utf-8")
 
 
 @admin_router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository, "

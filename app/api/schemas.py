@@ -7,14 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.errors import STATUSES
 from app.registry import State
 
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, for humans.")
-    error_type: str = Field(description="validation, unauthorized, forbidden, payload_too_large, "
-                                        "unsupported_media_type, not_found, method_not_allowed, overloaded, "
-                                        "timeout, unhealthy, backend or internal.")
+    error_type: str = Field(description=", ".join(STATUSES) + ".")  # every kind the status table knows
 
 
 class RoutingInfo(BaseModel):
@@ -42,7 +41,8 @@ class ModelInfo(BaseModel):
     max_length: int | None = None
     provider: str | None = None
     quantization: str | None = None
-    reason: str | None = Field(None, description="Why it is not serving (authenticated route: files named).")
+    reason: str | None = Field(None, description="Why it is not serving: in full (files named) for admin keys or "
+                               "with no keys configured; a fixed wording per cause for client keys.")
     cause: str | None = Field(None, description="The short cause code of readiness: load_failed, golden_gate, "
                                                 "missing_files, bad_serving_json, table_refused, ...")
     routing: RoutingInfo | None = Field(None, description="The model's traffic table: asked by serving.json, in "

@@ -7,7 +7,8 @@ is not named open below. Admin keys (BERTSERVE_ADMIN_API_KEYS, _FILE) open /admi
 state, and the client routes too. Health probes and the API documentation are always open; /metrics is open
 unless BERTSERVE_PROTECT_METRICS. No key or a wrong one: 401. A client key on an admin route: 403. Without
 admin keys the admin routes are not mounted at all (404) unless BERTSERVE_ADMIN_WITHOUT_KEY serves them open,
-for a trusted network.
+for a trusted network. The same check (`Keys.refusal`) decides each gRPC call, by the HTTP route it mirrors; both
+transports answer a refusal as the error kind it names (app.errors: Unauthorized, Forbidden).
 
 Keys are kept as SHA-256 digests only; a presented key is hashed once and compared in constant time with every
 digest of both roles, whatever matches, so timing tells nothing about which key or how much of it matched."""
@@ -20,10 +21,12 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import service_error_response
+from app.errors import Forbidden, ServiceError, Unauthorized
 from app.settings import Settings
 
 Group = Literal["open", "client", "admin", "metrics"]
+Refusal = Literal["unauthorized", "forbidden"]
 ADMIN_PREFIX = "/admin"
 OPEN_PATHS = frozenset({
     "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready",
@@ -96,6 +99,17 @@ class Keys:
             return "client" if self.protect_metrics and self.enforced else None
         return None
 
+    def refusal(self, group: Group, token: bytes | None) -> Refusal | None:
+        """Whether a caller presenting `token` (None: no bearer token) is refused a route of `group`, and why:
+        "unauthorized" (no valid key), "forbidden" (a client key where an admin key is needed); None: allowed."""
+        needed = self.needs(group)
+        if needed is None:
+            return None
+        role = self.role(token)
+        if role is None:
+            return "unauthorized"
+        return "forbidden" if needed == "admin" and role != "admin" else None
+
     def openapi_security(self, group: Group) -> list[dict[str, list]] | None:
         if group == "admin":
             return [{"AdminKey": []}]
@@ -104,13 +118,11 @@ class Keys:
         return None
 
 
-def _unauthorized():
-    return error_response(401, "a valid API key is required: Authorization: Bearer <key>", "unauthorized",
-                          {"WWW-Authenticate": "Bearer"})
-
-
-def _forbidden():
-    return error_response(403, "this route needs an admin key (BERTSERVE_ADMIN_API_KEYS)", "forbidden")
+def refused(refusal: Refusal, key_goes: str = "Authorization: Bearer <key>", what: str = "route") -> ServiceError:
+    """The error answering a refusal, worded for the transport: where the key goes, what was called."""
+    if refusal == "unauthorized":
+        return Unauthorized(f"a valid API key is required: {key_goes}")
+    return Forbidden(f"this {what} needs an admin key (BERTSERVE_ADMIN_API_KEYS)")
 
 
 class AuthMiddleware:
@@ -122,13 +134,8 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            needed = self.keys.needs(route_group(scope["path"]))
-            if needed is not None:
-                role = self.keys.role(bearer_token(scope["headers"]))
-                if role is None:
-                    await _unauthorized()(scope, receive, send)
-                    return
-                if needed == "admin" and role != "admin":
-                    await _forbidden()(scope, receive, send)
-                    return
+            refusal = self.keys.refusal(route_group(scope["path"]), bearer_token(scope["headers"]))
+            if refusal is not None:
+                await service_error_response(refused(refusal))(scope, receive, send)
+                return
         await self.app(scope, receive, send)

@@ -1,11 +1,11 @@
-"""What every HTTP transport of a prediction shares: one request skeleton (`handle`: count, read, parse, run,
-encode, answer with the X-Model-* headers), the lean route class, reading the body within limits, noticing a client
-that left, JSON answers, and counting each request by model and status however it ends."""
+"""What every HTTP transport of a prediction shares: one request skeleton (`handle`: begin the request's record,
+read, parse, run, encode, answer with the X-Model-* headers, and account for it however it ends, through
+app.api.accounting as gRPC does), the lean route class, reading the body within limits, noticing a client that
+left, and JSON answers."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
@@ -17,14 +17,14 @@ from fastapi.routing import APIRoute
 from prometheus_client import Counter, Histogram
 from starlette.responses import Response
 
-from app import metrics, tracing
+from app import metrics
+from app.api import accounting
 from app.api.errors import status_of
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.inference import answered_by
+from app.record import RequestRecord
 from app.served import ServedModel
 from app.service import Service
 
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; only ever seen in metrics
 JSON_ONLY = frozenset({"application/json"})
 
 
@@ -123,60 +123,35 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
         watcher.cancel()
 
 
-class Tracked:
-    """What a handler tells the counting: the model the request is for (once it knows)."""
-
-    model: str | None = None
-    route = ""  # the route's path template, a metric label
-
-
-async def tracked(service: Service, handle: Callable[[Tracked], Awaitable[Response]],
-                  counter: Counter = metrics.REQUESTS, duration: Histogram = metrics.REQUEST_DURATION,
-                  tracking: Tracked | None = None) -> Response:
-    """Run a prediction handler; count and time it by model, answering version and HTTP status whatever the
-    outcome (version "" when the request ended before a version was chosen). `tracking`: the object the handler
-    fills in, when the caller made it (`handle`'s Call)."""
-    started = time.perf_counter()
-    answered_by.set("")
-    request = tracking or Tracked()
-    status = 500
-    try:
-        response = await handle(request)
-        status = response.status_code
-        return response
-    except ClientGone:
-        status = CLIENT_CLOSED
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError):  # the client left, or the drain bound passed (answered 503)
-            status = 503 if service.draining else CLIENT_CLOSED
-        else:
-            status = status_of(exc)
-        raise
-    finally:
-        label, version = service.metric_label(request.model), answered_by.get()
-        counter.labels(label, version, str(status), "http", request.route).inc()
-        duration.labels(label, version).observe(time.perf_counter() - started)
-        if tracing.tracer is not None:  # off: this check is all a request pays
-            tracing.record_http(status, started, label, version)
-
-
 # ---- the request skeleton of every prediction-like route ----
 
 P = TypeVar("P")
 R = TypeVar("R")
 
 
-class Call(Tracked):
-    """One prediction-like request as the steps of its route see it. `model` is the model it is for, counted by:
-    given by the route (from the path) or set by `parse` (from the body)."""
+class Call:
+    """One prediction-like request as the steps of its route see it, with its record (app.record)."""
+
+    __slots__ = ("body", "record", "request", "service")
 
     def __init__(self, request: Request, service: Service, model: str | None) -> None:
+        scope = request.scope
         self.request = request
         self.service = service
-        self.model = model
-        self.route = getattr(request.scope.get("route"), "path", "")  # the template, not the request's own path
+        # The route's template, not the request's own path: a closed set of labels and span names.
+        self.record: RequestRecord = accounting.start("http", getattr(scope.get("route"), "path", ""), model,
+                                                      scope["method"], scope["headers"])
         self.body = b""
+
+    @property
+    def model(self) -> str | None:
+        """The model the request is for, counted by: given by the route (from the path) or set by `parse` (from
+        the body)."""
+        return self.record.model
+
+    @model.setter
+    def model(self, name: str | None) -> None:
+        self.record.model = name
 
     @property
     def routing_key(self) -> str | None:
@@ -196,25 +171,39 @@ def handle(
     duration: Histogram = metrics.REQUEST_DURATION,
 ) -> Awaitable[Response]:
     """A prediction-like request from start to answer (awaited by the route; a plain function, so no coroutine of
-    its own per request): counted and timed (`tracked`, under `counter` and
-    `duration`), its body read within the limits (`read_body`, `content_types`), then
+    its own per request): counted and timed (app.api.accounting, under `counter` and `duration`), its body read
+    within the limits (`read_body`, `content_types`), then
 
     - `parse(call)`: the request from `call.body` (raises app.errors); sets `call.model` when the body names it;
     - `run(call, parsed)`: the service's operation, awaited in this task and cancelled if the client leaves
       (`call.service`, `call.routing_key`);
     - `encode(parsed, result)`: the version that answered and the answer: data (sent as JSON) or a Response;
       either way it carries that version's X-Model-Name and X-Model-Version."""
-    service: Service = request.app.state.service
-    call = Call(request, service, model)
-    return tracked(service, lambda _: _answer(call, parse, run, encode, content_types), counter, duration, call)
+    return _answer(Call(request, request.app.state.service, model), parse, run, encode, content_types, counter,
+                   duration)
 
 
-async def _answer(call: Call, parse: Callable, run: Callable, encode: Callable, content_types: Collection[str]
-                  ) -> Response:
-    call.body = await read_body(call.request, call.service.settings.max_body_bytes, content_types)
-    parsed = parse(call)
-    served, answer = encode(parsed, await until_disconnect(call.request, run(call, parsed)))
-    if isinstance(answer, Response):
-        answer.headers.update(model_headers(served))
+async def _answer(call: Call, parse: Callable, run: Callable, encode: Callable, content_types: Collection[str],
+                  counter: Counter, duration: Histogram) -> Response:
+    status = 500
+    try:
+        call.body = await read_body(call.request, call.service.settings.max_body_bytes, content_types)
+        parsed = parse(call)
+        served, answer = encode(parsed, await until_disconnect(call.request, run(call, parsed)))
+        if isinstance(answer, Response):
+            answer.headers.update(model_headers(served))
+        else:
+            answer = json_response(answer, headers=model_headers(served))
+        status = answer.status_code
         return answer
-    return json_response(answer, headers=model_headers(served))
+    except ClientGone:
+        status = accounting.CLIENT_CLOSED
+        return Response(status_code=accounting.CLIENT_CLOSED)
+    except asyncio.CancelledError:  # the client left, or the drain bound passed (answered 503 by the middleware)
+        status = accounting.cancelled(call.service)[0]
+        raise
+    except BaseException as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        accounting.finish(call.service, call.record, status, counter=counter, duration=duration)

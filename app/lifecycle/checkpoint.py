@@ -3,6 +3,7 @@ transformers' own encoding of texts or pairs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -35,7 +36,28 @@ def read_checkpoint(source: Path):
         raise LifecycleError(f"{source}: no fast tokenizer (tokenizer.json); save one with a fast tokenizer class")
     if tokenizer.pad_token is None:  # texts of a batch are padded to one length, for PyTorch and for serving
         raise LifecycleError(f"{source}: its tokenizer has no padding token; set one (pad_token) and save it")
+    check_inputs(config, tokenizer, source)
     return config, tokenizer
+
+
+def check_inputs(config, tokenizer, source: Path) -> None:
+    """One line when the tokenizer makes inputs the model does not take (a DistilBERT saved with a BERT tokenizer
+    makes token_type_ids): PyTorch, and transformers' own text-classification pipeline, which passes the model
+    whatever the tokenizer makes, would fail on them with a TypeError."""
+    import inspect
+
+    import transformers
+
+    name = next(a for a in config.architectures if a.endswith("ForSequenceClassification"))
+    model_class = getattr(transformers, name, None)
+    if model_class is None:  # not a transformers class: nothing to check it against
+        return
+    extra = [n for n in tokenizer.model_input_names if n not in inspect.signature(model_class.forward).parameters]
+    if extra:
+        kept = [n for n in tokenizer.model_input_names if n not in extra]
+        raise LifecycleError(f"{source}: its tokenizer makes {extra}, which {name} does not take (a tokenizer saved "
+                             f"from another model?); save the model's own tokenizer, or set \"model_input_names\": "
+                             f"{json.dumps(kept)} in its tokenizer_config.json")
 
 
 def position_limit(config) -> int:
@@ -70,6 +92,29 @@ def choose_max_length(config, tokenizer, wanted: int | None, source: Path | None
     limit = min(positions, cap, tokenizer.model_max_length)
     return limit, (f"the tokenizer's limit (model_max_length {tokenizer.model_max_length}, {positions} positions, "
                    f"at most {cap}); no training length recorded (report.json of bertserve train)")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_record(path: Path, rows: int) -> dict:
+    """What a training report records of one data file: its name (never its folder), rows read, sha256."""
+    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+
+
+def training_report(source: Path) -> dict | None:
+    """The report.json `bertserve train` or `distill --output` wrote into the checkpoint; None for a checkpoint
+    trained elsewhere (or an unreadable report)."""
+    try:
+        report = json.loads((source / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def trained_on_pairs(source: Path) -> bool:

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import sys
 
-
 # The packages of pyproject.toml's extras that the lifecycle commands import (import name: extra).
 EXTRA_OF = {name: "export" for name in ("torch", "transformers", "optimum", "onnx", "sklearn", "tqdm")}
 EXTRA_OF["onnxruntime"] = "cpu"
@@ -26,9 +25,9 @@ def _lazy(module: str, settings=None):
         from app.lifecycle import LifecycleError
 
         if settings is not None:
-            from app.cli import _settings_or_exit
+            from app.settings import settings_or_exit
 
-            args.settings = _settings_or_exit(**settings(args))
+            args.settings = settings_or_exit(**settings(args))
         try:
             importlib.import_module(f"app.lifecycle.{module}").main(args)
         except (LifecycleError, ModelLoadError) as exc:
@@ -71,21 +70,32 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="Folder to write into.")
     p.set_defaults(func=_lazy("demo_data"))
 
-    p = commands.add_parser("train", help="Fine-tune a BERT-family checkpoint as a text classifier.")
+    p = commands.add_parser(
+        "train", help="Fine-tune a BERT-family checkpoint as a text classifier.",
+        description="Fine-tune a BERT-family checkpoint as a text classifier: a single-label (softmax) head over the "
+        "label column's classes, or with --one-logit one logit (a reranker). It trains no multi-label or regression "
+        "head: fine-tune those with transformers (problem_type multi_label_classification or regression); export, "
+        "evaluate and the server take them.")
     p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
-    p.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
-    p.add_argument("--label-column", default="label", help="Column holding the class label (default: label).")
+    p.add_argument("--text-column", default="text", help="Column holding the text (default: %(default)s).")
+    p.add_argument("--label-column", default="label",
+                   help="Column holding the class label, one per row (default: %(default)s).")
     _pair_column(p)
     p.add_argument("--one-logit", action="store_true",
                    help="One logit (a cross-encoder / reranker): 0/1 labels, binary cross-entropy; served with "
                         "sigmoid under one label named after the label column.")
     p.add_argument("--base", required=True, help="Local Hugging Face model folder to start from.")
     p.add_argument("--output", required=True, help="Folder for the fine-tuned checkpoint and report.json.")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--learning-rate", type=float, default=8e-5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--epochs", type=int, default=4,
+                   help="Most passes over the data; training stops earlier after 2 epochs without a better "
+                        "validation macro-F1 (default: %(default)s).")
+    p.add_argument("--learning-rate", type=float, default=8e-5, help="AdamW learning rate (default: %(default)s).")
+    p.add_argument("--batch-size", type=int, default=16, help="Texts per training step (default: %(default)s).")
+    p.add_argument("--max-length", type=int, default=128,
+                   help="Tokens per text (pair), recorded for export (default: %(default)s).")
+    p.add_argument("--seed", type=int, default=13,
+                   help="Seed of the validation split, the new head's weights and the batch order (default: "
+                        "%(default)s).")
     p.set_defaults(func=_lazy("train"))
 
     p = commands.add_parser("export", help="Export a fine-tuned checkpoint to ONNX and publish it.")
@@ -152,9 +162,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="Weight of the teacher's soft targets against the true label, where one is given.")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--output", help="Also keep the student's Hugging Face checkpoint in this folder.")
-    p.add_argument("--teacher-version", metavar="DIR",
-                   help="The teacher's published version folder, timed beside the student (default: the version of "
-                        "NAME whose golden outputs the teacher reproduces, else a scratch export).")
+    p.add_argument("--teacher-version", metavar="NAME[:VERSION]|DIR",
+                   help="The teacher's published version, timed beside the student: its model name (and version) "
+                        "in the repository, or its version folder (default: the repository's version whose golden "
+                        "outputs the teacher reproduces, whatever its name; else a scratch export).")
     p.add_argument("--speed-rounds", type=int, default=3, help="Alternating timing rounds (default 3).")
     _repository(p)
     p.set_defaults(func=_lazy("distill", settings=lambda args: {}))

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from app.lifecycle import LifecycleError
-from app.lifecycle.data import DEMO_LABELS, demo_split
+from app.lifecycle.checkpoint import data_record
+from app.lifecycle.data import DEMO_LABELS, demo_split, demo_zip
 from app.lifecycle.export import ExportRequest, export_model
-from app.lifecycle.gate import GateData
 from app.lifecycle.figures import format_confusion
+from app.lifecycle.gate import GateData
 from app.lifecycle.train import TrainOptions, train_classifier
 
 NAME = "drug-review-sentiment"
@@ -55,7 +56,8 @@ def teacher_checkpoint(repository: Path) -> Path:
     scratch = kept.with_name(f".tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     train_texts, train_labels = demo_split("train")
-    train_classifier(train_texts, train_labels, str(base_model()), scratch, OPTIONS, DEMO_LABELS)
+    train_classifier(train_texts, train_labels, str(base_model()), scratch, OPTIONS, DEMO_LABELS,
+                     data=[data_record(demo_zip(), len(train_texts))])
     golden = read_golden(repository / NAME / str(VERSION), len(DEMO_LABELS))
     if golden is not None:
         probs = pytorch_probabilities(scratch, AutoTokenizer.from_pretrained(scratch), golden.texts,
@@ -78,7 +80,8 @@ def main(args: argparse.Namespace) -> None:
     test_texts, test_labels = demo_split("test")
     test = GateData(test_texts, [DEMO_LABELS.index(lab) for lab in test_labels], "drugsComTest.tsv")
     checkpoint = checkpoint_dir(repository)  # kept: the teacher for `bertserve distill`
-    training = train_classifier(train_texts, train_labels, str(base_model()), checkpoint, OPTIONS, DEMO_LABELS)
+    training = train_classifier(train_texts, train_labels, str(base_model()), checkpoint, OPTIONS, DEMO_LABELS,
+                                data=[data_record(demo_zip(), len(train_texts))])  # for the model card
     path, report = export_model(ExportRequest(
         source=checkpoint, name=NAME, repository=repository, version=VERSION, quantize="int8",
         max_length=OPTIONS.max_length, gate_data=test, fp32_when_gate_fails=True,

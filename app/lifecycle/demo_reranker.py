@@ -15,6 +15,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from app.lifecycle.checkpoint import data_record
 from app.lifecycle.data import GateData, clean_review, demo_zip, parse_table
 from app.lifecycle.demo import base_model
 from app.lifecycle.export import ExportRequest, export_model
@@ -80,7 +81,7 @@ def main(args: argparse.Namespace) -> None:
     test_pairs, _ = relevance_pairs(test_rows, OPTIONS.seed + 1)
     checkpoint = repository / ".checkpoints" / NAME / str(VERSION)  # a dot-folder: never taken for a model
     training = train_classifier(train_pairs, train_labels, str(base_model()), checkpoint, OPTIONS, [LABEL],
-                                one_logit=True)
+                                one_logit=True, data=[data_record(demo_zip(), len(train_pairs))])
     ranked_first = top1(checkpoint, test_rows[:100], OPTIONS.seed)
     path, report = export_model(ExportRequest(
         source=checkpoint, name=NAME, repository=repository, version=VERSION, quantize="int8",

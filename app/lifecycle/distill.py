@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from app.lifecycle import LifecycleError
-from app.lifecycle.checkpoint import choose_max_length, read_checkpoint
+from app.lifecycle.checkpoint import choose_max_length, data_record, read_checkpoint
 from app.lifecycle.data import BUILTIN_PAIRS, BUILTIN_SAMPLE, read_examples, read_gate_data, read_texts
 from app.lifecycle.export import ExportRequest, GateFailed, export_model, say
-from app.lifecycle.gate import Gate, GateData, TeacherReference
 from app.lifecycle.figures import classification_figures
+from app.lifecycle.gate import Gate, GateData, TeacherReference
 from app.lifecycle.golden import pytorch_probabilities
-from app.lifecycle.speed import side_by_side, teacher_artifacts
+from app.lifecycle.speed import named_version, side_by_side, teacher_artifacts
 from app.lifecycle.train import TrainOptions, balanced_weights, collate, encode, fit, predict, seed_everything
 from app.repository import ModelConfig, read_config
 from app.scores import Head
@@ -109,9 +109,11 @@ def distillation_loss(student_logits, teacher_logits, targets, weights, options:
 
 def train_student(
     teacher: Path, texts: list[TextInput], targets: list[int], output: Path, options: DistillOptions, tokenizer,
+    data: list[dict] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Build, distil and save the student to `output`. `targets`: class index or -1 (teacher only). Returns the
-    training report and the indices of the held-out texts."""
+    training report and the indices of the held-out texts. `data`: the files the texts came from
+    (checkpoint.data_record), recorded for the model card."""
     started = time.perf_counter()
     torch.set_num_threads(options.threads)
     seed_everything(options.seed)
@@ -174,6 +176,7 @@ def train_student(
         "validation": best,
         "history": history,
         "training_s": round(time.perf_counter() - started, 1),
+        "data": data if data is not None else "unknown",
     }
     # As `bertserve train` does: a later `bertserve export` of this checkpoint reads its max_length here.
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -193,7 +196,7 @@ def main(args: argparse.Namespace) -> None:
     hf_config, tokenizer = read_checkpoint(teacher)
     labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
     head = Head(tuple(labels), hf_config.problem_type)
-    if head.function != "softmax":  # the soft targets and the agreement are a softmax head's
+    if not head.single_label:  # the soft targets and the agreement are a softmax head's
         raise LifecycleError(f"{teacher}: distill takes a single-label (softmax) classifier; this one's head is "
                              f"{head.function} ({len(labels)} label(s), problem_type {hf_config.problem_type})")
     spread(hf_config.num_hidden_layers, args.layers)  # a bad --layers fails before any work
@@ -205,9 +208,11 @@ def main(args: argparse.Namespace) -> None:
     )
     pair_column = args.text_pair_column
     texts, targets = read_examples(Path(args.data), args.text_column, args.label_column, labels, pair_column)
+    data = [data_record(Path(args.data), len(texts))]  # for the model card, as train records its data
     for path in args.unlabeled or []:
         extra = read_texts(Path(path), args.text_column, pair_column)
         texts, targets = texts + extra, targets + [-1] * len(extra)
+        data.append(data_record(Path(path), len(extra)))
     eval_data = None
     if args.eval_data:
         eval_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column, labels,
@@ -215,10 +220,11 @@ def main(args: argparse.Namespace) -> None:
     repository = Path(args.model_repository)
     if args.version is not None and (repository / args.name / str(args.version)).exists():
         raise LifecycleError(f"{repository / args.name / str(args.version)} already exists")
+    published = named_version(repository, args.teacher_version) if args.teacher_version else None
 
     with tempfile.TemporaryDirectory(prefix="bertserve-distill-") as scratch:
         output = Path(args.output) if args.output else Path(scratch) / "student"
-        training, held_out = train_student(teacher, texts, targets, output, options, tokenizer)
+        training, held_out = train_student(teacher, texts, targets, output, options, tokenizer, data)
         if eval_data is None:  # texts the student never trained on, labelled where the data was
             truth = [targets[i] for i in held_out]
             eval_data = GateData([texts[i] for i in held_out], truth if min(truth) >= 0 else None,
@@ -235,8 +241,8 @@ def main(args: argparse.Namespace) -> None:
             say(f"timing teacher and student side by side ({args.speed_rounds} rounds, {len(speed_texts)} texts) ...")
             with tempfile.TemporaryDirectory(prefix="bertserve-teacher-") as work:
                 teacher_folder, how = teacher_artifacts(
-                    teacher, Path(args.teacher_version) if args.teacher_version else None, repository / args.name,
-                    tokenizer, labels, max_length, any(a.precision == "int8" for a in config.artifacts), Path(work))
+                    teacher, published, repository, tokenizer, labels, max_length,
+                    any(a.precision == "int8" for a in config.artifacts), Path(work))
                 speed = side_by_side({"teacher": (teacher_folder, read_config(teacher_folder)),
                                       "student": (folder, config)}, speed_texts, settings, args.speed_rounds)
             return {"speed": {**speed, "teacher_artifacts": how}}

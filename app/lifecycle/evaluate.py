@@ -17,40 +17,26 @@ from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
 from app.lifecycle.data import read_labelled
 from app.lifecycle.figures import classification_figures, format_confusion, multilabel_figures, regression_figures
+from app.lifecycle.listing import find_version
 from app.lifecycle.runner import probabilities
-from app.repository import version_dirs
+from app.repository import read_config, read_golden
 from app.scores import Head
 
 LABEL_SEPARATOR = "|"  # between a multi-label row's labels (and a multi-output regression row's values)
 ONE_LOGIT_CLASSES = ["0", "1"]
 
 
-def find_version(repository: Path, reference: str) -> tuple[str, int, Path]:
-    """NAME or NAME:VERSION -> (name, version, folder); the latest version when none is named."""
-    name, _, wanted = reference.partition(":")
-    versions = version_dirs(repository).get(name)
-    if not versions:
-        published = sorted(version_dirs(repository)) or "none"
-        raise LifecycleError(f"no model {name!r} in {repository}; published models: {published}")
-    if not wanted:
-        return name, *versions[-1]
-    if not wanted.isdigit() or int(wanted) not in dict(versions):
-        raise LifecycleError(f"{name} has no version {wanted!r}; versions: {[v for v, _ in versions]}")
-    return name, int(wanted), dict(versions)[int(wanted)]
-
-
-def kind(head: Head) -> str:
-    if head.function == "softmax":
-        return "single-label"
-    if head.function == "none":
-        return "regression"
-    return "multi-label" if head.problem_type == "multi_label_classification" else "one-logit"
+def reads_pairs(path: Path) -> bool:
+    """Whether the version was published for text pairs: its golden inputs (the export's gate sample, pairs for a
+    checkpoint trained on pairs or gated on pair data) are pairs."""
+    golden = read_golden(path, len(read_config(path).labels))
+    return golden is not None and any(isinstance(text, tuple) for text in golden.texts)
 
 
 def read_truth(labels: list[str], head: Head, where: str) -> np.ndarray:
     """The rows' labels as the head's figures need them: class indices, 0/1, a [n, labels] boolean matrix, or
     [n, labels] numbers. A value the head cannot have is refused, naming what it takes."""
-    names, how = list(head.labels), kind(head)
+    names, how = list(head.labels), head.kind
     if how in ("single-label", "one-logit"):
         classes = names if how == "single-label" else ONE_LOGIT_CLASSES
         unknown = sorted(set(labels) - set(classes))
@@ -76,7 +62,7 @@ def read_truth(labels: list[str], head: Head, where: str) -> np.ndarray:
 
 def report(head: Head, truth: np.ndarray, scores: np.ndarray) -> None:
     """Print the head's figures (see the module's docstring)."""
-    names, how = list(head.labels), kind(head)
+    names, how = list(head.labels), head.kind
     if how == "regression":
         within, _ = head.decisions(truth, scores)
         figures = regression_figures(truth, scores, within)
@@ -106,6 +92,9 @@ def main(args: argparse.Namespace) -> None:
     from app.loader import load_model
 
     name, version, path = find_version(Path(args.model_repository), args.model)
+    if args.text_pair_column is None and reads_pairs(path):  # else each row's first text would be scored alone
+        raise LifecycleError(f"{name}:{version} scores text pairs (its golden inputs are pairs): name the column "
+                             "of each row's second text with --text-pair-column")
     texts, labels = read_labelled(Path(args.data), args.text_column, args.label_column, args.text_pair_column)
     try:
         model = load_model(name, version, path, args.settings)
@@ -115,6 +104,6 @@ def main(args: argparse.Namespace) -> None:
     truth = read_truth(labels, head, args.data)
     scores, seconds = probabilities(model, texts, progress="evaluating")
     print(f"{name}:{version} ({model.engine.artifact.file}, {model.engine.provider}) on {len(texts)} "
-          f"{'pairs' if isinstance(texts[0], tuple) else 'texts'} from {args.data}: a {kind(head)} head "
+          f"{'pairs' if isinstance(texts[0], tuple) else 'texts'} from {args.data}: a {head.kind} head "
           f"({head.function}), {len(texts) / seconds:.1f} sequences/s (encode + infer, length-sorted batches of 8)")
     report(head, truth, scores)

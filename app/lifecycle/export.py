@@ -20,14 +20,14 @@ from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
 from app.lifecycle.checkpoint import choose_max_length, read_checkpoint, trained_on_pairs
 from app.lifecycle.data import BUILTIN_PAIRS, BUILTIN_SAMPLE, read_gate_data
+from app.lifecycle.figures import classification_figures
 from app.lifecycle.gate import Gate, GateData, TeacherReference, compare, judge_student, verdict
 from app.lifecycle.golden import golden_sample, reference_with_parity, store_golden
 from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
 from app.lifecycle.runner import open_artifact, probabilities
-from app.lifecycle.figures import classification_figures
-from app.scores import Head
 from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, write_config
+from app.scores import Head
 from app.tokenizer import TextTokenizer
 
 # Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
@@ -240,7 +240,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
                     report["teacher_gate"]["int8"] = judge_student(request.teacher, int8_probs, data, config.head)
         elif request.quantize == "fp16":
             artifacts.insert(0, add_fp16(folder, fp32_graph, config, data, reference, report))
-        if data.truth is not None and config.head.function == "softmax":  # class labels: a single-label head
+        if data.truth is not None and config.head.single_label:  # class labels
             report["evaluation"] = {"fp32": classification_figures(data.truth, reference.argmax(1).tolist(), labels)}
             if request.quantize == "int8" and artifacts[0].precision == "int8":
                 report["evaluation"]["int8"] = classification_figures(data.truth, int8_probs.argmax(1).tolist(), labels)
@@ -282,7 +282,7 @@ def main(args: argparse.Namespace) -> None:
         labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
         head = Head(tuple(labels), hf_config.problem_type)  # class labels are read for a single-label head only
         gate_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column,
-                                   labels if head.function == "softmax" else None, args.text_pair_column)
+                                   labels if head.single_label else None, args.text_pair_column)
     request = ExportRequest(
         source=source, name=args.name, repository=Path(args.model_repository), version=args.version,
         quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,

@@ -32,7 +32,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, data: GateData, head: 
         figures["score_spread"] = float(f"{moved:.4g}")
         drifted = float(np.abs(reference - candidate).max(initial=0.0))
         figures["drift_share"] = round(drifted / max(moved, 1e-9), 4)  # finite: the report is JSON
-    if data.truth is not None and head.function == "softmax":
+    if data.truth is not None and head.single_label:
         for key, probs in (("fp32", reference), ("candidate", candidate)):
             scored = classification_figures(data.truth, probs.argmax(1).tolist(), list(head.labels))
             figures[f"{key}_accuracy"], figures[f"{key}_macro_f1"] = scored["accuracy"], scored["macro_f1"]

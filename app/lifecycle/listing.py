@@ -1,4 +1,5 @@
-"""`bertserve models`: what the repository holds, with each version's quantization and gate figures."""
+"""What the repository holds: `bertserve models` (each version's head, quantization and gate figures), and a
+published version named as the commands name one (NAME or NAME:VERSION)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ import argparse
 from pathlib import Path
 
 from app.errors import ModelLoadError
+from app.lifecycle import LifecycleError
 from app.repository import read_config, version_dirs
+
+
+def find_version(repository: Path, reference: str) -> tuple[str, int, Path]:
+    """NAME or NAME:VERSION -> (name, version, folder); the latest version when none is named."""
+    name, _, wanted = reference.partition(":")
+    versions = version_dirs(repository).get(name)
+    if not versions:
+        published = sorted(version_dirs(repository)) or "none"
+        raise LifecycleError(f"no model {name!r} in {repository}; published models: {published}")
+    if not wanted:
+        return name, *versions[-1]
+    if not wanted.isdigit() or int(wanted) not in dict(versions):
+        raise LifecycleError(f"{name} has no version {wanted!r}; versions: {[v for v, _ in versions]}")
+    return name, int(wanted), dict(versions)[int(wanted)]
 
 
 def describe_version(path: Path) -> str:
@@ -15,7 +31,9 @@ def describe_version(path: Path) -> str:
     except ModelLoadError as exc:
         return f"unreadable: {exc}"
     artifacts = ", ".join(f"{a.file} ({a.numerics})" for a in config.artifacts)
-    text = f"{len(config.labels)} labels, max_length {config.max_length}; {artifacts}"
+    head = config.head
+    text = (f"{head.kind} head ({head.function}) over {len(config.labels)} label(s), max_length "
+            f"{config.max_length}; {artifacts}")
     report = config.report or {}
     attempts = [a for a in report.get("gate", {}).get("attempts", []) if a.get("passed")]
     if attempts:

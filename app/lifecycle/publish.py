@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.lifecycle import LifecycleError
+from app.lifecycle.card import write_card
 from app.repository import next_version
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -39,11 +40,15 @@ def staging(repository: Path, name: str) -> Iterator[Path]:
 
 
 def publish(folder: Path, version: int | None) -> Path:
-    """Rename the staged folder to `<version>` (default: next free number). Returns the version folder."""
+    """Write the model card (app.lifecycle.card) and rename the staged folder to `<version>` (default: next free
+    number). Returns the version folder."""
     model_dir = folder.parent
     version = next_version(model_dir.parent, model_dir.name) if version is None else version
     target = model_dir / str(version)
     if target.exists():
         raise LifecycleError(f"{target} already exists; pick another --version or leave it out")
+    # Last, as it lists every file's sha256; here, so that every command that publishes (export, distill,
+    # build-demo) writes one.
+    write_card(folder, model_dir.name, version)
     os.rename(folder, target)
     return target

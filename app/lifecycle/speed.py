@@ -11,40 +11,57 @@ import numpy as np
 
 from app.lifecycle.export import ARTIFACTS, export_fp32, say
 from app.lifecycle.golden import PARITY_TOLERANCE, pytorch_probabilities
-from app.repository import TOKENIZER_FILE, ModelConfig, read_config, read_golden, write_config
+from app.lifecycle.listing import find_version
+from app.repository import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    ModelConfig,
+    read_config,
+    read_golden,
+    version_dirs,
+    write_config,
+)
 from app.settings import Settings
 
 SPEED_ROUNDS = 3
 
 
-def published_teacher(model_dir: Path, teacher: Path, tokenizer) -> Path | None:
-    """The version of this model whose golden outputs the teacher checkpoint reproduces: its published export."""
-    versions = sorted((p for p in model_dir.glob("*") if p.name.isdigit()), key=lambda p: -int(p.name))
-    for path in versions:
-        try:
-            config = read_config(path)
-            golden = read_golden(path, len(config.labels))
-        except Exception:  # noqa: BLE001 - an unreadable version is simply not the teacher
-            continue
-        if golden is None:
-            continue
-        texts = golden.texts[:16]
-        probs = pytorch_probabilities(teacher, tokenizer, texts, config.max_length)
-        if probs.shape[1] == len(config.labels) and np.abs(probs - golden.probabilities[:16]).max() <= PARITY_TOLERANCE:
-            return path
+def published_teacher(repository: Path, teacher: Path, tokenizer, labels: list[str]) -> Path | None:
+    """The published version whose golden outputs the teacher checkpoint reproduces (its export), whatever its
+    model's name: sought among the repository's versions with the teacher's labels, the highest version first."""
+    for versions in version_dirs(repository).values():
+        for _, path in reversed(versions):
+            try:
+                config = read_config(path)
+                golden = read_golden(path, len(config.labels))
+            except Exception:  # noqa: BLE001 - an unreadable version is simply not the teacher
+                continue
+            if golden is None or config.labels != labels:
+                continue
+            texts = golden.texts[:16]
+            probs = pytorch_probabilities(teacher, tokenizer, texts, config.max_length)
+            if np.abs(probs - golden.probabilities[:16]).max() <= PARITY_TOLERANCE:
+                return path
     return None
 
 
-def teacher_artifacts(teacher: Path, published: Path | None, model_dir: Path, tokenizer, labels: list[str],
+def named_version(repository: Path, reference: str) -> Path:
+    """A published version given as a version folder, or as NAME or NAME:VERSION of the repository."""
+    folder = Path(reference)
+    path = folder if (folder / CONFIG_FILE).is_file() else find_version(repository, reference)[2]
+    read_config(path)  # a broken version fails here, before any training
+    return path
+
+
+def teacher_artifacts(teacher: Path, published: Path | None, repository: Path, tokenizer, labels: list[str],
                       max_length: int, int8: bool, work: Path) -> tuple[Path, str]:
     """A folder holding the teacher's artifacts to time, and what it is: the given published version, else the
-    version of this model the teacher was published as, else a scratch export (int8 per-channel, not gated)."""
+    version of the repository the teacher was published as, else a scratch export (int8 per-channel, not gated)."""
     from app.lifecycle.quantize import Recipe, quantize
 
     if published is not None:
-        read_config(published)
         return published, f"published {published}"
-    found = published_teacher(model_dir, teacher, tokenizer)
+    found = published_teacher(repository, teacher, tokenizer, labels)
     if found is not None:
         return found, f"published {found} (its golden outputs match the teacher)"
     say("the teacher has no published version here: exporting it to a scratch folder to time it ...")

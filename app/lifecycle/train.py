@@ -10,9 +10,9 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from app.lifecycle import LifecycleError
 from app.lifecycle.architectures import check_architecture  # what optimum-onnx exports: trainable here
-from app.lifecycle.checkpoint import tokenize
+from app.lifecycle.checkpoint import data_record, tokenize
 from app.lifecycle.data import check_trainable, label_order, read_labelled
 from app.lifecycle.figures import classification_figures
 from app.tokenizer import TextInput
@@ -175,10 +175,11 @@ def fit(
 
 def train_classifier(
     texts: list[TextInput], labels: list[str], base: str, output: Path, options: TrainOptions | None = None,
-    label_names: list[str] | None = None, one_logit: bool = False,
+    label_names: list[str] | None = None, one_logit: bool = False, data: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `base` on (texts or pairs, labels); save the best epoch to `output` with report.json. Returns the
-    report. one_logit: labels "0"/"1", one logit named label_names[0] (default LABEL_0), binary cross-entropy."""
+    report. one_logit: labels "0"/"1", one logit named label_names[0] (default LABEL_0), binary cross-entropy.
+    data: the files the examples came from (checkpoint.data_record), recorded for the model card."""
     options = options or TrainOptions()
     started = time.perf_counter()
     check_trainable(labels, "training data")
@@ -244,6 +245,8 @@ def train_classifier(
         "labels": label_names,
         "one_logit": one_logit,
         "pairs": any(isinstance(t, tuple) for t in texts),  # export's built-in gate sample is then pairs
+        # Names, row counts and sha256 of the data files, never a text: the published version's card quotes them.
+        "data": data if data is not None else "unknown",
         "options": asdict(options),
         "train_size": len(train_ids),
         "validation_size": len(val_ids),
@@ -257,7 +260,8 @@ def train_classifier(
 
 
 def main(args: argparse.Namespace) -> None:
-    texts, labels = read_labelled(Path(args.data), args.text_column, args.label_column, args.text_pair_column)
+    data = Path(args.data)
+    texts, labels = read_labelled(data, args.text_column, args.label_column, args.text_pair_column)
     check_trainable(labels, args.data)
     options = TrainOptions(
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -265,7 +269,8 @@ def main(args: argparse.Namespace) -> None:
     )
     # One logit: named after the label column (e.g. "relevance"), as it answers under that name.
     report = train_classifier(texts, labels, args.base, Path(args.output), options,
-                              label_names=[args.label_column] if args.one_logit else None, one_logit=args.one_logit)
+                              label_names=[args.label_column] if args.one_logit else None, one_logit=args.one_logit,
+                              data=[data_record(data, len(texts))])
     best = report["validation"]
     print(f"trained {args.output}: best epoch {report['best_epoch']}, validation accuracy {best['accuracy']:.4f}, "
           f"macro-F1 {best['macro_f1']:.4f} ({report['elapsed_s']:.0f} s)")

@@ -255,19 +255,7 @@ class Output:
 class Inferred:
     model: ServedModel  # the version that answered
     id: str | None
-    outputs: list[Output]
-
-    def data(self) -> dict[str, Any]:
-        """The response as JSON-able data, every output's values inline."""
-        payload: dict[str, Any] = {"model_name": self.model.name, "model_version": str(self.model.version)}
-        if self.id is not None:
-            payload["id"] = self.id
-        payload["outputs"] = [
-            {"name": o.name, "datatype": o.datatype, "shape": o.shape,
-             "data": o.values if isinstance(o.values, list) else o.values.ravel().tolist()}
-            for o in self.outputs
-        ]
-        return payload
+    outputs: list[Output]  # encoded by each transport's codec (app.api.v2.codec, app.api.grpc.codec)
 
 
 def outputs(model: ServedModel, scores: np.ndarray, wanted: list[Wanted]) -> list[Output]:

@@ -1,118 +1,13 @@
-"""Helpers for the deploy tier: real tools (hadolint, docker-compose, helm-python-sdk, kubernetes-validate, node,
-promtool, prometheus, podman), installed by deploy/ci-setup.sh. A test skips only when its tool is missing or
-cannot run on this machine, and says which."""
+"""Fixtures of the deploy tier (its helpers: tests/support/deploy.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-CHART = DEPLOY / "helm" / "bertserve"
-TOOLS = DEPLOY / ".tools"  # npm packages (deploy/ci-setup.sh)
-VENV_BIN = Path(sys.executable).parent
-SETUP_HINT = "run `bash deploy/ci-setup.sh` first"
-
-
-def tool(name: str) -> str:
-    """Path of a command-line tool (the venv's bin first), or skip the test saying how to get it."""
-    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not found:
-        pytest.skip(f"{name} is not installed: {SETUP_HINT}")
-    return found
-
-
-def run(cmd: list[str], timeout: float = 60, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command, bounded in time; on failure the assertion shows its output."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-
-class GiveUp(Exception):
-    """Raised by a wait_for check to stop waiting at once (e.g. the process being waited for has exited)."""
-
-
-def wait_for(check: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):
-    """Poll `check` until it returns something truthy (returned) or raise after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except GiveUp:
-            raise
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline; the last error is reported
-            last = exc
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what}: not within {timeout_s} s (last: {last!r})")
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> None:
-    """Poll url/health/ready until 200; give up at once if `proc` (the server) exits."""
-
-    def ready():
-        if proc is not None and proc.poll() is not None:
-            raise GiveUp(f"server exited with {proc.returncode}")
-        r = httpx.get(url + "/health/ready", timeout=2)
-        if r.status_code != 200:
-            raise AssertionError(f"{r.status_code} {r.text[:500]}")  # shown as `last` on time-out
-        return True
-
-    wait_for(ready, timeout_s, f"{url}/health/ready")
-
-
-def prom_query(prom: str, expr: str) -> list[dict]:
-    """Instant query against a Prometheus at `prom` (http://127.0.0.1:PORT); the result vector."""
-    body = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert body["status"] == "success", f"{expr}: {body}"
-    return body["data"]["result"]
-
-
-def prom_scalar(prom: str, expr: str) -> float | None:
-    result = prom_query(prom, expr)
-    return float(result[0]["value"][1]) if result else None
-
-
-def load_yaml_docs(text: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-# ---- Helm (helm-python-sdk: Helm's Go code as a library) ----
-
-RELEASE, NAMESPACE = "demo", "ml"
-
-
-def helm():
-    return pytest.importorskip("helm_python", reason=f"helm-python-sdk is not installed: {SETUP_HINT}")
-
-
-def gpu_values() -> dict:
-    return yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+from tests.support.deploy import CHART, NAMESPACE, RELEASE, helm, load_yaml_docs
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +26,3 @@ def render_chart() -> Callable[[dict], list[dict]]:
         return cache[key]
 
     return render
-
-
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]

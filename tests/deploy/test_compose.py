@@ -7,7 +7,8 @@ import os
 import pytest
 import yaml
 
-from tests.deploy.conftest import ROOT, run, tool
+from tests.support.deploy import run, tool
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 

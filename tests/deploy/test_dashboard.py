@@ -3,33 +3,12 @@ PromQL runs against a real Prometheus in test_live_metrics.py)."""
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY
+from tests.support.deploy import COUNTERS, DASHBOARD, DEPLOY, EXPORTED, GAUGES, HISTOGRAMS, dashboard, metric_names
 
 pytestmark = pytest.mark.deploy
-
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bertserve.json"
-# What the service exports (app/metrics.py): counters get _total, histograms _bucket/_sum/_count.
-COUNTERS = {"bertserve_requests", "bertserve_predictions", "bertserve_shadow_decisions", "bertserve_shadow_dropped"}
-HISTOGRAMS = {"bertserve_request_duration_seconds", "bertserve_request_tokenization_duration_seconds",
-              "bertserve_request_queue_duration_seconds", "bertserve_request_inference_duration_seconds",
-              "bertserve_batch_size", "bertserve_batch_tokens", "bertserve_prediction_confidence",
-              "bertserve_shadow_probability_difference"}
-GAUGES = {"bertserve_queue_size", "bertserve_model_info"}
-EXPORTED = ({f"{c}_total" for c in COUNTERS} | GAUGES
-            | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")})
-PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "or", "vector", "le", "model",
-                "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization",
-                "artifact", "precision", "outcome", "reason"}
-
-
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
 
 
 def panels() -> list[dict]:
@@ -38,13 +17,6 @@ def panels() -> list[dict]:
 
 def exprs() -> list[str]:
     return [t["expr"] for p in panels() for t in p["targets"]]
-
-
-def metric_names(expr: str) -> set[str]:
-    without_strings = re.sub(r'"[^"]*"', '""', expr)
-    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
-    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges) if w not in PROMQL_WORDS
-            and not w.startswith("__")}
 
 
 def test_only_metrics_the_service_exports():

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.deploy.conftest import ROOT, run, tool
+from tests.support.deploy import run, tool
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.deploy
 

@@ -11,9 +11,9 @@ import tritonclient.grpc as tgrpc
 import yaml
 
 from app.settings import Settings
-from tests.conftest import Server, free_port
-from tests.deploy.conftest import ROOT, by_kind
-from tests.deploy.test_kserve import PORT, docs, env_of, kserve_container, problems
+from tests.support.deploy import PORT, by_kind, docs, env_of, kserve_container, problems
+from tests.support.paths import ROOT
+from tests.support.servers import Server, free_port
 
 pytestmark = pytest.mark.deploy
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, DEPLOY, TOOLS, by_kind, gpu_values, helm, run, tool
+from tests.support.deploy import CHART, DEPLOY, TOOLS, by_kind, gpu_values, helm, run, tool
 
 pytestmark = pytest.mark.deploy
 

@@ -16,8 +16,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, metric
-from tests.deploy.conftest import ROOT, prom_query, run, stop_process, tool, wait_for, wait_until_ready
+from tests.support.deploy import prom_query, run, stop_process, tool, wait_for, wait_until_ready
+from tests.support.metrics import metric
+from tests.support.paths import ROOT
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.deploy
 

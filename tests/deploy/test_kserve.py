@@ -6,7 +6,6 @@ manifest's environment, probed on the manifest's paths and called as deploy/kser
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import re
 import subprocess
@@ -18,43 +17,13 @@ import yaml
 
 from app import __version__
 from app.settings import Settings
-from tests.conftest import Server
-from tests.deploy.conftest import DEPLOY, run, tool
+from tests.support.deploy import KSERVE, PORT, docs, env_of, kserve_container, problems, run, tool
+from tests.support.servers import Server
 
 pytestmark = pytest.mark.deploy
 
-KSERVE = DEPLOY / "kserve"
 MANIFESTS = ["inferenceservice.yaml", "clusterservingruntime.yaml", "inferenceservice-runtime.yaml"]
 KUBE_VERSION = "1.30.0"
-PORT = 8080  # what KServe expects of a predictor
-
-
-def docs(name: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all((KSERVE / name).read_text()) if d]
-
-
-def schemas() -> dict[str, dict]:
-    return json.loads(gzip.decompress((KSERVE / "schema" / "kserve-crds.schema.json.gz").read_bytes()))["schemas"]
-
-
-def problems(doc: dict) -> list[str]:
-    schema = schemas().get(f"{doc['apiVersion']}/{doc['kind']}")
-    if schema is None:
-        return [f"no schema for {doc['apiVersion']} {doc['kind']}"]
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (with kubernetes-validate) is not installed: "
-                                     "run `bash deploy/ci-setup.sh` first")
-    validator = jsonschema.Draft7Validator(schema)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(doc)]
-
-
-def kserve_container(doc: dict) -> dict:
-    containers = doc["spec"]["predictor"]["containers"] if doc["kind"] == "InferenceService" else doc["spec"]["containers"]
-    [container] = [c for c in containers if c["name"] == "kserve-container"]  # the name KServe looks for
-    return container
-
-
-def env_of(container: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
 
 
 @pytest.mark.parametrize("name", MANIFESTS)

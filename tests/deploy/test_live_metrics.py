@@ -13,11 +13,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Server, free_port
-from tests.deploy.conftest import DEPLOY, stop_process, tool, wait_for
-from tests.deploy.conftest import prom_query as query
-from tests.deploy.conftest import prom_scalar as scalar
-from tests.deploy.test_dashboard import EXPORTED, dashboard, metric_names
+from tests.support.deploy import DEPLOY, EXPORTED, dashboard, metric_names, stop_process, tool, wait_for
+from tests.support.deploy import prom_query as query
+from tests.support.deploy import prom_scalar as scalar
+from tests.support.servers import Server, free_port
 
 pytestmark = pytest.mark.deploy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, run, tool
+from tests.support.deploy import DEPLOY, run, tool
 
 pytestmark = pytest.mark.deploy
 

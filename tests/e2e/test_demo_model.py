@@ -5,9 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import DEMO_MODEL, Server
+from tests.support.paths import DEMO_MODEL
+from tests.support.servers import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 POSITIVE = (
     "This medication changed my life. After two weeks my pain was gone, I sleep through the night and I have "

@@ -10,11 +10,13 @@ import subprocess
 import threading
 
 import httpx
+import pytest
 
-from tests.conftest import post
-from tests.unit.test_amplification import prose
+from tests.support.servers import post
+from tests.support.texts import KIB, prose
 
-KIB = 1024
+pytestmark = pytest.mark.process
+
 MIB_TEXT = 1024 * KIB - 64  # a 1 MiB body: the JSON around the text takes a few bytes
 
 

@@ -15,7 +15,9 @@ import torch
 from app.cli import main as cli
 from app.lifecycle.distill import DistillOptions, distillation_loss, make_student, spread
 from app.repository import read_config
-from tests.tiny import CORPUS, LABELS, make_tiny_checkpoint
+from tests.support.tiny import CORPUS, LABELS, make_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +208,21 @@ def test_a_pair_classifier_is_distilled_on_pairs(teacher, tmp_path, capsys):
     assert golden.texts and all(isinstance(t, tuple) and len(t) == 2 for t in golden.texts)
     assert json.loads((kept / "report.json").read_text())["pairs"] is True
     assert read_config(repo / "nli" / "1").report["parity_max_prob_diff"] <= 1e-3
+
+
+def test_the_teacher_is_found_under_its_own_name_or_named(teacher, tmp_path):
+    """The teacher timed beside the student is its published version whatever the model is called (the README's
+    example distils `reviews` into `reviews-l4`), or the one --teacher-version names: NAME[:VERSION] or a folder."""
+    from transformers import AutoTokenizer
+
+    from app.lifecycle import LifecycleError
+    from app.lifecycle.speed import named_version, published_teacher
+
+    repo = tmp_path / "repo"
+    cli(["export", str(teacher), "--name", "reviews", "--quantize", "none", "--model-repository", str(repo)])
+    published = repo / "reviews" / "1"
+    assert published_teacher(repo, teacher, AutoTokenizer.from_pretrained(teacher), LABELS) == published
+    assert published_teacher(repo, teacher, AutoTokenizer.from_pretrained(teacher), LABELS[::-1]) is None
+    assert [named_version(repo, ref) for ref in ("reviews", "reviews:1", str(published))] == [published] * 3
+    with pytest.raises(LifecycleError, match="no model 'reviews-l4'"):
+        named_version(repo, "reviews-l4")

@@ -9,7 +9,7 @@ import pytest
 
 from app.cli import main as cli
 from app.repository import read_config
-from tests.conftest import DEMO_MODEL
+from tests.support.paths import DEMO_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,8 @@ def test_demo_teacher_distils_to_three_layers_and_is_published_with_its_gate_fig
     teacher = teacher_checkpoint(demo_repository)  # kept by build-demo (trained again once if built before that)
     published = demo_repository / DEMO_MODEL / "1"
     # The teacher is recognised as the published demo version by its golden outputs.
-    assert published_teacher(demo_repository / DEMO_MODEL, teacher, AutoTokenizer.from_pretrained(teacher)) == published
+    labels = read_config(published).labels
+    assert published_teacher(demo_repository, teacher, AutoTokenizer.from_pretrained(teacher), labels) == published
 
     data, repo = tmp_path / "data", tmp_path / "repo"
     cli(["demo-data", str(data)])

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from app.cli import main as cli
-from tests.integration.test_heads_parity import HEADS, make_head_checkpoint
-from tests.tiny import CORPUS
+from tests.support.tiny import CORPUS, HEADS, make_head_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TEXTS = [f"{a} {b}".replace(",", "") for a in CORPUS for b in CORPUS[:3]]  # 18 texts
 

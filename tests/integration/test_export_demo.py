@@ -8,7 +8,7 @@ import pytest
 
 from app.cli import main as cli
 from app.repository import read_config
-from tests.conftest import DEMO_MODEL
+from tests.support.paths import DEMO_MODEL
 
 pytestmark = pytest.mark.slow
 

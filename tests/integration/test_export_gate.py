@@ -10,7 +10,9 @@ import pytest
 from app.cli import main as cli
 from app.lifecycle.export import ExportRequest, export_model
 from app.lifecycle.gate import Gate
-from tests.tiny import make_tiny_checkpoint
+from tests.support.tiny import make_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_existing_version_is_never_overwritten(tmp_path, checkpoint, capsys):
 def test_non_classification_checkpoint_is_refused(tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
-    from tests.tiny import _bert_tokenizer
+    from tests.support.tiny import _bert_tokenizer
 
     folder = tmp_path / "encoder"
     tokenizer = _bert_tokenizer(folder)
@@ -117,7 +119,7 @@ def test_non_classification_checkpoint_is_refused(tmp_path, capsys):
 
 def test_labelled_eval_data_reports_accuracy(tmp_path, checkpoint):
     from app.lifecycle.data import read_gate_data
-    from tests.tiny import CORPUS, LABELS
+    from tests.support.tiny import CORPUS, LABELS
 
     data = tmp_path / "eval.tsv"
     data.write_text("text\tlabel\n" + "".join(f"{t}\t{LABELS[i % 3]}\n" for i, t in enumerate(CORPUS)))

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from app.cli import main as cli
-from tests.tiny import CORPUS, LABELS, make_tiny_checkpoint
+from tests.support.tiny import CORPUS, LABELS, make_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ import pytest
 
 from app.lifecycle.export import ExportRequest, export_model
 from app.lifecycle.gate import Gate
-from app.scores import softmax
 from app.loader import load_model
+from app.scores import softmax
 from app.settings import Settings
-from tests.tiny import CORPUS, make_tiny_checkpoint
+from tests.support.tiny import CORPUS, make_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TEXTS = CORPUS + ["", "an unseen wordpiece zebra xylophone", "great " * 80]
 

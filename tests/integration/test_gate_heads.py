@@ -12,7 +12,9 @@ from app.loader import load_model
 from app.repository import read_config
 from app.scores import BOUND_SAFETY
 from app.settings import Settings
-from tests.integration.test_heads_parity import HEADS, make_head_checkpoint
+from tests.support.tiny import HEADS, make_head_checkpoint
+
+pytestmark = pytest.mark.slow
 
 
 def shifted_checkpoint(path, name: str, seed: int, bias: float, scale: float = 1.0):
@@ -34,8 +36,10 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("one-value")
     return {
         "large": shifted_checkpoint(root / "large", "regression", 3, 0.0, scale=1e5),  # values ~18000
-        # Logits 1000x wider, shifted to [1.2, 2.8] on the gate texts: scores 0.77-0.94, all over 0.5.
-        "onelogit": shifted_checkpoint(root / "onelogit", "onelogit", 2, 109.0, scale=1000.0),
+        # Logits 1000x wider, shifted to [7.2, 8.8] on the gate texts: scores over 0.999. INT8's error is 1000x wider
+        # too, and CPU-dependent (VNNI's more than AVX2's: at [1.2, 2.8] it crossed 0.5 on a Zen 4); the margin keeps
+        # some recipes' every score over 0.5.
+        "onelogit": shifted_checkpoint(root / "onelogit", "onelogit", 2, 115.0, scale=1000.0),
         "regression": shifted_checkpoint(root / "regression", "regression", 3, 0.0),
     }
 
@@ -66,7 +70,8 @@ def test_one_logit_int8_drifting_against_its_scores_spread_is_refused_for_fp32(t
     large share of how far they move between texts: a reranker's order could change. fp32 is published instead."""
     path, report = export(checkpoints["onelogit"], tmp_path / "repo")
     gate = report["gate"]
-    assert gate["attempts"][0]["agreement"] == 1.0  # the old gate would have published the first recipe
+    # The old gate would have published a recipe that decides as fp32 does on every text
+    assert any(a["agreement"] == 1.0 for a in gate["attempts"]), gate["attempts"]
     assert all(a["drift_share"] > 0.02 and not a["passed"] for a in gate["attempts"])
     assert "of the fp32 scores' spread" in gate["int8_refused"] and gate["chosen"] is None
     assert [a.file for a in read_config(path).artifacts] == ["model.onnx"]

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -21,8 +22,11 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from app import __version__
-from tests.conftest import ROOT, Server, metric, self_signed_cert
-from tests.integration.test_reliability import LONG, SLOW_ENV, slow_model_repo, start_busy_batch  # noqa: F401
+from tests.support.metrics import metric
+from tests.support.paths import ROOT
+from tests.support.servers import SLOW_ENV, Server, self_signed_cert, start_busy_batch
+
+pytestmark = pytest.mark.process
 
 CLIENT, ADMIN = "grpc-client-key", "grpc-admin-key"
 AUTH = {"authorization": f"Bearer {CLIENT}"}
@@ -154,6 +158,33 @@ def test_requests_are_counted_with_the_grpc_protocol(client, server):
     assert metric(text, "bertserve_requests_total", protocol="http", status="200") >= 1  # the HTTP comparisons
 
 
+def raw_infer(server, body: bytes, key: str | None) -> grpc.RpcError:
+    """ModelInfer with `body` as it is on the wire (no protobuf in this process: tritonclient.grpc's is here)."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            call(body, metadata=[("authorization", f"Bearer {key}")] if key else None, timeout=30)
+    return info.value
+
+
+def test_a_body_that_is_not_protobuf_is_invalid_argument_after_the_key_check(server):
+    garbage = b"\xff\xff\xff\xff not protobuf " + SECRET.encode()
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    before = {status: metric(text, "bertserve_requests_total", protocol="grpc", route="ModelInfer", status=status)
+              for status in ("401", "422")}
+    error = raw_infer(server, garbage, CLIENT)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a ModelInferRequest" in error.details()
+    assert SECRET not in error.details()
+    for key in (None, "wrong"):  # the key is checked before the body is read
+        assert raw_infer(server, garbage, key).code() == grpc.StatusCode.UNAUTHENTICATED
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    after = {status: metric(text, "bertserve_requests_total", protocol="grpc", route="ModelInfer", status=status)
+             for status in ("401", "422")}
+    assert after == {"401": before["401"] + 2, "422": before["422"] + 1}
+    assert SECRET not in server.output()
+
+
 STUB_CLIENT = """
 import json, sys
 import grpc
@@ -200,7 +231,9 @@ def test_the_clients_deadline_is_the_requests(slow_model_repo, start_server):  #
     server = start_server(slow_model_repo, env=SLOW_ENV)
     busy = start_busy_batch(server)  # the engine is busy: a short request waits behind it
     with tgrpc.InferenceServerClient(server.grpc_address) as client:
-        code, _ = status_of(lambda: client.infer("slow", inputs(["a short review"]), client_timeout=0.2))
+        # The batcher takes it at its next turn, after the batch running now (~0.15 s on an AMD EPYC Zen 4, more on
+        # slower CPUs): a deadline well under one batch
+        code, _ = status_of(lambda: client.infer("slow", inputs(["a short review"]), client_timeout=0.05))
         busy.join()
         assert code == "StatusCode.DEADLINE_EXCEEDED"
         assert busy.result["response"].status_code == 200

@@ -13,39 +13,12 @@ import pytest
 from app.cli import main as cli
 from app.repository import read_config, read_golden
 from app.settings import Settings
-from tests.conftest import in_process
-from tests.tiny import CORPUS, LABELS
+from tests.support.apps import in_process
+from tests.support.tiny import CORPUS, HEADS, make_head_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TEXTS = CORPUS[:4]
-# name: (labels, problem_type, the pipeline's function)
-HEADS = {
-    "softmax3": (LABELS, "single_label_classification", "softmax"),
-    "multilabel4": (["drowsy", "nausea", "headache", "rash"], "multi_label_classification", "sigmoid"),
-    "onelogit": (["LABEL_0"], None, "sigmoid"),
-    "regression": (["rating"], "regression", "none"),
-}
-
-
-def make_head_checkpoint(path, labels: list[str], problem_type: str | None, seed: int):
-    """A tiny random BERT sequence classifier with this head, and the tiny tokenizer."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from tests.tiny import _bert_tokenizer
-
-    path.mkdir(parents=True)
-    tokenizer = _bert_tokenizer(path)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, problem_type=problem_type,
-                        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
-    with torch.no_grad():  # a wider classifier than the default init, so scores spread and rankings are clear
-        model.classifier.weight.mul_(20)
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):
     """Checkpoints and one repository holding each head's exported version (built once for the module)."""

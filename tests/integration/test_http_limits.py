@@ -12,7 +12,9 @@ import socket
 import httpx
 import pytest
 
-from tests.conftest import Server, self_signed_cert
+from tests.support.servers import Server, self_signed_cert
+
+pytestmark = pytest.mark.process
 
 WAIT_S = 30  # the most any one wait here may take (the limits under test are 1-2 s)
 REVIEW = "Worked well for my headaches and no side effects."
@@ -168,7 +170,8 @@ def test_connections_past_the_cap_are_answered_503_and_the_server_keeps_its_file
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the server, restored for this process
     try:
-        server = Server(tiny_model_repo, env={"BERTSERVE_POLL_INTERVAL_S": "0.2"})
+        # HTTP alone: with gRPC served the two ports share these files (tests/integration/test_grpc_limits.py).
+        server = Server(tiny_model_repo, env={"BERTSERVE_POLL_INTERVAL_S": "0.2", "BERTSERVE_GRPC_PORT": "0"})
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     idle: list[socket.socket] = []

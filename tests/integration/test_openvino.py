@@ -11,7 +11,7 @@ from app.loader import fidelity, load_model
 from app.repository import read_config, read_golden
 from app.settings import Settings
 from app.tokenizer import TextTokenizer, pad
-from tests.conftest import DEMO_MODEL
+from tests.support.paths import DEMO_MODEL
 
 pytestmark = pytest.mark.slow
 

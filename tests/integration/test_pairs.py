@@ -10,9 +10,11 @@ import pytest
 
 from app.cli import main as cli
 from app.settings import Settings
-from tests.conftest import in_process
-from tests.tiny import CORPUS, make_tiny_checkpoint
-from tests.unit.test_pairs import v2_body
+from tests.support.apps import in_process
+from tests.support.tiny import CORPUS, make_tiny_checkpoint
+from tests.support.v2 import v2_body
+
+pytestmark = pytest.mark.slow
 
 ARCHS = ["bert", "roberta"]
 # The last pair is longer than the model reads: both truncate it longest_first to the tokenizer's 64 tokens.

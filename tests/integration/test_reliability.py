@@ -13,53 +13,19 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import hammer, metric, post, self_signed_cert, worker_pids
-from tests.integration.test_serving import REVIEW
+from tests.support.metrics import metric
+from tests.support.servers import LONG, SLOW_ENV, hammer, post, self_signed_cert, start_busy_batch, worker_pids
+from tests.support.tiny import REVIEW
 
-LONG = " ".join(["headache nausea and dizziness every single day"] * 60)  # well over 256 tokens: truncated
-SLOW_ENV = {  # one engine session, held busy by one full batch
-    "BERTSERVE_ENGINE_SESSIONS": "1",
-    "BERTSERVE_BATCH_AUTOTUNE": "false",
-    "BERTSERVE_MAX_BATCH_SIZE": "32",
-    "BERTSERVE_MAX_BATCH_TOKENS": str(32 * 256),
-}
-
-
-@pytest.fixture(scope="session")
-def slow_model_repo(tmp_path_factory) -> Path:
-    from tests.tiny import export_tiny_model, make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("slow")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint", hidden=256, layers=4, positions=256)
-    export_tiny_model(checkpoint, root / "repo" / "slow" / "1", max_length=256)
-    return root / "repo"
+pytestmark = pytest.mark.process
 
 
 def scrape(server) -> str:
     return httpx.get(server.url + "/metrics").text
-
-
-def start_busy_batch(server) -> threading.Thread:
-    """A 32-text request that keeps the engine busy; returns once it is admitted, and tokenized."""
-    result = {}
-
-    def run():
-        result["response"] = post(server, {"inputs": [LONG] * 32, "timeout_ms": 60_000})
-
-    thread = threading.Thread(target=run)
-    thread.result = result
-    thread.start()
-    deadline = time.monotonic() + 10
-    while metric(scrape(server), "bertserve_queue_size", model="slow") < 32:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    # Admitted is enough: its 32 sequences fill a whole batch (max 32), so whatever comes next waits behind it.
-    return thread
 
 
 def test_deadline_answers_504_and_the_expired_work_never_reaches_the_engine(slow_model_repo, start_server):
@@ -400,7 +366,7 @@ def test_cors_is_off_unless_configured(tiny_model_repo, start_server):
 
 
 def test_tls(tiny_model_repo, tmp_path):
-    from tests.conftest import Server
+    from tests.support.servers import Server
 
     cert, key = self_signed_cert(tmp_path)
     env = {"BERTSERVE_SSL_CERTFILE": str(cert), "BERTSERVE_SSL_KEYFILE": str(key)}

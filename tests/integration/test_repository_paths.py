@@ -1,7 +1,8 @@
 """Repository path safety through the real registry and loader (the app in-process: no process boundary is under
 test): a version serves only files that lie in the repository. Artifact names that are paths, and links leading
 out of the repository (from a version's files, its folder or its model folder), fail that version at load with
-the reason; links that stay inside, as a Kubernetes ConfigMap or Secret volume lays them out, keep working."""
+the reason, and a model's serving.json linked out of it is not read (bad_serving_json); links that stay inside,
+as a Kubernetes ConfigMap or Secret volume lays them out, keep working."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from app.repository import CONFIG_FILE, GOLDEN_FILE, TOKENIZER_FILE
 from app.settings import Settings
-from tests.conftest import in_process
+from tests.support.apps import in_process
 
 OUTSIDE = "outside the model repository"
 PLAIN = "a plain file name inside the version folder"
@@ -63,6 +64,10 @@ def listed(tiny_model_repo, tmp_path_factory) -> Iterator[dict[str, dict]]:
     (root / "folder-link").mkdir()
     (root / "folder-link" / "1").symlink_to(outside / "1")
     (root / "model-link").symlink_to(outside)
+    (base / "elsewhere").mkdir()
+    (base / "elsewhere" / "serving.json").write_text('{"traffic": {"1": 100}}')
+    version("serving-link")
+    (root / "serving-link" / "serving.json").symlink_to(base / "elsewhere" / "serving.json")
     call = in_process(Settings(model_repository=root, poll_interval_s=0, batch_autotune=False, log_level="error"))
     for respond in call:
         models = respond("GET", "/models").json()
@@ -82,8 +87,16 @@ def test_a_configmap_version_answers(listed):
 @pytest.mark.parametrize("name, reason", [
     ("artifact-relative", PLAIN), ("artifact-absolute", PLAIN),
     ("onnx-link", OUTSIDE), ("tokenizer-link", OUTSIDE), ("config-link", OUTSIDE), ("golden-link", OUTSIDE),
-    ("folder-link", OUTSIDE), ("model-link", OUTSIDE),
+    ("folder-link", OUTSIDE), ("model-link", OUTSIDE), ("serving-link", OUTSIDE),
 ])
 def test_a_version_reaching_out_of_the_repository_fails_with_the_reason(listed, name, reason):
     entry = listed[name]
     assert entry["state"] == "failed" and reason in entry["reason"], entry
+
+
+def test_a_serving_json_linked_out_of_the_repository_is_not_read(listed):
+    """Issue 36 (the one file D7's fix missed): refused like the version's own files, so nothing of the model
+    loads and /models says why."""
+    entry = listed["serving-link"]
+    assert (entry["state"], entry["cause"]) == ("failed", "bad_serving_json") and OUTSIDE in entry["reason"], entry
+    assert entry["routing"]["asked"] is None and entry["routing"]["in_force"] is None

@@ -16,9 +16,12 @@ import tritonclient.http as triton
 from app import batching
 from app.cli import main as cli
 from app.settings import Settings
-from tests.conftest import Server, in_process, metric
-from tests.integration.test_heads_parity import make_head_checkpoint
-from tests.tiny import CORPUS, LABELS
+from tests.support.apps import in_process
+from tests.support.metrics import metric
+from tests.support.servers import Server
+from tests.support.tiny import CORPUS, LABELS, make_head_checkpoint
+
+pytestmark = pytest.mark.slow
 
 cohere = pytest.importorskip("cohere")
 
@@ -86,6 +89,7 @@ def best_first(scores: list[float]) -> list[int]:
 
 # ---- the real Cohere SDK against a real server ----
 
+@pytest.mark.process
 def test_cohere_v2_client_ranks_as_the_model_scores(server):
     expected = model_scores(server.url, DOCUMENTS)
     assert len(set(best_first(expected)[:3])) == 3 and max(expected) - min(expected) > 0.01  # a ranking to check
@@ -98,6 +102,7 @@ def test_cohere_v2_client_ranks_as_the_model_scores(server):
     assert answer.meta.api_version.version == "2"
 
 
+@pytest.mark.process
 def test_cohere_v1_client_returns_documents_and_clamps_top_n(server):
     expected = model_scores(server.url, DOCUMENTS)
     client = cohere.Client(base_url=server.url, api_key=KEY)
@@ -110,6 +115,7 @@ def test_cohere_v1_client_returns_documents_and_clamps_top_n(server):
     assert sorted(r.index for r in bare.results) == [0, 1] and all(r.document is None for r in bare.results)
 
 
+@pytest.mark.process
 def test_cohere_errors_are_the_sdks_own_exceptions_and_the_server_keeps_serving(server):
     with pytest.raises(cohere.UnauthorizedError):  # a client route: a client key is needed
         cohere.ClientV2(base_url=server.url, api_key="wrong").rerank(model="reranker", query=QUERY, documents=["a"])
@@ -133,6 +139,7 @@ def test_cohere_errors_are_the_sdks_own_exceptions_and_the_server_keeps_serving(
                   kind="scored") >= len(DOCUMENTS)
 
 
+@pytest.mark.process
 def test_tritonclient_scores_the_reranker_as_v2_rerank(server):
     """tritonclient.http, Triton's own client, sends `text` and `text_pair` (BYTES, its binary tensor extension) to
     the reranker on a real server: each row's score is /v2/rerank's relevance score for that document."""
@@ -281,7 +288,7 @@ def test_rerank_follows_the_queue_bound(repo):
                     ).status_code == 200
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_schemathesis_fuzz_of_the_rerank_routes_finds_no_5xx_and_no_schema_violation(server):
     """The rerank routes fuzzed on a server whose default model is a reranker, so valid bodies reach the ranking
     (tests/integration/test_reliability.py fuzzes every route, on a model that is not one). A fuzzed timeout_ms of

@@ -1,6 +1,6 @@
 """Rerank requests held to the version's queue bound and the request's deadline, as /predict is: in-process
 (httpx ASGITransport) on a tiny random one-logit BERT pair classifier exported with `bertserve export`. The engine
-sessions are held (as a long batch would hold them; `_HeldUntil`, as tests/unit/test_explain.py holds them), so a
+sessions are held (as a long batch would hold them; `HeldUntil`, as tests/unit/test_explain.py holds them), so a
 full queue and a passed deadline are conditions, not races; once the sessions are given back the routes answer."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import pytest
 from app.cli import main as cli
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import metric
-from tests.integration.test_heads_parity import make_head_checkpoint
-from tests.tiny import CORPUS
-from tests.unit.test_explain import _HeldUntil
+from tests.support.metrics import metric
+from tests.support.sessions import HeldUntil
+from tests.support.tiny import CORPUS, make_head_checkpoint
+
+pytestmark = pytest.mark.slow
 
 QUERY = "side effects of the treatment"
 SECRET = "zqxj-client-text"  # client text that must never come back in an answer's body or headers
@@ -64,7 +65,7 @@ def test_a_full_queue_is_429_and_a_passed_deadline_504_on_the_rerank_routes_and_
         held = [served._idle.get() for _ in served.engines]
         released = threading.Event()  # the low-load (all-core) session is held too, until the sessions are given back
         if served.wide is not None:
-            served.wide = _HeldUntil(served.wide, released)
+            served.wide = HeldUntil(served.wide, released)
         answers, loads = {}, {}
         try:
             transport = httpx.ASGITransport(app=app)

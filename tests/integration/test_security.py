@@ -13,9 +13,11 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import metric, post
-from tests.integration.test_reliability import SLOW_ENV, slow_model_repo, start_busy_batch  # noqa: F401 (fixture)
-from tests.integration.test_serving import REVIEW
+from tests.support.metrics import metric
+from tests.support.servers import SLOW_ENV, call, post, start_busy_batch
+from tests.support.tiny import REVIEW
+
+pytestmark = pytest.mark.process
 
 CLIENT, ADMIN = "client-key-1", "admin-key-1"
 V2_INFER = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [REVIEW]}]}
@@ -31,11 +33,6 @@ ROUTES = [
     ("explain", "POST", "/explain", {"inputs": REVIEW}),
 ]
 CALLERS = {"no key": None, "wrong key": "nope", "client key": CLIENT, "admin key": ADMIN}
-
-
-def call(server, method: str, path: str, body, key: str | None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.request(method, server.url + path, json=body, headers=headers, timeout=30)
 
 
 def matrix(server) -> dict[tuple[str, str], int]:
@@ -219,7 +216,7 @@ def test_no_client_text_leaks_when_the_engine_or_the_code_raises(tiny_model_repo
     from app.main import create_app
     from app.served import ServedModel
     from app.settings import Settings
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     text = f"lovely {MARKER} pills"
     # grpc_port=0: no gRPC in the test process (its stubs cannot share it with tritonclient.grpc's)

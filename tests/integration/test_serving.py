@@ -1,9 +1,10 @@
-"""A real `bertserve serve` on 127.0.0.1 serving a tiny real BERT through onnxruntime, spoken to over HTTP."""
+"""A real `bertserve serve` on 127.0.0.1 serving a tiny real BERT through onnxruntime, spoken to over HTTP: a real
+client, workers, a broken model, start-up. The answer shapes, which need no process, run in-process:
+tests/unit/test_predict_http.py."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import shutil
@@ -14,45 +15,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, hammer, metric, post, worker_pids
+from tests.support.metrics import metric
+from tests.support.paths import ROOT
+from tests.support.servers import hammer, post, worker_pids
+from tests.support.tiny import REVIEW
 
-REVIEW = "this medicine worked wonders and i feel great"
-LABELS = {"negative", "neutral", "positive"}
-
-
-def test_single_text_gets_every_label_sorted_with_softmax_scores(tiny_server):
-    r = post(tiny_server, {"inputs": REVIEW})
-    assert r.status_code == 200
-    scores = r.json()
-    assert {s["label"] for s in scores} == LABELS
-    assert [s["score"] for s in scores] == sorted((s["score"] for s in scores), reverse=True)
-    assert math.isclose(sum(s["score"] for s in scores), 1.0, rel_tol=1e-5)
-    assert r.headers["x-model-name"] == "tiny" and r.headers["x-model-version"] == "1"
-
-
-def test_batch_answers_one_list_per_text_in_order_and_matches_single_calls(tiny_server):
-    texts = [REVIEW, "terrible side effects", "it was okay , nothing special", "headache"]
-    r = post(tiny_server, {"inputs": texts})
-    assert r.status_code == 200
-    batch = r.json()
-    assert len(batch) == len(texts)
-    for text, scores in zip(texts, batch):
-        single = post(tiny_server, {"inputs": text}).json()
-        assert [s["label"] for s in scores] == [s["label"] for s in single]
-        for a, b in zip(scores, single):
-            assert math.isclose(a["score"], b["score"], abs_tol=1e-5)
-
-
-def test_raw_scores_and_hugging_face_parameters(tiny_server):
-    soft = {s["label"]: s["score"] for s in post(tiny_server, {"inputs": REVIEW}).json()}
-    raw = {s["label"]: s["score"] for s in post(tiny_server, {"inputs": REVIEW, "raw_scores": True}).json()}
-    z = sum(math.exp(v) for v in raw.values())
-    for label in LABELS:
-        assert math.isclose(soft[label], math.exp(raw[label]) / z, rel_tol=1e-4)
-    sig = post(tiny_server, {"inputs": REVIEW, "parameters": {"function_to_apply": "sigmoid", "top_k": 2}}).json()
-    assert len(sig) == 1 and len(sig[0]) == 2  # the HF Inference API shape: nested even for one text
-    for s in sig[0]:
-        assert math.isclose(s["score"], 1 / (1 + math.exp(-raw[s["label"]])), rel_tol=1e-4)
+pytestmark = pytest.mark.process
 
 
 def test_hugging_face_inference_client_works_against_the_server(tiny_server):
@@ -71,81 +39,6 @@ print("ok")
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
-
-
-def test_truncation(tiny_server):
-    long_text = " ".join(["great"] * 500)
-    assert post(tiny_server, {"inputs": long_text}).status_code == 200
-    r = post(tiny_server, {"inputs": [REVIEW, long_text], "truncate": False})
-    assert r.status_code == 422
-    assert r.json()["error_type"] == "validation" and "truncate is false" in r.json()["error"]
-
-
-@pytest.mark.parametrize(
-    "body, content_type, status",
-    [
-        (b'{"inputs": ', "application/json", 422),  # malformed JSON
-        (b'{"inputs": 5}', "application/json", 422),  # wrong type
-        (b"{}", "application/json", 422),  # missing inputs
-        (b'{"inputs": ""}', "application/json", 422),  # empty string
-        (b'{"inputs": []}', "application/json", 422),  # empty list
-        (b'{"inputs": ["ok", 3]}', "application/json", 422),  # non-string item
-        (b'{"inputs": "ok", "colour": "red"}', "application/json", 422),  # unknown field
-        (b'{"inputs": "\xff\xfe"}', "application/json", 422),  # invalid UTF-8
-        (b'{"inputs": "ok"}', "text/plain", 415),  # wrong content type
-        (b'{"inputs": "ok", "model": "nope"}', "application/json", 404),  # unknown model
-    ],
-)
-def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(tiny_server, body, content_type, status):
-    r = httpx.post(tiny_server.url + "/predict", content=body, headers={"content-type": content_type})
-    assert r.status_code == status
-    assert set(r.json()) == {"error", "error_type"}
-    assert "Traceback" not in r.text
-    assert post(tiny_server, {"inputs": REVIEW}).status_code == 200
-
-
-def test_too_many_inputs_and_too_large_body(tiny_server):
-    r = post(tiny_server, {"inputs": ["a"] * 33})
-    assert r.status_code == 422 and "limit is 32" in r.json()["error"]
-    r = httpx.post(tiny_server.url + "/predict", content=b'{"inputs": "' + b"a" * 2_000_000 + b'"}',
-                   headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["error_type"] == "payload_too_large"
-
-
-def test_health_models_docs(tiny_server):
-    assert httpx.get(tiny_server.url + "/health/live").json() == {"status": "alive"}
-    ready = httpx.get(tiny_server.url + "/health/ready")
-    assert ready.status_code == 200 and ready.json()["models"] == {"tiny": {"1": "ready"}}
-    [model] = httpx.get(tiny_server.url + "/models").json()
-    assert model["name"] == "tiny" and model["version"] == 1 and model["state"] == "ready"
-    assert model["labels"] == ["negative", "neutral", "positive"] and model["max_length"] == 64
-    # The engine was chosen by measurement between the candidates this machine has (OpenVINO on Intel CPUs).
-    [chosen] = [c for c in model["engine"]["candidates"] if c["chosen"]]
-    assert (model["provider"], model["artifact"], model["precision"]) == (
-        chosen["provider"], chosen["artifact"], chosen["precision"])
-    assert model["provider"] in ("cpu", "openvino") and model["quantization"] == "fp32"
-    assert model["batching"]["autotuned"] is True and model["batching"]["max_batch_size"] >= 1
-    [version] = httpx.get(tiny_server.url + "/models/tiny").json()
-    assert version["name"] == "tiny" and version["default"] is True
-    assert httpx.get(tiny_server.url + "/models/nope").status_code == 404
-    spec = httpx.get(tiny_server.url + "/openapi.json").json()
-    assert spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/PredictRequest"
-    }
-    assert "inputs" in spec["components"]["schemas"]["PredictRequest"]["properties"]
-    assert httpx.get(tiny_server.url + "/docs").status_code == 200
-
-
-def test_unknown_route_uses_the_error_shape(tiny_server):
-    r = httpx.get(tiny_server.url + "/nowhere")
-    assert r.status_code == 404 and r.json()["error_type"] == "not_found"
-
-
-def test_provider_reported_in_metrics(tiny_server):
-    [model] = httpx.get(tiny_server.url + "/models").json()
-    text = httpx.get(tiny_server.url + "/metrics").text
-    assert metric(text, "bertserve_model_info", model="tiny", version="1", provider=model["provider"],
-                  quantization="fp32", artifact="model.onnx", precision=model["precision"]) == 1
 
 
 def test_two_workers_counters_add_up_and_concurrent_clients_are_batched(tiny_model_repo, start_server):

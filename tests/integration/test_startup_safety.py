@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, metric, post
-from tests.integration.test_security import call
-from tests.integration.test_serving import REVIEW
+from tests.support.metrics import metric
+from tests.support.paths import ROOT
+from tests.support.servers import call, free_port, post
+from tests.support.tiny import REVIEW
+
+pytestmark = pytest.mark.process
 
 
 def refused(repository: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

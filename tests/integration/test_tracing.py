@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.conftest import post
+from tests.support.servers import post
+
+pytestmark = pytest.mark.process
 
 SECRET = "a deeply personal review nobody else may read"
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -187,3 +190,34 @@ def test_a_grpc_infer_call_is_traced_continuing_the_callers_trace(tiny_model_rep
     assert all(s.parent_span_id == root.span_id and s.trace_id == root.trace_id for s in children)
     server.stop()
     assert not any(SECRET.encode() in body for body in receiver.bodies)
+
+
+def test_a_forged_tracestate_reaches_no_log_line_and_the_trace_still_continues_the_caller(
+        tiny_model_repo, start_server, receiver):
+    """Not W3C-valid and 6.6 KB: dropped before OpenTelemetry's propagator, which would log it quoted, raw."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+
+    marker = "FORGED level=critical user=admin action=deleted-all-models"
+    forged = ",".join(f"k{i}=v" for i in range(950)) + f",{marker}"  # valid members first, then the forgery
+    assert 6_500 < len(forged) < 8_000  # under OpenTelemetry's own 8 KB cut, under gRPC's 8 KB metadata limit
+    traced = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": forged}
+    server = start_server(tiny_model_repo, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                                                "OTEL_BSP_SCHEDULE_DELAY": "50", "BERTSERVE_ACCESS_LOG": "true"})
+    assert post(server, {"inputs": "fine"}, headers=traced).status_code == 200
+    text = tgrpc.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"fine"], dtype=object))
+    with tgrpc.InferenceServerClient(server.grpc_address) as client:
+        client.infer("tiny", [text], headers=traced)
+    spans = receiver.wait_for(lambda spans: sum(s.kind == SERVER for _, s in spans) == 2)
+    roots = [s for _, s in spans if s.kind == SERVER]
+    assert {s.name for s in roots} == {"POST /predict", "inference.GRPCInferenceService/ModelInfer"}
+    assert all(s.trace_id.hex() == CALLER_TRACE and s.parent_span_id.hex() == CALLER_SPAN and not s.trace_state
+               for s in roots)
+    assert server.stop() == 0
+    output = server.output()
+    assert "FORGED" not in output and "k949=v" not in output
+    # Every line is the service's JSON, but for gRPC's C core (absl's "I1207 13:58:33.490249 ..." lines, written
+    # by native code past Python's logging: GRPC_VERBOSITY decides those).
+    lines = [line for line in output.splitlines() if line.strip() and not re.match(r"[IWEF]\d{4} ", line)]
+    assert lines and all(json.loads(line)["logger"] for line in lines)

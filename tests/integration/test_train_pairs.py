@@ -13,7 +13,9 @@ import pytest
 from app.cli import main as cli
 from app.repository import read_config, read_golden
 from app.settings import Settings
-from tests.tiny import CORPUS, LABELS, make_tiny_checkpoint
+from tests.support.tiny import CORPUS, LABELS, make_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
 
 NLI = ["contradiction", "entailment", "neutral"]
 PAIRS = [(a.replace(",", ""), b.replace(",", "")) for a in CORPUS for b in CORPUS]  # 36 pairs
@@ -110,8 +112,9 @@ def test_a_one_logit_reranker_is_trained_with_binary_cross_entropy_and_served_wi
                                                                                             capsys):
     """R's build: train --one-logit on (query, document, relevance), export with no evaluation data (its golden
     outputs are then built-in pairs), evaluate on 0/1 labels."""
-    from app.lifecycle.golden import pytorch_probabilities
     from transformers import AutoConfig, AutoTokenizer
+
+    from app.lifecycle.golden import pytorch_probabilities
 
     output, repo = tmp_path / "reranker", tmp_path / "repo"
     cli(["train", "--data", str(data / "rerank.csv"), "--text-column", "query", "--text-pair-column", "document",

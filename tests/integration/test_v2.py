@@ -1,11 +1,10 @@
-"""The Open Inference Protocol (KServe V2) transport, spoken to by the real `tritonclient.http` and by raw HTTP,
-against a real `bertserve serve` on loopback: same service and batchers as /predict, so the same scores."""
+"""The Open Inference Protocol (KServe V2) transport, spoken to by the real `tritonclient.http` against a real
+`bertserve serve` on loopback: same service and batchers as /predict, so the same scores. The wire shapes by raw
+HTTP, which need no process, run in-process: tests/unit/test_v2_http.py."""
 
 from __future__ import annotations
 
-import gzip
 import shutil
-import struct
 import time
 
 import httpx
@@ -15,7 +14,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from app import __version__
-from tests.conftest import metric, post
+from tests.support.servers import post
+
+pytestmark = pytest.mark.process
 
 TEXTS = ["this medicine worked wonders and i feel great", "terrible side effects", "headache", "it was okay"]
 LABELS = ["negative", "neutral", "positive"]
@@ -38,16 +39,6 @@ def predict_scores(server, texts: list[str]) -> np.ndarray:
     """Scores from /predict, in label order ([n, labels])."""
     answers = post(server, {"inputs": texts}).json()
     return np.array([[{s["label"]: s["score"] for s in row}[label] for label in LABELS] for row in answers])
-
-
-def infer_raw(server, body, path="/v2/models/tiny/infer", **kwargs) -> httpx.Response:
-    if isinstance(body, dict):
-        return httpx.post(server.url + path, json=body, timeout=30, **kwargs)
-    return httpx.post(server.url + path, content=body, timeout=30, **kwargs)
-
-
-def request(texts, **extra) -> dict:
-    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}], **extra}
 
 
 # ---- health and metadata ----
@@ -155,126 +146,6 @@ def test_unknown_model_and_version_raise_a_useful_error(client):
     with pytest.raises(InferenceServerException) as caught:
         client.infer("tiny", [text_input(TEXTS, False)], model_version="9")
     assert "version 9 is not served" in caught.value.message() and "[1]" in caught.value.message()
-
-
-# ---- raw HTTP ----
-
-
-def test_plain_json_request_and_response(tiny_server):
-    r = infer_raw(tiny_server, request(TEXTS[:2], id="abc"))
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    assert r.headers["x-model-name"] == "tiny" and r.headers["x-model-version"] == "1"
-    assert "inference-header-content-length" not in r.headers
-    body = r.json()
-    assert body["id"] == "abc" and body["model_name"] == "tiny"
-    label, scores = body["outputs"]
-    assert label == {"name": "label", "datatype": "BYTES", "shape": [2], "data": label["data"]}
-    assert scores["datatype"] == "FP32" and scores["shape"] == [2, 3] and len(scores["data"]) == 6
-    np.testing.assert_allclose(np.reshape(scores["data"], (2, 3)), predict_scores(tiny_server, TEXTS[:2]), atol=1e-5)
-    # nested data for shape [n, 1], versioned path, a softmax-free score function
-    nested = {"inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [[TEXTS[0]], [TEXTS[1]]]}],
-              "parameters": {"function_to_apply": "none"}, "outputs": [{"name": "scores"}]}
-    r = infer_raw(tiny_server, nested, path="/v2/models/tiny/versions/1/infer")
-    assert r.status_code == 200
-    logits = np.reshape(r.json()["outputs"][0]["data"], (2, 3))
-    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(softmax, predict_scores(tiny_server, TEXTS[:2]), atol=1e-5)
-
-
-def test_raw_binary_request_and_response(tiny_server):
-    """The binary tensor extension by hand: the wire format, not just what tritonclient makes of it."""
-    encoded = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in TEXTS[:2])
-    header = (b'{"inputs":[{"name":"text","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":%d}}],'
-              b'"outputs":[{"name":"scores","parameters":{"binary_data":true}}]}' % len(encoded))
-    r = infer_raw(tiny_server, header + encoded, headers={
-        "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
-    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
-    size = int(r.headers["inference-header-content-length"])
-    meta = httpx.Response(200, content=r.content[:size]).json()
-    assert meta["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": [2, 3],
-                                "parameters": {"binary_data_size": 24}}]
-    scores = np.frombuffer(r.content[size:], dtype="<f4").reshape(2, 3)
-    np.testing.assert_allclose(scores, predict_scores(tiny_server, TEXTS[:2]), atol=1e-5)
-
-
-def _binary_body(declared: int, payload: bytes) -> tuple[bytes, dict]:
-    header = b'{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":%d}}]}' % declared
-    return header + payload, {"Inference-Header-Content-Length": str(len(header))}
-
-
-@pytest.mark.parametrize(
-    "body, headers, status, message",
-    [
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, {}, 422, "takes BYTES"),
-        ({"inputs": []}, {}, 422, "inputs: List should have at least 1 item"),
-        ({"outputs": [{"name": "label"}]}, {}, 422, "inputs: Field required"),
-        ({"inputs": [{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, {}, 422,
-         "unexpected input 'txt'"),
-        ({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a", "b"]}]}, {}, 422,
-         "shape [3] (3 elements) but 2 given"),
-        ({"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}]}, {}, 422,
-         "send [n] or [n, 1]"),
-        ({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", 5]}]}, {}, 422,
-         "data[1]: BYTES elements are sent as JSON strings"),
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}, {}, 422, "has no data"),
-        ({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [""]}]}, {}, 422, "empty text"),
-        (request(["a"], outputs=[{"name": "probabilities"}]), {}, 422, "unexpected output 'probabilities'"),
-        (request(["a"], outputs=[{"name": "label", "parameters": {"classification": 2}}]), {}, 422,
-         "classification applies to 'scores' only"),
-        (request(["a"], parameters={"timeout": "soon"}), {}, 422, "parameters.timeout"),
-        (request(["a"] * 33), {}, 422, "33 inputs in one request; the limit is 32"),
-        (b'{"inputs": [', {"Content-Type": "application/json"}, 422, "malformed"),
-        (*_binary_body(9, struct.pack("<I", 1) + b"a"), 422, "declares 9 bytes of binary data; the body has 5"),
-        (*_binary_body(5, struct.pack("<I", 7) + b"a"), 422, "element 0 claims 7 bytes"),
-        (*_binary_body(5, struct.pack("<I", 1) + b"\xff"), 422, "not valid UTF-8"),
-        (b'{"inputs": []}', {"Content-Type": "text/plain"}, 415, "send Content-Type"),
-        (b'{"inputs": []}', {"Content-Type": "application/json", "Content-Encoding": "br"}, 415, "Content-Encoding"),
-        (b'{"inputs": []}', {"Content-Type": "application/json", "Inference-Header-Content-Length": "99"}, 422,
-         "Inference-Header-Content-Length must be"),
-    ],
-)
-def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(tiny_server, body, headers, status, message):
-    r = infer_raw(tiny_server, body, headers=headers)
-    assert r.status_code == status, r.text
-    assert message in r.json()["error"], r.json()
-    assert set(r.json()) == {"error", "error_type"} and "Traceback" not in r.text
-    assert infer_raw(tiny_server, request(TEXTS[:1])).status_code == 200
-
-
-def test_unknown_model_is_404_before_the_body_is_judged_and_limits_apply(tiny_server):
-    r = infer_raw(tiny_server, {"inputs": "whatever"}, path="/v2/models/nope/infer")
-    assert r.status_code == 404 and r.json()["error_type"] == "not_found"
-    big = b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["' + b"a" * 2_000_000 + b'"]}]}'
-    r = infer_raw(tiny_server, big, headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and r.json()["error_type"] == "payload_too_large"
-    bomb = gzip.compress(b" " * 3_000_000)  # small on the wire, over the limit once inflated
-    r = infer_raw(tiny_server, bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
-    assert r.status_code == 413 and "inflated" in r.json()["error"]
-    r = infer_raw(tiny_server, request(TEXTS[:1], parameters={"timeout": 1}))  # 1 µs: dropped, 504
-    assert r.status_code == 504 and r.json()["error_type"] == "timeout"
-
-
-def test_requests_are_counted_like_predict(tiny_server):
-    def count(status: str) -> float:
-        return metric(httpx.get(tiny_server.url + "/metrics").text, "bertserve_requests_total", model="tiny",
-                      status=status)
-
-    ok, bad = count("200"), count("422")
-    assert infer_raw(tiny_server, request(TEXTS[:2])).status_code == 200
-    assert infer_raw(tiny_server, request(["a"], outputs=[{"name": "x"}])).status_code == 422
-    assert count("200") == ok + 1 and count("422") == bad + 1
-    text = httpx.get(tiny_server.url + "/metrics").text
-    assert metric(text, "bertserve_request_duration_seconds_count", model="tiny") >= 2
-
-
-def test_openapi_documents_the_v2_routes(tiny_server):
-    spec = httpx.get(tiny_server.url + "/openapi.json").json()
-    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
-    assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 2  # text_pair
-    assert "Inference-Header-Content-Length" in infer["description"]
-    assert set(infer["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
-    assert infer["security"] == [{"ClientKey": []}, {"AdminKey": []}]
-    assert "security" not in spec["paths"]["/v2/health/ready"]["get"]
 
 
 def test_api_keys_and_a_failed_model(tiny_model_repo, tmp_path, start_server):

@@ -19,42 +19,11 @@ from app.explain import read_part
 from app.main import create_app
 from app.settings import Settings
 from app.tokenizer import CHARS_PER_TOKEN, SLACK, Encoded, TextTokenizer
-from tests.tiny import CORPUS, _bert_tokenizer, _roberta_tokenizer
+from tests.support.texts import KIB, Counting, awkward_texts, prose
+from tests.support.tiny import CORPUS
 
-KIB = 1024
 # Body limit 1 MiB: the JSON around the text takes a few bytes of it.
 SIZES = [128 * KIB, 1024 * KIB - 64]
-
-
-def prose(size: int) -> str:
-    text = " ".join(CORPUS) + " "
-    return (text * (size // len(text) + 1))[:size]
-
-
-def awkward_texts() -> list[str]:
-    """Long texts whose first few thousand characters hold few tokens, or that break where a cut might go wrong."""
-    sentence = " ".join(CORPUS)
-    return [
-        prose(20 * KIB),
-        " " * 5000 + sentence * 40,  # many spaces first
-        "\n\t " * 2000 + sentence * 40,
-        ("x" * 150 + " ") * 60 + sentence * 40,  # words past WordPiece's 100-character limit: one [UNK] each
-        "y" * 5000 + " " + sentence * 40,  # one enormous word
-        "我喜欢这个药它很好用" * 3000,  # CJK: no spaces at all
-        ("我喜欢这个药 它很好用 " * 2000),
-        "😀👍🏽 great 🎉🎉 " * 2000,  # emoji, skin-tone modifiers
-        ("word\x1cnext " * 3000),  # a control character BERT's normalizer deletes, joining the words around it
-        ("café naïve résumé " * 2000),
-        sentence[:60] + " " * 2000 + "ok",  # over the first cut, few tokens: grows to the whole text
-        ("a" * 1023 + " " + "great " * 400),  # the first break just past the first bound
-    ]
-
-
-@pytest.fixture(scope="module", params=["bert", "roberta"])
-def tokenizer_file(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp(request.param)
-    (_bert_tokenizer if request.param == "bert" else _roberta_tokenizer)(path)
-    return path / "tokenizer.json"
 
 
 @pytest.mark.parametrize("max_length", [16, 64])
@@ -90,27 +59,9 @@ def test_texts_that_pack_few_tokens_into_many_characters_cost_at_most_max_chars(
     assert len(read_part(text, read)) <= ours.max_chars + SLACK
 
 
-class Counting:
-    """A served model's Rust tokenizer, counting the characters it was given and the tokens it made (overflowing
-    chunks included: they are made whether read or not)."""
-
-    def __init__(self, inner: Tokenizer) -> None:
-        self.inner = inner
-        self.chars = self.tokens = 0
-
-    def encode_batch(self, texts, *args, **kwargs):
-        out = self.inner.encode_batch(texts, *args, **kwargs)
-        self.chars += sum(map(len, texts))
-        self.tokens += sum(len(e.ids) + sum(len(o.ids) for o in e.overflowing) for e in out)
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 @pytest.fixture(scope="module")
 def app(tiny_model_repo):
-    """(call, the served tiny model): the app in-process, as tests.conftest.in_process runs it."""
+    """(call, the served tiny model): the app in-process, as tests.support.apps.in_process runs it."""
     application = create_app(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
                                       log_level="warning"))
     service = application.state.service

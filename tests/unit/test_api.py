@@ -11,7 +11,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import in_process
+from tests.support.apps import in_process
 
 
 @pytest.fixture(scope="module")

@@ -10,41 +10,7 @@ import pytest
 
 from app.batching import Batcher
 from app.errors import InvalidInput, NotReady, Overloaded
-from app.tokenizer import Encoded
-
-
-class FakeModel:
-    """Tokens = words; the 'logits' row of a sequence is its text, so answers can be matched to callers.
-    infer() blocks until released when gated, to pile requests up behind a running batch."""
-
-    max_length = 8
-
-    def __init__(self, gated: bool = False) -> None:
-        self.batches: list[list[int]] = []  # lengths of the sequences of each batch, in batch order
-        self.gate = threading.Event()
-        if not gated:
-            self.gate.set()
-        self.entered = threading.Event()
-
-    def encode(self, texts: list[str]) -> list[Encoded]:
-        out = []
-        for text in texts:
-            words = text.split()
-            out.append(Encoded([hash(w) % 1000 for w in words[: self.max_length]], len(words) > self.max_length))
-        return out
-
-    def infer(self, sequences: list[list[int]]) -> list[tuple[int, ...]]:
-        self.entered.set()
-        self.gate.wait(5)
-        self.batches.append([len(s) for s in sequences])
-        return [tuple(s) for s in sequences]
-
-
-def make(model: FakeModel, **limits) -> Batcher:
-    settings = dict(max_batch_size=4, max_batch_tokens=64, max_queue_size=100) | limits
-    batcher = Batcher(model, name="fake", **settings)
-    batcher.start()
-    return batcher
+from tests.support.batching import FakeModel, make
 
 
 async def wait_for(condition, timeout_s: float = 5.0) -> None:
@@ -366,7 +332,7 @@ def test_admission_admits_within_its_bound_and_says_when_to_retry():
     admission = Admission("m", limit=10, on_size=sizes.append)
     admission.admit(6)
     admission.admit(4)  # exactly full
-    assert admission.room() == 0 and sizes == [6, 10]
+    assert admission.load == admission.limit and sizes == [6, 10]
     admission.throughput = 4.0  # sequences/s: 10 held -> retry after 3 s
     with pytest.raises(Overloaded) as refused:
         admission.admit(1)
@@ -377,10 +343,24 @@ def test_admission_admits_within_its_bound_and_says_when_to_retry():
         admission.admit(1)
 
 
+def test_a_submission_over_the_queue_bound_is_invalid_not_overloaded():
+    """It could never be admitted, even by an empty queue: 422 for every caller, not 429 (a retry never helps)."""
+    from app.batching import Admission
+    from app.errors import InvalidInput
+
+    admission = Admission("m", limit=10, on_size=lambda size: None)
+    admission.admit(3)
+    with pytest.raises(InvalidInput, match="needs 11 sequences, over the queue limit of 10 of model m"):
+        admission.admit(11)
+    assert admission.load == 3
+
+
 def test_a_request_arriving_behind_a_large_submission_is_not_kept_waiting_for_all_of_it():
-    """An explanation (or a full client batch) of 40 sequences falls due at the engine's pace, so one text sent
-    while the engine is busy runs in the next batch, not after the large submission's 10 batches (fair queueing).
-    Oldest first, it would run last."""
+    """Batches take from concurrent submissions in turn, so one text sent while an explanation (or a full client
+    batch, a rerank) of 40 sequences runs is in the next batch but one, not after the large submission's 10
+    batches, whatever the measured throughput. Oldest first it would run last; and so it did when a large
+    submission's sequences fell due at the throughput measured on short ones (the issue: 0.3-2.9 s behind a
+    512-document rerank)."""
     class Recording(FakeModel):
         def infer(self, sequences):
             rows = super().infer(sequences)
@@ -392,7 +372,7 @@ def test_a_request_arriving_behind_a_large_submission_is_not_kept_waiting_for_al
         model.seen = []
         batcher = make(model, max_batch_size=4)
         first = await block_engine(model, batcher)
-        batcher.admission.throughput = 1.0  # one sequence a second: the large submission's tail is due far later
+        batcher.admission.throughput = 1e9  # measured on short sequences: a pace-based schedule had all 40 due now
         large = asyncio.create_task(batcher.submit([text(3, f"big{k}-") for k in range(40)]))
         await wait_for(lambda: batcher.admission.load == 41)
         small = asyncio.create_task(batcher.submit([text(3, "small")]))
@@ -406,3 +386,59 @@ def test_a_request_arriving_behind_a_large_submission_is_not_kept_waiting_for_al
     small_row = FakeModel().encode([text(3, "small")])[0].ids
     where = [k for k, rows in enumerate(seen) if tuple(small_row) in rows]
     assert len(seen) == 1 + 11 and where == [2], (len(seen), where)  # the blocker, one batch of the large, then it
+
+
+def test_concurrent_large_submissions_take_batches_in_turn():
+    """Two large submissions at once (lengths 3 and 6, never batched together with no padding allowed): their
+    batches alternate, A B A B..., rather than all of the earlier one first."""
+    async def scenario():
+        model = FakeModel(gated=True)
+        batcher = make(model, max_batch_size=4, max_batch_padding=0.0)
+        first = await block_engine(model, batcher)
+        batcher.admission.throughput = 1e9  # however fast the engine seemed: turns, not a pace-based schedule
+        a = asyncio.create_task(batcher.submit([text(3, f"a{k}-") for k in range(12)]))
+        await wait_for(lambda: batcher.load == 13)
+        b = asyncio.create_task(batcher.submit([text(6, f"b{k}-") for k in range(12)]))
+        await wait_for(lambda: len(batcher._ready) == 24)
+        model.gate.set()
+        await asyncio.gather(first, a, b)
+        await batcher.close()
+        return model.batches
+
+    batches = asyncio.run(scenario())
+    assert batches[1:] == [[3] * 4, [6] * 4] * 3
+
+
+def test_an_arrival_is_tokenized_before_the_rest_of_a_large_submission():
+    """The tokenize thread encodes a large submission in chunks; a request arriving meanwhile is encoded in the
+    next chunk, not after all of the large one's texts."""
+    from app import batching
+
+    class GatedTokenizer(FakeModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[list[str]] = []
+            self.entered_encode = threading.Event()
+            self.release = threading.Event()
+
+        def encode(self, texts):
+            self.calls.append(list(texts))
+            self.entered_encode.set()
+            self.release.wait(5)
+            return super().encode(texts)
+
+    async def scenario():
+        model = GatedTokenizer()
+        batcher = make(model, max_queue_size=10)
+        large = asyncio.create_task(batcher.submit([f"big{k}" + "x" * batching.CHUNK_CHARS for k in range(5)]))
+        await asyncio.to_thread(model.entered_encode.wait, 5)  # its first chunk is encoding
+        small = asyncio.create_task(batcher.submit(["small"]))
+        await wait_for(lambda: batcher._incoming)
+        model.release.set()
+        await asyncio.gather(large, small)
+        await batcher.close()
+        return model.calls
+
+    calls = asyncio.run(scenario())
+    assert calls[1][0] == "small", [c[0][:5] for c in calls]  # the next chunk: it, then what fits beside it
+    assert sorted(t[:4] for c in calls for t in c) == ["big0", "big1", "big2", "big3", "big4", "smal"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from app.repository import Artifact, ModelConfig, write_config
 from benchmarks import raw, report
-from tests.unit.test_bench_logic import _results
+from tests.support.bench import sample_results
 
 
 def _version(folder: Path, artifacts: list[Artifact]) -> Path:
@@ -40,7 +40,7 @@ def test_a_version_without_int8_has_one_onnxruntime_engine(tmp_path):
 
 
 def test_the_report_says_which_candidate_auto_chose_and_by_what_rule():
-    results = _results()
+    results = sample_results()
     results["servers"][0]["model"] = {"provider": "openvino", "artifact": "model.onnx", "engine": {
         "setting": "auto", "fidelity_margin": 0.05, "rule": "most faithful, 3.0% slower than the fastest, within the "
                                                               "fidelity margin 0.05",

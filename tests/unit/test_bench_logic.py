@@ -27,6 +27,7 @@ from benchmarks.common import (
     system_cpu,
 )
 from benchmarks.loadgen import build_requests, parse_head
+from tests.support.bench import sample_point, sample_results
 
 
 def test_reviews_are_unescaped_and_unquoted():
@@ -147,33 +148,8 @@ def test_server_specs(monkeypatch):
             parse_servers(bad)
 
 
-def _point(rps, p50, errors=0):
-    return {"rps": rps, "p50_ms": p50, "p99_ms": 3 * p50, "errors": errors, "requests": int(rps * 8),
-            "client_cpu_pct": 5.0, "server_cpu_pct": 190.0, "other_cpu_pct": 2.0, "steal_pct": 0.0}
-
-
-def _results():
-    raw_round = lambda limit: {
-        "1p x 2t b1 arrival": {"seq_s": 0.8 * limit, "p50_ms": 6.0},
-        "1p x 1t b1 arrival": {"seq_s": 0.5 * limit, "p50_ms": 8.0},
-        "2p x 1t b4 sorted": {"seq_s": limit},
-    }
-    return {
-        "meta": {"command": "python benchmarks/bench.py", "date": "today", "wall_s": 300, "cpu_model": "AMD EPYC",
-                 "cores": 2, "memory_gib": 8, "python": "3.11", "onnxruntime": "1.31", "tokenizers": "0.22",
-                 "model": "m", "version": 1, "artifact": "model.int8.onnx", "quantization": "int8", "provider": "cpu",
-                 "max_length": 256, "texts": 379, "tokens_mean": 107, "tokens_median": 104, "tokens_max": 217,
-                 "client": "wrk", "duration_s": 8, "rounds": 2},
-        "raw": {"rounds": [raw_round(200), raw_round(180), raw_round(220)]},
-        "servers": [{"label": "2 workers x 1 thread", "workers": 2, "threads": 1, "env": {}, "batching": [None],
-                     "concurrency": [1, 32, 64],
-                     "rounds": [{"1": _point(100, 9.0), "32": _point(190, 150), "64": _point(180, 300)},
-                                {"1": _point(100, 9.5), "32": _point(180, 160), "64": _point(200, 290)}]}],
-    }
-
-
 def test_summary_ratios_and_targets():
-    summary = report.summarize(_results())
+    summary = report.summarize(sample_results())
     assert summary["raw_limit"] == 200
     assert summary["best"]["config"] == "2p x 1t b4 sorted"
     (server,) = summary["servers"]
@@ -186,12 +162,12 @@ def test_summary_ratios_and_targets():
     assert checks["ratio_c64"] == {"value": pytest.approx((180 / 190 + 1.0) / 2), "ok": True}
     assert checks["p50_gap_c1_ms"]["value"] == pytest.approx(9.25 - 8.0) and checks["p50_gap_c1_ms"]["ok"]
     assert checks["errors"] == {"value": 0, "ok": True}
-    text = report.markdown(_results(), summary, "benchmarks.png")
+    text = report.markdown(sample_results(), summary, "benchmarks.png")
     assert "| 32 | 185.0" in text and "![" in text and "2p x 1t b4 sorted" in text
 
 
 def test_points_with_raw_probes_are_divided_by_the_limit_measured_around_them():
-    results = _results()
+    results = sample_results()
     for rnd in results["servers"][0]["rounds"]:
         for point in rnd.values():
             point["raw_local"] = 2 * point["rps"]
@@ -201,7 +177,7 @@ def test_points_with_raw_probes_are_divided_by_the_limit_measured_around_them():
 
 
 def test_c1_is_compared_with_the_raw_batch_1_passes_around_it():
-    results = _results()
+    results = sample_results()
     rounds = results["servers"][0]["rounds"]
     rounds[0]["1"]["raw_b1_p50_ms"] = 7.0  # service 9.0: +2.0
     rounds[1]["1"]["raw_b1_p50_ms"] = 7.0  # service 9.5: +2.5
@@ -215,9 +191,9 @@ def test_c1_is_compared_with_the_raw_batch_1_passes_around_it():
 
 
 def test_missed_targets_are_flagged():
-    results = _results()
-    results["servers"][0]["rounds"][0]["64"] = _point(100, 600, errors=3)
-    results["servers"][0]["rounds"][1]["64"] = _point(120, 600)
+    results = sample_results()
+    results["servers"][0]["rounds"][0]["64"] = sample_point(100, 600, errors=3)
+    results["servers"][0]["rounds"][1]["64"] = sample_point(120, 600)
     checks = report.summarize(results)["servers"][0]["checks"]
     assert not checks["ratio_c64"]["ok"] and checks["errors"] == {"value": 3, "ok": False}
 

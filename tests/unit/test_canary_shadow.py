@@ -6,22 +6,17 @@ No timing assertions: every wait is on a condition."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from app import metrics
-from app.main import create_app
-from app.settings import Settings
-from tests.conftest import metric
-from tests.tiny import CORPUS
+from tests.support.apps import TEXTS, App, write_serving
+from tests.support.metrics import metric
 
-TEXTS = [f"{CORPUS[k % len(CORPUS)]} {k}" for k in range(64)]
 POISON = "dizziness"  # the word the broken version's graph fails on (a word of the tiny tokenizer's vocabulary)
 
 
@@ -29,7 +24,7 @@ POISON = "dizziness"  # the word the broken version's graph fails on (a word of 
 def versions(tiny_model_repo, tmp_path_factory) -> dict[int, Path]:
     """Version folders: 1 the tiny model, 2 another random tiny model (other seed: other decisions, same labels),
     3 the tiny model whose graph fails at run time on texts holding POISON (and only on those, so it loads)."""
-    from tests.tiny import export_tiny_model, make_tiny_checkpoint
+    from tests.support.tiny import export_tiny_model, make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("canary")
     other = export_tiny_model(make_tiny_checkpoint(root / "checkpoint", seed=1), root / "other" / "1")
@@ -73,47 +68,6 @@ def repository(tmp_path: Path, versions: dict[int, Path], serving: str, *wanted:
         shutil.copytree(versions[v], repo / "tiny" / str(v))
     write_serving(repo, serving)
     return repo
-
-
-def write_serving(repo: Path, text: str) -> None:
-    """Atomically (write aside, rename), so a scan never reads half a file."""
-    staging = repo / "tiny" / ".serving.json"
-    staging.write_text(text)
-    os.replace(staging, repo / "tiny" / "serving.json")
-
-
-class App:
-    """The real app in-process, its models loaded (the lifespan's signal handlers left out)."""
-
-    def __init__(self, repo: Path, **settings) -> None:
-        settings = {"poll_interval_s": 0, "batch_autotune": False, "log_level": "warning", **settings}
-        self.app = create_app(Settings(model_repository=repo, **settings))
-        self.service = self.app.state.service
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://in-process",
-                                        timeout=60)
-
-    async def __aenter__(self) -> "App":
-        await self.service.load_all()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.client.aclose()
-        await self.service.close()
-
-    async def predict(self, text: str, **body) -> httpx.Response:
-        headers = {"x-routing-key": body.pop("key")} if "key" in body else {}
-        return await self.client.post("/predict", json={"inputs": text, **body}, headers=headers)
-
-    async def many(self, count: int, concurrency: int = 32, **body) -> list[httpx.Response]:
-        left = list(range(count))
-        answers: list[httpx.Response] = []
-
-        async def worker() -> None:
-            while left:
-                answers.append(await self.predict(TEXTS[left.pop() % len(TEXTS)], **body))
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return answers
 
 
 def scrape(name: str, **labels) -> float:
@@ -330,9 +284,8 @@ def test_versions_loaded_for_traffic_and_shadow(tmp_path, serving, max_loaded, l
         (tmp_path / "m" / str(v)).mkdir(parents=True)
         (tmp_path / "m" / str(v) / "bertserve.json").write_text("{}")
     (tmp_path / "m" / "serving.json").write_text(serving)
-    policies: dict = {}
-    assert [v for v, _ in wanted_versions(tmp_path, max_loaded, policies)["m"]] == loaded
-    assert "m" in policies
+    wanted = wanted_versions(tmp_path, max_loaded)["m"]
+    assert list(wanted.versions) == loaded and wanted.serving is not None
 
 
 @pytest.mark.parametrize(("serving", "message"), [
@@ -347,5 +300,5 @@ def test_a_broken_serving_json_says_why(tmp_path, serving, message):
     (tmp_path / "m" / "1").mkdir(parents=True)
     (tmp_path / "m" / "1" / "bertserve.json").write_text("{}")
     (tmp_path / "m" / "serving.json").write_text(serving)
-    why = wanted_versions(tmp_path, 2)["m"]
-    assert isinstance(why, str) and message in why, why
+    why = wanted_versions(tmp_path, 2)["m"].refused
+    assert why is not None and message in why, why

@@ -6,7 +6,7 @@ import re
 
 from app.cli import main
 from app.settings import Settings
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -12,7 +12,8 @@ import pytest
 
 from app.api.v2.schemas import HEADER_LENGTH
 from app.settings import Settings
-from tests.conftest import in_process, metric
+from tests.support.apps import in_process
+from tests.support.metrics import metric
 
 UNI = "uni-модель"  # a folder name that is not ASCII
 ORIGIN = "https://ui.example"

@@ -5,35 +5,15 @@ machine); CPU and OpenVINO sessions are real (OpenVINO's own runtime, Intel and 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from app.engine import Engine, OpenVinoEngine, open_engine
 from app.errors import ModelLoadError
 from app.repository import Artifact, read_config
+from tests.support.sessions import CPU, CUDA, FakeGpuSessions
 
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 IDS = np.array([[2, 7, 3, 0], [2, 9, 11, 3]], dtype=np.int64)
 MASK = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
-
-
-class FakeGpuSessions:
-    """Stands in for onnxruntime on a CUDA machine: records what was opened; a CUDA request either 'works'
-    or silently falls back to CPU, as onnxruntime-gpu does when the CUDA libraries fail to load."""
-
-    def __init__(self, cuda_works: bool) -> None:
-        self.cuda_works = cuda_works
-        self.opened: list[tuple[str, list[str]]] = []
-
-    def __call__(self, path, sess_options=None, providers=()):
-        self.opened.append((path.rsplit("/", 1)[-1], list(providers)))
-        if CUDA not in providers:  # CPU and OpenVINO sessions are real
-            return ort.InferenceSession(path, sess_options=sess_options, **({"providers": providers} if providers else {}))
-        real = ort.InferenceSession(path, sess_options=sess_options, providers=[CPU])
-        in_use = [CUDA, CPU] if (CUDA in providers and self.cuda_works) else [CPU]
-        real_get_providers = real.get_providers
-        real.get_providers = lambda: in_use if in_use[0] == CUDA else real_get_providers()
-        return real
 
 
 @pytest.fixture

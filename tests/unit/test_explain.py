@@ -13,7 +13,8 @@ import pytest
 from app.explain import Feature, features, occluded, weights
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import in_process
+from tests.support.apps import in_process
+from tests.support.sessions import HeldUntil
 
 TEXT = "  Great pills,\tno side-effects!  "
 
@@ -82,6 +83,7 @@ def test_explain_a_target_label_and_grouped_features(call):
     ({"inputs": [REVIEW]}, 422, "inputs"),                                   # one text per explanation
     ({"inputs": REVIEW, "max_features": 0}, 422, "max_features"),
     ({"inputs": REVIEW, "max_features": 257}, 422, "max_features"),
+    ({"inputs": REVIEW, "timeout_ms": 9}, 422, "timeout_ms"),                 # the documented floor: 10 ms
     ({"inputs": REVIEW, "model": "nope"}, 404, "'nope' is not served"),
 ])
 def test_bad_explain_requests_get_their_json_error(call, payload, status, message):
@@ -133,17 +135,6 @@ def test_openapi_documents_both_verbs(call):
     assert {"inputs", "target", "max_features"} <= set(body["properties"])
 
 
-class _HeldUntil:
-    """A session whose runs wait for `released` (as a long batch would hold it)."""
-
-    def __init__(self, session, released: threading.Event) -> None:
-        self.session, self.released = session, released
-
-    def run(self, *args):
-        assert self.released.wait(60)
-        return self.session.run(*args)
-
-
 def test_an_explanation_that_does_not_fit_the_queue_now_is_429(tiny_model_repo):
     """The engine sessions are held (as a long batch would hold them) while 8 sequences fill most of a 12-sequence
     queue: an explanation needing 6 sequences is refused at once with 429 and Retry-After, not queued; once the
@@ -158,7 +149,7 @@ def test_an_explanation_that_does_not_fit_the_queue_now_is_429(tiny_model_repo):
         held = [served._idle.get() for _ in served.engines]
         released = threading.Event()  # the low-load (all-core) session is held too, until the sessions are given back
         if served.wide is not None:
-            served.wide = _HeldUntil(served.wide, released)
+            served.wide = HeldUntil(served.wide, released)
         filler = asyncio.create_task(served.batcher.submit(["filler"] * 8))
         while served.batcher.load < 8:
             await asyncio.sleep(0.001)

@@ -24,6 +24,18 @@ def test_the_default_connection_cap_leaves_files_for_the_rest(open_files, connec
     assert auto_max_connections(open_files) == connections
 
 
+@pytest.mark.parametrize("grpc_port, open_files, connections", [
+    (8081, 256, 96),  # HTTP and gRPC share what the reserve leaves: 96 each
+    (8081, 1 << 20, 4096),  # each capped
+    (0, 256, 192),  # HTTP alone
+])
+def test_the_default_cap_is_shared_by_the_ports_served(grpc_port, open_files, connections):
+    settings = Settings(grpc_port=grpc_port)
+    ports = 2 if grpc_port else 1
+    assert auto_max_connections(open_files, ports) == connections
+    assert Limits.from_settings(settings).ports == ports
+
+
 def test_every_answer_is_the_json_error_shape_with_its_status_and_closes():
     limits = Limits.from_settings(Settings(max_connections=7))
     assert limits.max_connections == 7

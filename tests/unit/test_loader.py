@@ -4,7 +4,6 @@ sessions are real (OpenVINO's own runtime, on Intel and AMD alike)."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
 
@@ -16,28 +15,11 @@ from onnx import numpy_helper
 import app.loader
 from app.engine import Engine, OpenVinoEngine, available
 from app.errors import ModelLoadError
-from app.loader import candidate_groups, load_model, pick, score_texts
-from app.repository import GOLDEN_FILE, Artifact, Golden, read_config, write_config, write_golden
-from app.served import ServedModel
+from app.loader import candidate_groups, load_model, pick
+from app.repository import GOLDEN_FILE, Artifact, read_config, write_config
 from app.settings import Settings
-from app.tokenizer import TextTokenizer
-from tests.tiny import CORPUS
-from tests.unit.test_engine import CUDA, CPU, FakeGpuSessions
-
-FAST = {"batch_autotune": False}
-TEXTS = [" ".join(words) for words in itertools.islice(itertools.permutations(CORPUS, 2), 40)] + CORPUS
-
-
-def fp32_probabilities(path, texts):
-    config = read_config(path)
-    model = ServedModel("ref", 1, path, config, TextTokenizer(path / "tokenizer.json", config.max_length),
-                        [Engine(path, config, "cpu", config.artifacts_for("cpu")[-1])])
-    return score_texts(model, texts, 8)[0]
-
-
-def write_tiny_golden(path, min_agreement=0.97, max_prob_diff=0.25):
-    write_golden(path, Golden(texts=TEXTS, probabilities=fp32_probabilities(path, TEXTS).tolist(),
-                              min_agreement=min_agreement, max_prob_diff=max_prob_diff))
+from tests.support.golden import FAST, TEXTS, fp32_probabilities, write_tiny_golden
+from tests.support.sessions import CPU, CUDA, FakeGpuSessions
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from app.batching import Batcher
 from app.loader import load_model
 from app.settings import Settings
-from tests.unit.test_loader import FAST, TEXTS, write_tiny_golden
+from tests.support.golden import FAST, TEXTS, write_tiny_golden
 
 
 @pytest.fixture

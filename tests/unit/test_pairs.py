@@ -17,14 +17,10 @@ from app.api.predict.codec import parse_predict
 from app.api.v2.codec import parse_infer
 from app.errors import InvalidInput
 from app.tokenizer import CHARS_PER_TOKEN, SLACK, Encoded, TextTokenizer
-from tests.tiny import CORPUS
-from tests.unit import test_amplification
-from tests.unit.test_amplification import Counting, awkward_texts, prose
-from tests.unit.test_batching import FakeModel, make
-
-tokenizer_file = test_amplification.tokenizer_file  # the tiny BERT and RoBERTa tokenizers (a fixture)
-
-KIB = 1024
+from tests.support.batching import FakeModel, make
+from tests.support.texts import KIB, Counting, awkward_texts, prose
+from tests.support.tiny import CORPUS
+from tests.support.v2 import v2_body
 
 
 def full_encode(path, max_length: int) -> Tokenizer:
@@ -122,23 +118,6 @@ def test_explanations_refuse_pairs_plainly(schema, body, where):
     with pytest.raises(InvalidInput) as caught:
         parse_explain(schema, orjson.dumps(body))
     assert caught.value.message == f"{where}: explanations take single texts; text pairs are not explained"
-
-
-def v2_body(*inputs, binary=False, outputs: list[str] | None = None) -> tuple[bytes, str | None]:
-    """A V2 infer body of BYTES inputs (name, texts), JSON or Triton's binary extension, and the header length
-    for Inference-Header-Content-Length (None when JSON)."""
-    tensors, raw = [], b""
-    for name, texts in inputs:
-        tensor = {"name": name, "datatype": "BYTES", "shape": [len(texts)]}
-        if binary:
-            part = b"".join(len(t.encode()).to_bytes(4, "little") + t.encode() for t in texts)
-            tensor["parameters"] = {"binary_data_size": len(part)}
-            raw += part
-        else:
-            tensor["data"] = texts
-        tensors.append(tensor)
-    header = orjson.dumps({"inputs": tensors} | ({"outputs": [{"name": o} for o in outputs]} if outputs else {}))
-    return header + raw, str(len(header)) if binary else None
 
 
 @pytest.mark.parametrize("binary", [False, True])

@@ -8,12 +8,7 @@ import shutil
 import pytest
 
 from app.errors import ModelNotFound
-from app.service import Service
-from app.settings import Settings
-
-
-def service_on(repository, **settings) -> Service:
-    return Service(Settings(model_repository=repository, poll_interval_s=0, batch_autotune=False, **settings))
+from tests.support.services import service_on
 
 
 def test_load_classify_list_and_unload(tiny_model_repo):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import ModelLoadError
-from app.repository import CONFIG_FILE, POLICY_FILE, VersionPolicy, next_version, read_policy, wanted_versions
+from app.repository import CONFIG_FILE, POLICY_FILE, VersionPolicy, next_version, read_serving, wanted_versions
 
 
 @pytest.mark.parametrize("policy, versions, selected", [
@@ -46,9 +46,10 @@ def test_a_scan_selects_by_policy_keeps_the_highest_within_the_cap_and_reports_a
     (tmp_path / "a" / POLICY_FILE).write_text(json.dumps({"version_policy": {"all": True}}))
     (tmp_path / "c" / POLICY_FILE).write_text(json.dumps({"version_policy": {"latest": "many"}}))
     wanted = wanted_versions(tmp_path, max_loaded=2)
-    assert [v for v, _ in wanted["a"]] == [2, 3]
-    assert [v for v, _ in wanted["b"]] == [2]
-    assert isinstance(wanted["c"], str) and wanted["c"].startswith(f"{tmp_path / 'c' / POLICY_FILE}: version_policy.latest:")
+    assert wanted["a"].versions == (2, 3) and sorted(wanted["a"].folders) == [1, 2, 3]
+    assert wanted["b"].versions == (2,) and wanted["b"].refused is None
+    assert wanted["c"].versions == () and wanted["c"].serving is None
+    assert wanted["c"].refused.startswith(f"{tmp_path / 'c' / POLICY_FILE}: version_policy.latest:")
     assert next_version(tmp_path, "a") == 5 and next_version(tmp_path, "new") == 1
 
 
@@ -60,7 +61,7 @@ def test_a_scan_selects_by_policy_keeps_the_highest_within_the_cap_and_reports_a
 def test_a_broken_policy_file_names_the_file_and_the_field(tmp_path, content, where):
     (tmp_path / POLICY_FILE).write_text(content)
     with pytest.raises(ModelLoadError, match="^" + re.escape(f"{tmp_path / POLICY_FILE}: {where}:")):
-        read_policy(tmp_path)
+        read_serving(tmp_path)
 
 
 @pytest.mark.parametrize("file", ["../../etc/passwd", "/etc/passwd", "sub/model.onnx", "..\\model.onnx", "..", ".",
@@ -106,3 +107,22 @@ def test_files_of_a_version_must_resolve_inside_the_repository(tmp_path):
     linked = tmp_path / "linked-repo"  # the repository itself may be reached through a link
     linked.symlink_to(root)
     assert inside(linked, linked / "m" / "1" / "tokenizer.json")
+
+
+def test_a_serving_json_linked_outside_the_repository_is_refused(tmp_path):
+    """The one file D7's fix missed (issue 36): serving.json reached by a link leading out of the repository is
+    not read, like every file of a version; a link that stays inside (a ConfigMap's `..data`) is followed."""
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    _publish(root, "out", 1)
+    _publish(root, "in", 1)
+    outside.mkdir()
+    (outside / POLICY_FILE).write_text('{"traffic": {"1": 100}}')
+    (root / "out" / POLICY_FILE).symlink_to(outside / POLICY_FILE)
+    (root / "in" / "..data").mkdir()
+    (root / "in" / "..data" / POLICY_FILE).write_text('{"traffic": {"1": 100}}')
+    (root / "in" / POLICY_FILE).symlink_to(Path("..data") / POLICY_FILE)
+    wanted = wanted_versions(root, max_loaded=2)
+    assert wanted["out"].serving is None and wanted["out"].versions == ()
+    assert wanted["out"].refused == (f"{root / 'out' / POLICY_FILE}: a link leading outside the model repository "
+                                     f"{root} (refused)")
+    assert wanted["in"].refused is None and wanted["in"].serving.traffic == {1: 100}

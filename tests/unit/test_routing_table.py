@@ -17,8 +17,8 @@ import pytest
 
 from app import metrics
 from app.errors import ModelNotFound
-from tests.conftest import metric
-from tests.unit.test_canary_shadow import TEXTS, App, write_serving
+from tests.support.apps import TEXTS, App, write_serving
+from tests.support.metrics import metric
 
 ISSUE_TABLE = '{"version_policy": {"latest": 3}, "traffic": {"1": 80, "2": 20}, "shadow": 3}'
 
@@ -306,3 +306,25 @@ def test_while_a_table_loads_its_first_ready_version_takes_no_unnamed_request(tm
 
     assert asyncio.run(scenario()) == {1: 20.0, 2: 80.0}
     assert seen == [(1, None, {}), (2, None, {})]
+
+
+def test_a_removed_weighted_version_drains_then_its_table_no_longer_holds(tmp_path, tiny_model_repo, capfd):
+    """80/20 over 1 and 2, then version 2's folder removed: it drains and unloads, then the table in force is
+    dropped (logged once) and no other split is made up: requests naming no version are refused, a named one
+    answers."""
+    repo = repo_of(tmp_path, tiny_model_repo, (1, 2), '{"traffic": {"1": 80, "2": 20}}')
+
+    async def scenario():
+        async with App(repo) as app:
+            shutil.rmtree(repo / "tiny" / "2")
+            await app.service.registry.sync()
+            await app.service.registry.sync()
+            return (await state(app), app.service.version_states("tiny"), await app.predict(TEXTS[0]),
+                    await app.predict(TEXTS[0], version=1))
+
+    seen, states, unnamed, named = asyncio.run(scenario())
+    assert states == {1: "ready"} and unnamed.status_code == 503 and named.status_code == 200
+    routing = seen["listed"][0]["routing"]
+    assert routing["in_force"] is None and "version 2 has no folder" in routing["refused"]["reason"]
+    assert seen["ready"].status_code == 503 and seen["ready"].json()["causes"] == {"tiny": "table_refused"}
+    assert len(logged(capfd, "error", "version(s) [2] of the traffic table in force are gone")) == 1

@@ -29,3 +29,17 @@ def test_drift_and_decisions_agree_on_the_same_rows():
     assert drift(reference, candidate) == {"agreement": round(2 / 3, 4), "max_prob_diff": 0.15, "mean_prob_diff": 0.08333}
     agreed, differences = decisions(reference, candidate)
     assert agreed.tolist() == [True, False, True] and np.allclose(differences, [0.1, 0.15, 0.0])
+
+
+@pytest.mark.parametrize("labels, problem_type, single_label, kind", [
+    (("neg", "pos"), None, True, "single-label"),
+    (("neg", "pos"), "single_label_classification", True, "single-label"),
+    (("a", "b", "c"), "multi_label_classification", False, "multi-label"),
+    (("relevant",), None, False, "one-logit"),
+    (("score",), "regression", False, "regression"),
+])
+def test_a_head_says_whether_it_is_single_label_and_its_kind(labels, problem_type, single_label, kind):
+    from app.scores import Head
+
+    head = Head(labels, problem_type)
+    assert (head.single_label, head.kind) == (single_label, kind)

@@ -20,7 +20,7 @@ def test_env_variables_and_lists(monkeypatch, tmp_path):
     monkeypatch.setenv("BERTSERVE_CORS_ORIGINS", "https://x.example")
     monkeypatch.setenv("BERTSERVE_MAX_BATCH_SIZE", "8")
     s = Settings()
-    assert s.accepted_keys() == [hashlib.sha256(k).digest() for k in (b"key-alpha", b"key-beta", b"from-file")]
+    assert s.key_digests("client") == [hashlib.sha256(k).digest() for k in (b"key-alpha", b"key-beta", b"from-file")]
     assert s.cors_origins == ["https://x.example"] and s.max_batch_size == 8
     assert "key-alpha" not in repr(s)  # keys are secrets: never printed
 
@@ -129,13 +129,28 @@ def test_key_files_skip_blank_lines_and_comments(monkeypatch, tmp_path):
 def test_setting_errors_read_as_one_plain_line(monkeypatch, capsys, env, line):
     """What `bertserve serve` prints for a bad setting: one line naming the variables, without pydantic's
     "Value error," nor a made-up variable called "settings"."""
-    from app.cli import _settings_or_exit
+    from app.settings import settings_or_exit
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as stopped:
-        _settings_or_exit()
+        settings_or_exit()
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(line) and len(err.strip().splitlines()) == 1, err
     assert "Value error" not in err and "BERTSERVE_SETTINGS" not in err and "setting settings" not in err
+
+
+def test_make_run_moves_the_grpc_port_too():
+    """`make run PORT=9000` alone left gRPC on :8081: GRPC_PORT sets BERTSERVE_GRPC_PORT (prerequisites not built)."""
+    import shutil
+    import subprocess
+
+    from tests.support.paths import ROOT
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    r = subprocess.run(["make", "-n", "-o", ".venv/.installed", "-o", "models/drug-review-sentiment/1/bertserve.json",
+                        "run", "PORT=9000", "GRPC_PORT=9001"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "BERTSERVE_GRPC_PORT=9001 " in r.stdout and "--port 9000" in r.stdout, r.stdout

@@ -8,7 +8,7 @@ import logging
 import signal
 
 from app.shutdown import GracefulShutdown
-from tests.unit.test_registry import service_on
+from tests.support.services import service_on
 
 
 def test_a_drain_bound_under_half_a_second_still_drains(tiny_model_repo, caplog):

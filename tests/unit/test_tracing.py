@@ -3,6 +3,7 @@ onnxruntime session on the tiny model, spans kept by the SDK's in-memory exporte
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -12,8 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from app import tracing
+from app.record import RequestRecord
 from app.settings import Settings
-from tests.conftest import in_process
+from tests.support.apps import in_process
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -32,6 +34,44 @@ SECRET = "my very private review text"
 ])
 def test_the_otel_variables_decide_whether_spans_are_exported(env, wanted):
     assert tracing.exporters(env) == wanted
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({"OTEL_TRACES_SAMPLER": "bogus"}, None),  # tracing off: the sampler is not used
+    ({"OTEL_TRACES_EXPORTER": "console"}, None),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio",
+      "OTEL_TRACES_SAMPLER_ARG": "0.1"}, None),  # the SDK reads the name in any case
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "traceidratio"}, None),  # no ratio: 1.0
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off", "OTEL_TRACES_SAMPLER_ARG": "x"},
+     None),  # a ratio the sampler takes none of
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "bogus"},
+     ("OTEL_TRACES_SAMPLER: 'bogus' is not a sampler; use one of always_on, always_off, traceidratio, "
+      "parentbased_always_on, parentbased_always_off, parentbased_traceidratio")),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "traceidratio",
+      "OTEL_TRACES_SAMPLER_ARG": "ten percent"}, "OTEL_TRACES_SAMPLER_ARG: 'ten percent' is not a ratio"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+      "OTEL_TRACES_SAMPLER_ARG": "10"}, "OTEL_TRACES_SAMPLER_ARG: '10' is not a ratio"),
+])
+def test_a_sampler_opentelemetry_does_not_know_is_refused_where_the_sdk_would_sample_everything(env, problem):
+    found = tracing.sampler_problem(env)
+    assert found == problem if problem is None else found.startswith(problem)
+    if problem is not None:
+        with pytest.raises(ValueError, match="^OTEL_TRACES_SAMPLER"):
+            tracing.setup(env=env)  # a worker started otherwise than by `bertserve serve` refuses it too
+        assert tracing.tracer is None
+
+
+def test_bertserve_serve_stops_at_a_bogus_sampler_with_one_line(monkeypatch, capsys):
+    from app import cli
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "bogus")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["serve"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        ("bertserve: bad setting OTEL_TRACES_SAMPLER: 'bogus' is not a sampler; use one of always_on, always_off, "
+         "traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio")]
 
 
 def test_nothing_is_set_up_without_an_exporter_nor_with_otlp_over_grpc():
@@ -136,14 +176,49 @@ def test_a_malformed_traceparent_starts_a_trace_of_its_own_and_an_unsampled_one_
     assert spans.get_finished_spans() == ()
 
 
-def test_grpc_calls_are_recorded_from_their_metadata(spans):
-    tracing.record_grpc("/inference.GRPCInferenceService/ModelInfer",
-                        (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"), ("authorization", "Bearer k")),
-                        14, 0.0, "tiny", "")
+FORGED = "FORGED level=critical"  # not a W3C tracestate member: OpenTelemetry would log it, quoted
+
+
+@pytest.mark.parametrize("tracestate", [
+    f"vendor=1,{FORGED}",  # not W3C-valid
+    ",".join(f"k{i}=v" for i in range(100)),  # valid members, but over 512 characters (and 32 members)
+    ",".join(f"k{i}=v" for i in range(33)),  # under 512 characters, over 32 members (OpenTelemetry warns)
+])
+def test_a_tracestate_it_would_refuse_is_dropped_before_the_propagator_without_a_log_line(
+        call, spans, caplog, tracestate):
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    assert call("POST", "/predict", json={"inputs": "x"},
+                headers={"traceparent": traceparent, "tracestate": tracestate}).status_code == 200
+    record = RequestRecord("grpc", "ModelInfer", "tiny", "r-1", 0.0, "/inference.GRPCInferenceService/ModelInfer",
+                           (("traceparent", traceparent), ("tracestate", tracestate)))
+    tracing.record_request(record, "tiny", 200, 0)
+    http, grpc = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    for server in (http, grpc):  # the caller's trace continues, without its tracestate
+        assert f"{server.context.trace_id:032x}" == CALLER_TRACE and f"{server.parent.span_id:016x}" == CALLER_SPAN
+        assert len(server.context.trace_state) == 0
+    assert [r for r in caplog.records if r.name.startswith("opentelemetry")] == [] and "FORGED" not in caplog.text
+
+
+def test_grpc_calls_are_recorded_from_their_record(spans):
+    record = RequestRecord("grpc", "ModelInfer", "tiny", "r-1", 0.0, "/inference.GRPCInferenceService/ModelInfer",
+                           (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"), ("authorization", "Bearer k")))
+    tracing.record_request(record, "tiny", 503, 14)
     (server,) = spans.get_finished_spans()
     assert server.name == "inference.GRPCInferenceService/ModelInfer" and server.kind is SpanKind.SERVER
-    assert f"{server.context.trace_id:032x}" == CALLER_TRACE
+    assert f"{server.context.trace_id:032x}" == CALLER_TRACE == record.trace_id
     assert server.status.status_code is StatusCode.ERROR  # UNAVAILABLE is the server's
     assert dict(server.attributes) == {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
                                        "rpc.method": "ModelInfer", "rpc.grpc.status_code": 14,
                                        "bertserve.model": "tiny"}
+
+
+def test_tracing_reads_the_request_record_and_not_the_core():
+    """Tracing sits on a low floor: it takes the request's record and imports no room it observes."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(tracing))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m and m.startswith("app")} <= {"app", "app.logs", "app.record"}

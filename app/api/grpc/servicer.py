@@ -1,45 +1,37 @@
 """The six RPCs of `inference.GRPCInferenceService` over app.protocol.v2 (the same rules as the HTTP V2 routes), the
 client and admin keys as `authorization: Bearer <key>` metadata (app.api.security decides who may call what, as
-for the HTTP route each RPC mirrors), errors as gRPC status codes (app.api.errors.GRPC_STATUS), the client's
-deadline as the request's, and ModelInfer counted in bertserve_requests_total (protocol "grpc")."""
+for the HTTP route each RPC mirrors), errors as gRPC status codes (app.api.errors.STATUSES, the same kinds HTTP
+answers), the client's deadline as the request's, and ModelInfer accounted for as an HTTP prediction is
+(app.api.accounting: bertserve_requests_total with protocol "grpc", its duration and trace). ModelInfer's body is
+decoded only once its key is checked (handlers()): one that is not protobuf is INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from app import metrics, tracing
-from app.api.errors import GRPC_STATUS, STATUS
+from app.api import accounting
+from app.api.errors import STATUSES
 from app.api.grpc import codec
 from app.api.grpc import grpc_predict_v2_pb2 as pb
 from app.api.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
-from app.api.security import Keys, bearer_token, route_group
-from app.errors import ServiceError
-from app.inference import answered_by
+from app.api.security import Keys, bearer_token, refused, route_group
+from app.errors import InvalidInput, ServiceError
 from app.logs import exception_summary, request_id
 from app.protocol import v2
+from app.record import current
 from app.service import Service
 
 log = logging.getLogger("bertserve.api")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # as app.api.middleware: echoed and logged, nothing else
-CLIENT_CLOSED = 499
+SERVICE = "inference.GRPCInferenceService"
 # The HTTP route each RPC mirrors: who may call it is decided for both alike (app.api.security.route_group).
 _ROUTES = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready", "ServerMetadata": "/v2",
            "ModelReady": "/v2/models", "ModelMetadata": "/v2/models", "ModelInfer": "/v2/models"}
-
-
-class Refused(Exception):
-    """An answer refused before any work: a gRPC status and its message."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind, self.message = kind, message
 
 
 class Servicer(GRPCInferenceServiceServicer):
@@ -50,18 +42,18 @@ class Servicer(GRPCInferenceServiceServicer):
         self.held = 0  # calls waiting for it
 
     async def _call(self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[Any]],
-                    model: str | None = None, counted: bool = False) -> Any:
+                    counted: bool = False) -> Any:
         """Request id, key check, then the work; an error becomes its status code with its (client-safe) message.
-        A counted call (inference) is counted and timed by model, answering version and the HTTP status of the
-        same outcome, so one error-rate query covers both protocols."""
+        A counted call (inference) has a record and is accounted for as an HTTP prediction is (app.api.accounting):
+        by model, answering version and the HTTP status of the same outcome, so one error-rate query covers both
+        protocols."""
         metadata = context.invocation_metadata() or ()
-        given = next((v for k, v in metadata if k == "x-request-id" and isinstance(v, str)), None)
-        rid = given if given is not None and _SAFE_ID.match(given) else os.urandom(16).hex()
+        rid = accounting.request_id_for(
+            next((v for k, v in metadata if k == "x-request-id" and isinstance(v, str)), None))
         request_id.set(rid)  # each RPC runs in its own task: the id stays with it
         context.set_trailing_metadata((("x-request-id", rid),))
-        started = time.perf_counter()
-        answered_by.set("")
-        status, code = 500, "INTERNAL"
+        record = accounting.start("grpc", rpc, None, f"/{SERVICE}/{rpc}", metadata) if counted else None
+        status, code = 500, grpc.StatusCode.INTERNAL
         try:
             if self.service.draining:  # held until GOAWAY is out, so the client's next call goes elsewhere
                 self.held += 1
@@ -71,44 +63,38 @@ class Servicer(GRPCInferenceServiceServicer):
                     self.held -= 1
             self._authorize(rpc, metadata)
             answer = await work()
-            status, code = 200, "OK"
+            status, code = 200, grpc.StatusCode.OK
             return answer
-        except (ServiceError, Refused) as exc:
-            status, code = STATUS[exc.kind], GRPC_STATUS[exc.kind]
-            await self._abort(context, exc.kind, exc.message, getattr(exc, "retry_after_s", None))
+        except ServiceError as exc:
+            status, code = _codes(*STATUSES[exc.kind])
+            await self._abort(context, exc.kind, exc.message, exc.retry_after_s)
         except asyncio.CancelledError:  # the client left or its deadline passed, or the drain bound passed
-            status, code = (503, "UNAVAILABLE") if self.service.draining else (CLIENT_CLOSED, "CANCELLED")
+            status, code = _codes(*accounting.cancelled(self.service))
             raise
         except Exception as exc:  # logged without its message (it may quote the client's text)
             log.error("unhandled in gRPC %s: %s", rpc, exception_summary(exc))
             await self._abort(context, "internal", "internal error")
         finally:
-            if counted:
-                label, version = self.service.metric_label(model or None), answered_by.get()
-                metrics.REQUESTS.labels(label, version, str(status), "grpc", rpc).inc()
-                metrics.REQUEST_DURATION.labels(label, version).observe(time.perf_counter() - started)
-                if tracing.tracer is not None:  # off: this one check is all it costs
-                    tracing.record_grpc("/inference.GRPCInferenceService/" + rpc, metadata, grpc.StatusCode[code],
-                                        started, label, version)
+            if record is not None:
+                accounting.finish(self.service, record, status, code)
 
     def _authorize(self, rpc: str, metadata: Any) -> None:
-        needed = self.keys.needs(route_group(_ROUTES[rpc]))
-        if needed is None:
+        """The HTTP route's key check (app.api.security), on the call's `authorization` metadata."""
+        if not self.keys.enforced:  # no key configured: every call is open
             return
         headers = [(k.encode(), v.encode()) for k, v in metadata if k == "authorization" and isinstance(v, str)]
-        role = self.keys.role(bearer_token(headers))
-        if role is None:
-            raise Refused("unauthorized", "a valid API key is required: metadata authorization: Bearer <key>")
-        if needed == "admin" and role != "admin":
-            raise Refused("forbidden", "this call needs an admin key (BERTSERVE_ADMIN_API_KEYS)")
+        refusal = self.keys.refusal(route_group(_ROUTES[rpc]), bearer_token(headers))
+        if refusal is not None:
+            raise refused(refusal, "metadata authorization: Bearer <key>", "call")
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, kind: str, message: str, retry_after_s: int | None = None):
-        log.debug("answered gRPC %s %s: %s", GRPC_STATUS[kind], kind, message)  # messages never quote client text
+        code = STATUSES[kind][1]
+        log.debug("answered gRPC %s %s: %s", code, kind, message)  # messages never quote client text
         trailers = tuple(context.trailing_metadata() or ())
         if retry_after_s is not None:
             trailers += (("retry-after", str(retry_after_s)),)
-        await context.abort(grpc.StatusCode[GRPC_STATUS[kind]], message, trailers)
+        await context.abort(grpc.StatusCode[code], message, trailers)
 
     # ---- health and metadata ----
 
@@ -141,11 +127,18 @@ class Servicer(GRPCInferenceServiceServicer):
 
     # ---- inference ----
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        return await self._call("ModelInfer", context, lambda: self._infer(request, context), request.model_name,
-                                counted=True)
+    async def ModelInfer(self, body: bytes, context: grpc.aio.ServicerContext):
+        # The body arrives undecoded (handlers()): the key and draining are checked before a byte of it is parsed.
+        return await self._call("ModelInfer", context, lambda: self._infer(body, context), counted=True)
 
-    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def _infer(self, body: bytes, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        try:
+            request = pb.ModelInferRequest.FromString(body)
+        except DecodeError:  # protobuf's message quotes nothing of the body, but say it in our own words
+            raise InvalidInput("the request is not a ModelInferRequest (protobuf) message") from None
+        record = current.get()
+        if record is not None:  # the model asked for, learned from the body (as HTTP routes learn it)
+            record.model = request.model_name or None
         name, version = request.model_name, v2.version_of(request.model_version)
         v2.require_model(self.service, name, version)  # an unknown model is NOT_FOUND before its request is read
         parsed, raw = codec.parse_infer(request)
@@ -154,6 +147,31 @@ class Servicer(GRPCInferenceServiceServicer):
         inferred = await v2.infer(self.service, name, version, parsed, routing_key=routing_key,
                                   timeout_ms=None if left_s is None else max(left_s, 0.001) * 1000)
         return codec.encode_response(inferred, raw)
+
+
+def handlers(servicer: Servicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The six RPCs' handlers, as the generated add_GRPCInferenceServiceServicer_to_server makes them, except that
+    ModelInfer gets its body as bytes: grpcio would decode it before the servicer runs, so a body that is not
+    protobuf would be answered UNKNOWN, ahead of the key check."""
+    def handler(rpc: str) -> grpc.RpcMethodHandler:
+        request, response = getattr(pb, f"{rpc}Request"), getattr(pb, f"{rpc}Response")
+        return grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, rpc), request_deserializer=None if rpc == "ModelInfer" else request.FromString,
+            response_serializer=response.SerializeToString)
+
+    return {rpc: handler(rpc) for rpc in _ROUTES}
+
+
+def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
+    """Register the servicer's handlers() as the generated add_GRPCInferenceServiceServicer_to_server does."""
+    methods = handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+    server.add_registered_method_handlers(SERVICE, methods)
+
+
+def _codes(status: int, code: str) -> tuple[int, grpc.StatusCode]:
+    """An outcome as the status table names it (HTTP status, gRPC code name), with the code as grpc's own."""
+    return status, grpc.StatusCode[code]
 
 
 async def _value(value: Any) -> Any:

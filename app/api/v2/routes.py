@@ -13,8 +13,15 @@ from app.api.schemas import error_responses
 from app.api.transport import Call, handle, json_response
 from app.api.v2.codec import CONTENT_TYPES, encode_response, parse_infer
 from app.api.v2.schemas import (
-    HEADER_LENGTH, INFER_DESCRIPTION, INFER_OPENAPI, InferResponse, ModelMetadata, ModelReady, ServerLive,
-    ServerMetadata, ServerReady,
+    HEADER_LENGTH,
+    INFER_DESCRIPTION,
+    INFER_OPENAPI,
+    InferResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
 )
 from app.protocol import v2
 from app.served import ServedModel

@@ -1,4 +1,5 @@
-"""Tiny random BERT-family checkpoints for tests: real architectures and real tokenizers, built offline in seconds."""
+"""Tiny random BERT-family checkpoints for tests: real architectures and real tokenizers, built offline in seconds;
+the four classifier heads; and the slower tiny model that holds a server's engine busy."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CORPUS = [
     "headache nausea and dizziness every single day",
     "best treatment i have had in years , highly recommend",
 ]
+REVIEW = CORPUS[0]  # one review, every word of it in the tiny tokenizer's vocabulary
 
 
 def _bert_tokenizer(path: Path):
@@ -156,3 +158,38 @@ def export_tiny_model(checkpoint: Path, version_dir: Path, max_length: int = 64)
     shutil.rmtree(version_dir, ignore_errors=True)
     work.rename(version_dir)
     return version_dir
+
+
+# name: (labels, problem_type, transformers' text-classification pipeline function)
+HEADS = {
+    "softmax3": (LABELS, "single_label_classification", "softmax"),
+    "multilabel4": (["drowsy", "nausea", "headache", "rash"], "multi_label_classification", "sigmoid"),
+    "onelogit": (["LABEL_0"], None, "sigmoid"),
+    "regression": (["rating"], "regression", "none"),
+}
+
+
+def make_head_checkpoint(path, labels: list[str], problem_type: str | None, seed: int):
+    """A tiny random BERT sequence classifier with this head, and the tiny tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path.mkdir(parents=True)
+    tokenizer = _bert_tokenizer(path)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, problem_type=problem_type,
+                        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # a wider classifier than the default init, so scores spread and rankings are clear
+        model.classifier.weight.mul_(20)
+    model.save_pretrained(path)
+    return path
+
+
+def make_slow_model_repo(root: Path) -> Path:
+    """A "slow" random BERT (hidden 256, 4 layers, 256 tokens) exported as <repo>/slow/1: a few hundred ms per full
+    batch, enough to hold the engine busy (tests.support.servers.start_busy_batch). Returns the repository."""
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", hidden=256, layers=4, positions=256)
+    export_tiny_model(checkpoint, root / "repo" / "slow" / "1", max_length=256)
+    return root / "repo"

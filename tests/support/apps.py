@@ -1,0 +1,78 @@
+"""The real app in-process, its models loaded, over httpx's ASGITransport: no server process, no socket. The
+lifespan, which also installs signal handlers, is left out: its loading step is run directly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.support.tiny import CORPUS
+
+TEXTS = [f"{CORPUS[k % len(CORPUS)]} {k}" for k in range(64)]  # what App.many sends, in turn
+
+
+def in_process(settings) -> Iterator:
+    """Yield call(method, path, **httpx kwargs) -> response on one app with `settings`, its models loaded.
+    For module-scoped fixtures: `yield from in_process(...)`."""
+    from app.main import create_app
+
+    app = create_app(settings)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(app.state.service.load_all())
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process")
+
+    def call(method: str, path: str, **kwargs) -> httpx.Response:
+        return loop.run_until_complete(client.request(method, path, **kwargs))
+
+    yield call
+    loop.run_until_complete(client.aclose())
+    loop.run_until_complete(app.state.service.close())
+    loop.close()
+
+
+class App:
+    """The real app in-process, its models loaded, for async tests: `async with App(repo, **settings) as app`."""
+
+    def __init__(self, repo: Path, **settings) -> None:
+        from app.main import create_app
+        from app.settings import Settings
+
+        settings = {"poll_interval_s": 0, "batch_autotune": False, "log_level": "warning", **settings}
+        self.app = create_app(Settings(model_repository=repo, **settings))
+        self.service = self.app.state.service
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://in-process",
+                                        timeout=60)
+
+    async def __aenter__(self) -> "App":
+        await self.service.load_all()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+        await self.service.close()
+
+    async def predict(self, text: str, **body) -> httpx.Response:
+        headers = {"x-routing-key": body.pop("key")} if "key" in body else {}
+        return await self.client.post("/predict", json={"inputs": text, **body}, headers=headers)
+
+    async def many(self, count: int, concurrency: int = 32, **body) -> list[httpx.Response]:
+        left = list(range(count))
+        answers: list[httpx.Response] = []
+
+        async def worker() -> None:
+            while left:
+                answers.append(await self.predict(TEXTS[left.pop() % len(TEXTS)], **body))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return answers
+
+
+def write_serving(repo: Path, text: str) -> None:
+    """The tiny model's serving.json, atomically (write aside, rename), so a scan never reads half a file."""
+    staging = repo / "tiny" / ".serving.json"
+    staging.write_text(text)
+    os.replace(staging, repo / "tiny" / "serving.json")
