@@ -99,7 +99,7 @@ async def probe(server: Server, name: str, path: str, bodies: list[dict], timeou
 
 
 def tiny_repository() -> Path:
-    from tests.tiny import export_tiny_model, make_tiny_checkpoint
+    from tests.support.tiny import export_tiny_model, make_tiny_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="bertserve-abuse-"))
     export_tiny_model(make_tiny_checkpoint(folder / "checkpoint", "bert"), folder / "repo" / "tiny" / "1")

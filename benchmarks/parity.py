@@ -15,7 +15,7 @@ tests/integration/test_architectures.py (one longer than the model reads); pairs
 tests/integration/test_pairs.py (one longer), sent both as [a, b] lists and in the Hugging Face form, the pipeline
 given {"text": a, "text_pair": b}.
 
-Serving: `tests.conftest.in_process` (the app, its registry and loader, over httpx's ASGITransport). No setting
+Serving: `tests.support.apps.in_process` (the app, its registry and loader, over httpx's ASGITransport). No setting
 pins an artifact's precision (BERTSERVE_PROVIDER picks providers, and on CPU the loader takes the INT8 artifact when
 it passes), so the fp32 figures come from a copy of each version holding only model.onnx, served beside the
 version as exported (`<name>-fp32`); the served column is the version as exported, on the engine the loader chose.
@@ -42,13 +42,15 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny import CORPUS, make_tiny_checkpoint  # noqa: E402
-
 from app.settings import Settings  # noqa: E402
-from tests.conftest import in_process  # noqa: E402
-from tests.integration.test_architectures import TEXTS  # noqa: E402
-from tests.integration.test_heads_parity import HEADS  # noqa: E402
-from tests.integration.test_pairs import PAIRS  # noqa: E402
+from tests.support.apps import in_process  # noqa: E402
+from tests.support.tiny import (  # noqa: E402
+    CORPUS,
+    HEADS,  # noqa: E402
+    make_tiny_checkpoint,
+)
+from tests.support.tiny import PARITY_PAIRS as PAIRS  # noqa: E402
+from tests.support.tiny import PARITY_TEXTS as TEXTS  # noqa: E402
 
 ARCHS = ["bert", "distilbert", "roberta", "xlm-roberta", "camembert", "albert", "mpnet", "electra", "deberta",
          "deberta-v2", "modernbert"]
@@ -291,7 +293,7 @@ def main() -> None:
         "",
         (f"`python benchmarks/parity.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}; "
          f"{time.perf_counter() - started:.0f} s. Tiny random checkpoints (2 layers, hidden 32), exported with "
-         "`bertserve export` defaults (INT8 with the fp32 fallback), served in-process (`tests.conftest.in_process`,"
+         "`bertserve export` defaults (INT8 with the fp32 fallback), served in-process (`tests.support.apps.in_process`,"
          f" autotune off, one session). {len(TEXTS)} texts (one longer than 64 tokens), {len(PAIRS)} pairs (one "
          "longer; sent as [a, b] and as {text, text_pair}, the worse of the two shown)."),
         "",

@@ -11,14 +11,13 @@ import pytest
 from app.cli import main as cli
 from app.settings import Settings
 from tests.support.apps import in_process
-from tests.support.tiny import CORPUS, make_tiny_checkpoint
+from tests.support.tiny import PARITY_TEXTS, make_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
 # BERT, DistilBERT and RoBERTa: tests/integration/test_export_parity.py.
 ARCHS = ["deberta-v2", "deberta", "modernbert", "electra", "albert", "mpnet", "xlm-roberta", "camembert"]
-# The last one is longer than the model reads: both truncate it to the tokenizer's 64 tokens.
-TEXTS = CORPUS + ["an unseen wordpiece zebra xylophone", "great " * 80]
+TEXTS = PARITY_TEXTS
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ import pytest
 from app.cli import main as cli
 from app.settings import Settings
 from tests.support.apps import in_process
-from tests.support.tiny import CORPUS, make_tiny_checkpoint
+from tests.support.tiny import CORPUS, PARITY_PAIRS, make_tiny_checkpoint
 from tests.support.v2 import v2_body
 
 pytestmark = pytest.mark.slow
 
 ARCHS = ["bert", "roberta"]
-# The last pair is longer than the model reads: both truncate it longest_first to the tokenizer's 64 tokens.
-PAIRS = [(CORPUS[0], CORPUS[1]), (CORPUS[2], CORPUS[3]), (CORPUS[4], CORPUS[5]), (CORPUS[1], CORPUS[0]),
-         ("an unseen wordpiece zebra", "xylophone"), ("great " * 40, " ".join(CORPUS))]
+PAIRS = PARITY_PAIRS
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,11 @@ CORPUS = [
     "best treatment i have had in years , highly recommend",
 ]
 REVIEW = CORPUS[0]  # one review, every word of it in the tiny tokenizer's vocabulary
+# The parity texts and pairs (tests/integration, benchmarks/parity.py). The last of each is longer than the model
+# reads: both sides truncate it (pairs longest_first) to the tokenizer's 64 tokens.
+PARITY_TEXTS = CORPUS + ["an unseen wordpiece zebra xylophone", "great " * 80]
+PARITY_PAIRS = [(CORPUS[0], CORPUS[1]), (CORPUS[2], CORPUS[3]), (CORPUS[4], CORPUS[5]), (CORPUS[1], CORPUS[0]),
+                ("an unseen wordpiece zebra", "xylophone"), ("great " * 40, " ".join(CORPUS))]
 
 
 def _bert_tokenizer(path: Path):
