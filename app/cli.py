@@ -70,6 +70,11 @@ def serve(args: argparse.Namespace) -> None:
     # Before anything imports prometheus_client (it picks its value store at import): metric files shared by
     # all workers, so counters add up.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(settings.metrics_dir))
+    from app import audit  # (imports prometheus_client: only now) the log must open here, or no worker could write it
+
+    if settings.audit_required and (problem := audit.check_writable(settings)):
+        print(f"bertserve: BERTSERVE_AUDIT_REQUIRED: the audit log cannot be opened: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     import uvicorn
 
     from app import shutdown
@@ -94,6 +99,16 @@ def serve(args: argparse.Namespace) -> None:
     )
 
 
+def audit_verify(args: argparse.Namespace) -> None:
+    from app.audit import verify
+
+    broken = verify(args.files)
+    if broken:
+        print(f"bertserve audit verify: BROKEN: {broken}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"bertserve audit verify: {len(args.files)} file(s): every chain is whole")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bertserve", description="Serve BERT-family text classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ssl-certfile", type=Path, help="PEM certificate: serve HTTPS (BERTSERVE_SSL_CERTFILE).")
     p.add_argument("--ssl-keyfile", type=Path, help="PEM private key (BERTSERVE_SSL_KEYFILE).")
     p.set_defaults(func=serve)
+
+    p = commands.add_parser("audit", help="Work with the audit log (BERTSERVE_AUDIT_LOG).")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("verify", help="Check the hash chains of audit files (each worker's, with its rotated "
+                         "ones); exit 1 naming the first broken record.")
+    p.add_argument("files", nargs="+", type=Path, help="Audit files, e.g. audit.jsonl.* (any order).")
+    p.set_defaults(func=audit_verify)
 
     from app.lifecycle.commands import add_commands  # argument definitions only; torch loads when a command runs
 

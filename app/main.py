@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__, metrics, shutdown, tracing
+from app import __version__, audit, metrics, shutdown, tracing
 from app.api import errors, explain, http_limits, operations, predict, rerank, v2
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     service = Service(settings)
+    audit_log = audit.open_log(settings)  # this worker's audit chain, start record written (AuditError: required)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background = [asyncio.create_task(service.load_all())]
         if settings.poll_interval_s:
             background.append(asyncio.create_task(service.poll()))
+        if audit_log is not None:  # authentication refusals, counted in memory, written once a minute
+            background.append(asyncio.create_task(audit_log.flush_every_minute()))
         try:
             yield
         finally:
@@ -50,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             for server in servers:  # already stopped after a drain; else its calls are cancelled now
                 await server.stop(None)
+            served = service.list_models()
             await service.close()
+            audit.close_log(served)  # the refusals still counted, then the stop record
             await asyncio.to_thread(tracing.shutdown)  # exports the spans still buffered
             metrics.mark_worker_dead(os.getpid())
 

@@ -85,6 +85,10 @@ ROUTING_TABLE_REFUSED = Gauge(
     "force, or, with none, the model is not ready. Max over live workers (they decide alike from the same files).",
     ["model"], multiprocess_mode="livemax",
 )
+AUDIT_WRITE_FAILURES = Counter(
+    "bertserve_audit_write_failures", "Audit records (app.audit) that could not be written, by event; a failed "
+    "admin record refuses the call only with BERTSERVE_AUDIT_REQUIRED, other events are never held up.", ["event"],
+)
 PREDICTIONS = Counter("bertserve_predictions", "Predicted labels (the top one; with a sigmoid head each over 0.5), "
                       "for watching drift.", ["model", "label"])
 PREDICTION_CONFIDENCE = Histogram(

@@ -7,8 +7,9 @@ republishes the routing table (app.router), which is all a request reads.
 Which traffic table is in force, why the asked one is refused and which versions stay loaded is decided by
 app.traffic.decide (a pure function: its docstring states the rules); the registry carries the decision out. A
 refusal is logged once per change (error level), shown in /models (table asked, table in force, why), as a cause
-code in /health/ready, and in bertserve_routing_table_refused; a model with no table in force yet (at start) is
-not ready and answers no request naming no version."""
+code in /health/ready, in bertserve_routing_table_refused and in the audit log (app.audit: each worker records
+every version it loaded, failed or unloaded and every table it accepted or refused; never waited on); a model with
+no table in force yet (at start) is not ready and answers no request naming no version."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app import metrics
+from app import audit, metrics
 from app.batching import Batcher
 from app.errors import ModelLoadError, ModelNotFound
 from app.loader import load_model
@@ -150,8 +151,11 @@ class Registry:
         """Take the decided table in force and refusal: each change logged once, and the metric follows."""
         if decision.in_force is not None and decision.in_force != table.in_force:
             log.info("model %s: traffic table in force: %s", name, decision.in_force.describe())
+            audit.event("table", "accepted", model=name, table=decision.in_force.describe())
         refused = decision.refused
         if refused is not None and refused != table.refused:
+            audit.event("table", "refused", model=name, cause=refused[0], reason=refused[1],
+                        table=decision.asked.describe() if decision.asked else None)
             log.error("model %s: the traffic table of serving.json is not in force (%s: %s); %s", name, refused[0],
                       refused[1], "the previous table stays in force" if decision.in_force is not None else
                       "no table is in force, so requests naming no version are refused and the replica is not ready")
@@ -166,6 +170,8 @@ class Registry:
             slot.reason = str(exc) if isinstance(exc, ModelLoadError) else f"{slot.path}: {type(exc).__name__}: {exc}"
             slot.cause = exc.cause if isinstance(exc, ModelLoadError) else "load_failed"
             log.error("model %s version %d not served: %s", slot.name, slot.version, slot.reason)
+            audit.event("version", "failed", model=slot.name, version=slot.version, cause=slot.cause,
+                        reason=slot.reason)
             return
         model.batcher = Batcher(
             model,
@@ -182,6 +188,8 @@ class Registry:
         slot.model, slot.state = model, "ready"
         self._publish()
         _model_info(model, 1)
+        audit.event("version", "loaded", model=slot.name, version=slot.version,
+                    artifact=model.engine.artifact.file, provider=model.engine.provider)
         log.info(
             "model %s version %d ready: %s x %d session(s), %s, batching %s",
             slot.name, slot.version, model.engine, len(model.engines),
@@ -203,6 +211,7 @@ class Registry:
         del self.slots[slot.name][slot.version]
         self._publish()
         log.info("model %s version %d unloaded", slot.name, slot.version)
+        audit.event("version", "unloaded", model=slot.name, version=slot.version)
 
     def _publish(self) -> None:
         """Hand the router the ready versions: called on every state change."""

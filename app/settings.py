@@ -149,6 +149,26 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty: CORS off."
     )
 
+    # --- audit ---
+    audit_log: str | None = Field(
+        None, description="Control-plane audit log (README: Audit log): each worker appends JSON lines, hash-chained, "
+        "to <path>.<pid>; `-`: standard output (one worker); unset: off.",
+    )
+    audit_hmac_key_file: Path | None = Field(
+        None, description="File holding the key of the HMAC that names callers in the audit log by key fingerprint; "
+        "unset: one is generated once beside the log (<log>-hmac-key, mode 0600; outside the glob <log>.*). Needed "
+        "with BERTSERVE_AUDIT_LOG=-.",
+    )
+    audit_log_max_bytes: int = Field(
+        100 * 2**20, ge=0, description="A worker's audit file passing this size is rotated (<file>.1 ...; the chain "
+        "goes on in the new file); 0: never rotated.",
+    )
+    audit_log_max_files: int = Field(5, ge=1, description="Rotated audit files kept per worker; older ones deleted.")
+    audit_required: bool = Field(
+        False, description="Refuse to start when the audit log cannot be opened, and refuse admin calls (503) while "
+        "their audit record cannot be written. Predictions and repository changes never wait for the audit log.",
+    )
+
     # --- HTTP transport ---
     request_read_timeout_s: float = Field(
         20.0, gt=0, description="A request's head and body must have arrived this many seconds after its first "
@@ -207,6 +227,11 @@ class Settings(BaseSettings):
                 "BERTSERVE_MAX_QUEUE_SIZE must be at least BERTSERVE_MAX_CLIENT_BATCH_SIZE, "
                 "or a full-size request could never be accepted"
             )
+        if self.audit_log == "-" and self.audit_hmac_key_file is None:
+            raise ValueError("BERTSERVE_AUDIT_LOG=- needs BERTSERVE_AUDIT_HMAC_KEY_FILE (standard output has no "
+                             "folder to keep a generated key in)")
+        if self.audit_required and not self.audit_log:
+            raise ValueError("BERTSERVE_AUDIT_REQUIRED needs BERTSERVE_AUDIT_LOG")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("BERTSERVE_SSL_CERTFILE and BERTSERVE_SSL_KEYFILE go together")
         return self

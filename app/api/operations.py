@@ -5,16 +5,18 @@ call which is decided for every route in one place: app.api.security."""
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app import metrics
+from app import audit, metrics
+from app.api.errors import STATUSES
 from app.api.schemas import ModelInfo, Readiness, error_responses
 from app.api.security import Keys, bearer_token
 from app.api.transport import json_response
-from app.errors import ModelLoadError, ModelNotFound
+from app.errors import ModelLoadError, ModelNotFound, ServiceError
 from app.repository import CARD_FILE, CONFIG_FILE, inside
 from app.service import Service
 
@@ -91,12 +93,34 @@ async def model_card(name: str, version: str, request: Request) -> Response:
     return Response(card, media_type="text/markdown; charset=utf-8")
 
 
+@asynccontextmanager
+async def _audited(request: Request, action: str, name: str):
+    """An admin call in the audit log (app.audit): a record before it runs (with BERTSERVE_AUDIT_REQUIRED, one
+    that cannot be written refuses the call: 503), one with its outcome after. Callers by key fingerprint only."""
+    route, token = f"/admin/models/{{name}}/{action}", bearer_token(request.scope["headers"])
+    address = (request.scope.get("client") or ("unknown",))[0]
+    audit.admin_call(route, token, address, name)
+    status, reason = 200, None
+    try:
+        yield
+    except ServiceError as exc:
+        status, reason = STATUSES[exc.kind][0], exc.message
+        raise
+    except Exception:
+        status, reason = 500, "internal error"
+        raise
+    finally:
+        audit.event("admin", "ok" if status == 200 else "failed", route=route, status=status,
+                    caller=audit.caller(token), client=address, model=name, reason=reason)
+
+
 @admin_router.post("/admin/models/{name}/load", summary="Load (or reload) a model's versions from the repository, "
                    "in the worker that receives the call", response_model=list[ModelInfo], responses=_ADMIN_ERRORS)
 async def admin_load(name: str, request: Request) -> Response:
     """Acts on this worker only, as unload does; a name the repository does not have is 404 and leaves nothing."""
     service: Service = request.app.state.service
-    await service.admin_load(name)
+    async with _audited(request, "load", name):
+        await service.admin_load(name)
     return json_response([m for m in service.list_models() if m["name"] == name])
 
 
@@ -106,7 +130,8 @@ async def admin_unload(name: str, request: Request) -> Response:
     """Acts on this worker only: with several workers (BERTSERVE_WORKERS) the others keep serving the model, so
     the answer says which worker it was. To take a model out of every worker and replica, change the repository
     (serving.json, or remove the model's folder): every worker follows it on its next scan."""
-    await request.app.state.service.admin_unload(name)
+    async with _audited(request, "unload", name):
+        await request.app.state.service.admin_unload(name)
     return json_response({"name": name, "state": "unloaded", "scope": f"this worker (pid {os.getpid()}); with "
                           "several workers or replicas, use the repository (serving.json, or remove the folder)"})
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import audit
 from app.api.errors import service_error_response
 from app.errors import Forbidden, ServiceError, Unauthorized
 from app.settings import Settings
@@ -134,8 +135,10 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            refusal = self.keys.refusal(route_group(scope["path"]), bearer_token(scope["headers"]))
+            group, token = route_group(scope["path"]), bearer_token(scope["headers"])
+            refusal = self.keys.refusal(group, token)
             if refusal is not None:
+                audit.refused(token, (scope.get("client") or ("unknown",))[0], group, refusal)  # counted, not written
                 await service_error_response(refused(refusal))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -29,6 +29,9 @@ VARIANTS = {
     "api-keys": {"auth": {"clientKeys": {"secretName": "bertserve-client-keys", "key": "keys"},
                           "adminKeys": {"secretName": "bertserve-admin-keys", "key": "admin.txt"}},
                  "config": {"protect_metrics": True}, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+    "audit": {"auth": {"adminKeys": {"secretName": "bertserve-admin-keys", "key": "keys"},
+                       "auditHmacKey": {"secretName": "bertserve-audit", "key": "hmac-key"}},
+              "config": {"audit_log": "/tmp/audit/audit.jsonl", "audit_required": True}},
 }
 CRD_GROUP = "monitoring.coreos.com/"
 

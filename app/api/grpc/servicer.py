@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from app import audit
 from app.api import accounting
 from app.api.errors import STATUSES
 from app.api.grpc import codec
@@ -61,7 +62,7 @@ class Servicer(GRPCInferenceServiceServicer):
                     await self.release.wait()
                 finally:
                     self.held -= 1
-            self._authorize(rpc, metadata)
+            self._authorize(rpc, metadata, context)
             answer = await work()
             status, code = 200, grpc.StatusCode.OK
             return answer
@@ -78,13 +79,16 @@ class Servicer(GRPCInferenceServiceServicer):
             if record is not None:
                 accounting.finish(self.service, record, status, code)
 
-    def _authorize(self, rpc: str, metadata: Any) -> None:
-        """The HTTP route's key check (app.api.security), on the call's `authorization` metadata."""
+    def _authorize(self, rpc: str, metadata: Any, context: grpc.aio.ServicerContext) -> None:
+        """The HTTP route's key check (app.api.security), on the call's `authorization` metadata; a refusal is
+        counted in the audit log (app.audit) by key fingerprint and the peer's address."""
         if not self.keys.enforced:  # no key configured: every call is open
             return
         headers = [(k.encode(), v.encode()) for k, v in metadata if k == "authorization" and isinstance(v, str)]
-        refusal = self.keys.refusal(route_group(_ROUTES[rpc]), bearer_token(headers))
+        group, token = route_group(_ROUTES[rpc]), bearer_token(headers)
+        refusal = self.keys.refusal(group, token)
         if refusal is not None:
+            audit.refused(token, _peer_address(context.peer()), group, refusal)
             raise refused(refusal, "metadata authorization: Bearer <key>", "call")
 
     @staticmethod
@@ -167,6 +171,14 @@ def add_to_server(servicer: Servicer, server: grpc.aio.Server) -> None:
     methods = handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
     server.add_registered_method_handlers(SERVICE, methods)
+
+
+def _peer_address(peer: str | None) -> str | None:
+    """The client's address of a gRPC peer ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555"), without its port."""
+    if not peer:
+        return None
+    address = peer.partition(":")[2] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return address.rpartition(":")[0].strip("[]") if peer.startswith(("ipv4:", "ipv6:")) else address
 
 
 def _codes(status: int, code: str) -> tuple[int, grpc.StatusCode]:
