@@ -264,6 +264,19 @@ def event(event: str, outcome: str, **fields: Any) -> bool:
     return True if current is None else current.write(event, outcome, **fields)
 
 
+async def sha256_of(path: Path) -> str | None:
+    """The file's sha256 for a record (a served artifact's), hashed in a thread; None when the audit log is off (no
+    cost then)."""
+    if current is None:
+        return None
+
+    def digest() -> str:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+
+    return await asyncio.to_thread(digest)
+
+
 def refused(token: bytes | None, address: str | None, group: str, refusal: str) -> None:
     if current is not None:
         current.refused(token, address, group, refusal)

@@ -188,8 +188,9 @@ class Registry:
         slot.model, slot.state = model, "ready"
         self._publish()
         _model_info(model, 1)
-        audit.event("version", "loaded", model=slot.name, version=slot.version,
-                    artifact=model.engine.artifact.file, provider=model.engine.provider)
+        audit.event("version", "loaded", model=slot.name, version=slot.version, artifact=model.engine.artifact.file,
+                    sha256=await audit.sha256_of(slot.path / model.engine.artifact.file),
+                    provider=model.engine.provider)
         log.info(
             "model %s version %d ready: %s x %d session(s), %s, batching %s",
             slot.name, slot.version, model.engine, len(model.engines),

@@ -5,6 +5,7 @@ BERTSERVE_AUDIT_REQUIRED with a log that cannot be opened refuses to start (one 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -80,6 +81,11 @@ def test_two_workers_admin_session_and_bad_key_burst(tmp_path, tiny_model_repo, 
     assert len(refusals) <= 2 * 2 * 2, refusals
     assert {r["client"] for r in refusals} == {"127.0.0.1"}
     assert len({r["caller"] for r in refusals}) == 2
+    loaded = [r for r in lines if r["event"] == "version" and r["outcome"] == "loaded"]
+    assert {r["chain"] for r in loaded} == {f.name.rsplit(".", 1)[1] for f in files}  # each worker, at start
+    for record in loaded:  # the artifact each worker serves, by its sha256
+        served = tiny_model_repo / "tiny" / "1" / record["artifact"]
+        assert record["sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
     assert main_verify(files) == 0, capsys.readouterr().err
 
 
