@@ -44,6 +44,7 @@ from typing import Any
 from app import __version__, metrics
 from app.errors import NotReady
 from app.logs import request_id
+from app.repository import file_sha256
 from app.settings import Settings
 
 log = logging.getLogger("bertserve.audit")
@@ -270,11 +271,7 @@ async def sha256_of(path: Path) -> str | None:
     if current is None:
         return None
 
-    def digest() -> str:
-        with open(path, "rb") as file:
-            return hashlib.file_digest(file, "sha256").hexdigest()
-
-    return await asyncio.to_thread(digest)
+    return await asyncio.to_thread(file_sha256, path)
 
 
 def refused(token: bytes | None, address: str | None, group: str, refusal: str) -> None:

@@ -17,6 +17,7 @@ leading out of it is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,3 +305,9 @@ def next_version(root: Path, name: str) -> int:
     model_dir = root / name
     taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
     return max(taken, default=0) + 1
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256 (hex): artifacts in model cards and audit records, training data in reports."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

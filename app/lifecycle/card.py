@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from app.lifecycle.checkpoint import file_sha256, training_report
-from app.repository import CARD_FILE, ModelConfig, read_config
+from app.lifecycle.checkpoint import training_report
+from app.repository import CARD_FILE, ModelConfig, file_sha256, read_config
 
 UNKNOWN = "unknown"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugging Face Hub

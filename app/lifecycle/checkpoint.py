@@ -3,11 +3,11 @@ transformers' own encoding of texts or pairs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from app.lifecycle import LifecycleError
+from app.repository import file_sha256
 from app.tokenizer import TextInput
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -92,14 +92,6 @@ def choose_max_length(config, tokenizer, wanted: int | None, source: Path | None
     limit = min(positions, cap, tokenizer.model_max_length)
     return limit, (f"the tokenizer's limit (model_max_length {tokenizer.model_max_length}, {positions} positions, "
                    f"at most {cap}); no training length recorded (report.json of bertserve train)")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_record(path: Path, rows: int) -> dict:
