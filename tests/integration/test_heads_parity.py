@@ -33,7 +33,7 @@ def heads(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def call(heads):
-    yield from in_process(Settings(model_repository=heads[1], poll_interval_s=0, batch_autotune=False,
+    yield from in_process(Settings(model_repository=heads[1], poll_interval_s=0, batch_autotune=False, provider="cpu",
                                    log_level="warning"))
 
 

@@ -44,7 +44,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def call(exported):
-    yield from in_process(Settings(model_repository=exported[0], poll_interval_s=0, batch_autotune=False,
+    yield from in_process(Settings(model_repository=exported[0], poll_interval_s=0, batch_autotune=False, provider="cpu",
                                    log_level="error"))
 
 
