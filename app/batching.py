@@ -79,6 +79,7 @@ class Timing:
     started: float = 0.0
     tokens: int = 0
     batch_tokens: int = 0
+    truncated: bool = False  # the model read only part of the text (cut to max_length, or a window read in part)
 
 
 @dataclass(slots=True, eq=False)
@@ -91,7 +92,7 @@ class _Turn:
 
 @dataclass(slots=True, eq=False)
 class _Item:
-    text: TextInput  # a text or a pair: only the tokenizer looks inside
+    text: TextInput | Encoded  # a text or a pair (only the tokenizer looks inside), or one already encoded
     truncate: bool
     future: asyncio.Future
     enqueued: float
@@ -196,7 +197,7 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    async def submit(self, texts: list[TextInput], truncate: bool = True) -> list[tuple[Any, Timing]]:
+    async def submit(self, texts: list[TextInput | Encoded], truncate: bool = True) -> list[tuple[Any, Timing]]:
         """Results (row, timing) in the order of `texts`. Leaving early (error, timeout, cancellation)
         cancels this call's sequences, which the pipeline then drops."""
         self.admission.admit(len(texts))
@@ -298,7 +299,10 @@ class Batcher:
     def _tokenize(self, items: list[_Item]) -> None:
         start = time.perf_counter()
         try:
-            encoded = self.model.encode([i.text for i in items])
+            # Sequences submitted already encoded (a long text's windows: app.tokenizer.windows) pass through.
+            texts = [i.text for i in items if not isinstance(i.text, Encoded)]
+            fresh = iter(self.model.encode(texts) if texts else [])
+            encoded = [i.text if isinstance(i.text, Encoded) else next(fresh) for i in items]
         except Exception as exc:  # logged without its message: it may quote the texts
             log.error("tokenization failed for model %s (%d texts): %s", self.name, len(items),
                       exception_summary(exc))
@@ -314,7 +318,7 @@ class Batcher:
                                     else too_long(self.model.max_length, self.name)))
                     continue
                 item.ids, item.type_ids = enc.ids, enc.type_ids
-                item.timing.tokenize_s = elapsed
+                item.timing.tokenize_s, item.timing.truncated = elapsed, enc.truncated
                 self._ready.append(item)
             self._have_ready.notify(self.parallel)
         if refused:
@@ -391,8 +395,10 @@ class Batcher:
         return batch
 
 
-def _chars(text: TextInput) -> int:
-    """Characters of a text, or of both texts of a pair."""
+def _chars(text: TextInput | Encoded) -> int:
+    """Characters of a text, or of both texts of a pair (an encoded sequence: none left to encode)."""
+    if isinstance(text, Encoded):
+        return 0
     return len(text) if type(text) is str else len(text[0]) + len(text[1])
 
 

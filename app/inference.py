@@ -19,7 +19,7 @@ from app.logs import exception_summary
 from app.record import current
 from app.registry import Registry
 from app.router import Router
-from app.scores import Head, ScoreFunction
+from app.scores import Head, ScoreFunction, WindowAggregation, aggregate
 from app.served import ServedModel
 from app.settings import Settings
 from app.tokenizer import TextInput
@@ -30,6 +30,9 @@ log = logging.getLogger("bertserve.inference")
 # and the request's texts, the sequences to submit (an explanation: each text and its variants). It may refuse the
 # version (InvalidInput: a reranker's head, an explanation's target label).
 Prepare = Callable[[ServedModel, list[TextInput]], Awaitable[list[TextInput]]]
+
+# Per text, how many windows it was read in (truncate false); filled by the windowing hook, once per request.
+Windows = list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ class Inference:
         model: str | None = None,
         version: int | None = None,
         truncate: bool = True,
+        stride: int | None = None,
+        window_aggregation: WindowAggregation = "mean",
         function: ScoreFunction | None = None,
         timeout_s: float,
         routing_key: str | None = None,
@@ -72,21 +77,65 @@ class Inference:
         the text-classification pipeline's rule), or `function` when asked. Metrics and the shadow comparison
         always use the head's own scores. `max_inputs` replaces BERTSERVE_MAX_CLIENT_BATCH_SIZE for a caller with
         its own limit (reranking); `prepare` (see Prepare) may refuse the chosen version before anything is
-        queued (reranking: a head that ranks nothing), and returns `texts` as they are: those are scored."""
+        queued (reranking: a head that ranks nothing), and returns `texts` as they are: those are scored.
+        `truncate` False reads a text longer than the model's max length whole, in overlapping windows
+        (app.tokenizer: `stride` tokens shared, default a quarter of max_length; a pair's second text is
+        windowed), all of the request's windows one submission within BERTSERVE_MAX_REQUEST_SEQUENCES, and
+        answers the `window_aggregation` of their scores. The texts the model read only in part are counted on
+        the request's record (X-Truncated-Texts) and in bertserve_truncated_texts."""
         limit = max_inputs or self.settings.max_client_batch_size
         if len(texts) > limit:
             raise InvalidInput(f"{len(texts)} inputs in one request; the limit is {limit}")
 
-        served, rows = await self._run(texts, model, version, truncate, timeout_s, routing_key, prepare)
-        if (record := current.get()) is not None:  # the request's record (app.record), for its metrics and trace
+        windows: Windows = []
+        if not truncate:
+            prepare = self._windowed(prepare, stride, windows)
+        # truncate false: the windows read every text whole, each within max_length (or the request is refused).
+        served, rows = await self._run(texts, model, version, True, timeout_s, routing_key, prepare)
+        record = current.get()  # the request's record (app.record), for its metrics, trace and answer
+        if record is not None:
             record.text_count, record.rows = len(texts), rows
         logits = np.stack([row for row, _ in rows])
         head = served.head
         scores = head.scores(logits)
-        served.metrics.observe(scores, [timing for _, timing in rows])
+        asked = scores if function in (None, head.function) else head.scores(logits, function)
+        timings = [timing for _, timing in rows]
+        windowed = any(count > 1 for count in windows)
+        if windowed:
+            firsts = np.cumsum([0, *windows[:-1]]).tolist()
+            scores, asked = (aggregate(s, windows, window_aggregation) for s in (scores, asked))
+            cut = [any(t.truncated for t in timings[a:a + n]) for a, n in zip(firsts, windows, strict=True)]
+            timings = [timings[a] for a in firsts]
+            long = [n for n in windows if n > 1]
+            served.metrics.windowed_texts.inc(len(long))
+            served.metrics.windows.inc(sum(long))
+        else:
+            cut = [t.truncated for t in timings]
+        truncated = sum(cut)
+        if truncated:
+            served.metrics.truncated.inc(truncated)
+        if record is not None:
+            record.truncated = truncated
+        served.metrics.observe(scores, timings)
         if (shadow := self.router.shadow_of(served)) is not None:
-            self._shadow(shadow, texts, scores, head)
-        return served, scores if function in (None, head.function) else head.scores(logits, function)
+            if not windowed:
+                self._shadow(shadow, texts, scores, head)
+            else:  # windows: the shadow's sequences would differ from the ones scored here
+                shadow.shadow_record.drop("windows", len(texts))
+        return served, asked
+
+    def _windowed(self, inner: Prepare | None, stride: int | None, windows: Windows) -> Prepare:
+        """The hook that reads each text whole (after `inner`, when given): its windows, encoded here (in a
+        worker thread) for the chosen version's tokenizer, within BERTSERVE_MAX_REQUEST_SEQUENCES."""
+        async def prepare(served: ServedModel, texts: list[TextInput]) -> list[TextInput]:
+            if inner is not None:
+                texts = await inner(served, texts)
+            step = served.tokenizer.default_stride() if stride is None else stride
+            found = await asyncio.to_thread(served.tokenizer.windows, texts, step,
+                                            self.settings.request_sequences_cap)
+            windows[:] = [len(w) for w in found]
+            return [window for text in found for window in text]  # type: ignore[misc]  # Encoded pass through
+        return prepare
 
     async def explain(self, text: str, **options) -> Explanation:
         """One text's explanation (explain_many's options)."""
@@ -128,6 +177,7 @@ class Inference:
         served, rows = await self._run(texts, model, version, True, timeout_s, routing_key, variants)
         if (record := current.get()) is not None:  # the request's record (app.record), for its metrics and trace
             record.text_count, record.rows = len(texts), rows
+            record.truncated = sum(read < len(text) for text, (read, _) in zip(texts, parts, strict=True))
         probabilities = served.head.scores(np.stack([row for row, _ in rows]))
         answers, first = [], 0
         for read, found in parts:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__, audit, metrics, shutdown, tracing
-from app.api import errors, explain, http_limits, operations, predict, rerank, v2
+from app.api import errors, explain, http_limits, operations, predict, rerank, v2, vllm
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each protocol's routes go straight into the app's table, /predict's first: Starlette tries routes in order,
     # and FastAPI resolves an included router's routes per request through its include layers (measured: 6 % of
     # the event loop's CPU per prediction). Their prefixes and tags are already in their routes; none has dependencies.
-    routers = [predict.router, v2.router, explain.router, rerank.router, operations.router]
+    routers = [predict.router, v2.router, explain.router, rerank.router, vllm.router, operations.router]
     if keys.admin_served:
         routers.append(operations.admin_router)
     app.router.routes[:0] = [route for router in routers for route in router.routes]
@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID",
                                           "X-Routing-Key", "Inference-Header-Content-Length"],
-                           expose_headers=["X-Model-Name", "X-Model-Version", "X-Request-ID", "Retry-After",
-                                           "Inference-Header-Content-Length", "WWW-Authenticate"])
+                           expose_headers=["X-Model-Name", "X-Model-Version", "X-Request-ID", "X-Truncated-Texts",
+                                           "Retry-After", "Inference-Header-Content-Length", "WWW-Authenticate"])
     app.add_middleware(RequestContextMiddleware, log_access=settings.access_log, service=service)
     _add_request_schema(app, keys)
     return app

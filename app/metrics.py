@@ -96,6 +96,16 @@ PREDICTION_CONFIDENCE = Histogram(
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 
+TRUNCATED_TEXTS = Counter(
+    "bertserve_truncated_texts", "Texts (or pairs) the model read only in part: cut to its max length (truncate "
+    "true, the default for classifiers), or, rarely, a long text windowed from its first characters only.",
+    ["model", "version"],
+)
+WINDOWED_TEXTS = Counter(
+    "bertserve_windowed_texts", "Texts (or pairs) longer than the model's max length read whole in overlapping "
+    "windows (truncate false), and the windows they made.", ["model", "version", "count"],
+)
+
 # Shadow versions (serving.json "shadow"): `version` is the shadow's, compared with whichever version answered.
 SHADOW_DECISIONS = Counter(
     "bertserve_shadow_decisions", "Answered requests' texts also run on the shadow version: its top label agreed "
@@ -104,7 +114,7 @@ SHADOW_DECISIONS = Counter(
 SHADOW_DROPPED = Counter(
     "bertserve_shadow_dropped", "Texts not compared on the shadow version, by reason: queue_full (no room: "
     "shadow work never waits), error (it raised; logged by type), shutdown, labels (not the answering "
-    "version's labels).", ["model", "version", "reason"],
+    "version's labels), windows (a long text read in windows: the shadow would score other sequences).", ["model", "version", "reason"],
 )
 SHADOW_PROBABILITY_DIFFERENCE = Histogram(
     "bertserve_shadow_probability_difference", "Absolute difference between the answer's and the shadow's "

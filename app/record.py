@@ -35,6 +35,7 @@ class RequestRecord:
     version: str = ""  # the version that answered; "" until one is chosen (a metric label)
     text_count: int = 0  # texts (or pairs) the request asked about
     rows: Sequence[tuple[Any, Any]] = ()  # (row, app.batching.Timing) of each sequence its version's batcher ran
+    truncated: int = 0  # texts the model read only in part (the answer's X-Truncated-Texts, V2's `truncated`)
     # Filled by app.tracing once the request's trace is recorded (for its access-log line)
     trace_id: str | None = None
 

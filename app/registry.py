@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from app import audit, metrics
 from app.batching import Batcher
 from app.errors import ModelLoadError, ModelNotFound
 from app.loader import load_model
-from app.repository import CONFIG_FILE, Wanted, wanted_versions
+from app.repository import CONFIG_FILE, ModelServing, Wanted, wanted_versions
 from app.router import Router, Routing
 from app.served import ServedModel
 from app.settings import Settings
@@ -54,6 +54,8 @@ class Table:
     asked: Routing | None = None
     in_force: Routing | None = None
     refused: tuple[str, str] | None = None  # (cause code, details for the log and /models)
+    # The last serving.json read that was valid: its per-model settings beside routing (a broken file keeps them)
+    serving: ModelServing = field(default_factory=ModelServing)
 
 
 class Registry:
@@ -124,6 +126,8 @@ class Registry:
         decision = decide(wanted, table.in_force if table else None, slots)
         if table is not None:
             table.asked = decision.asked
+            if wanted is not None and wanted.serving is not None:
+                table.serving = wanted.serving
         folders = wanted.folders if wanted else {}
         for version in sorted(decision.keep):  # load new versions first, so traffic can move over
             slot, path = slots.get(version), folders[version]
@@ -270,6 +274,11 @@ class Registry:
 
     def _ready_models(self) -> list[ServedModel]:
         return [s.model for slots in self.slots.values() for s in slots.values() if s.state == "ready" and s.model]
+
+    def serving_of(self, name: str) -> ModelServing:
+        """The model's per-model settings from its serving.json (the last valid read; defaults without one)."""
+        table = self.tables.get(name)
+        return table.serving if table is not None else ModelServing()
 
     def version_states(self, name: str) -> dict[int, State]:
         """Every version the registry has of a model and its state, or ModelNotFound."""

@@ -168,6 +168,10 @@ class ModelServing(BaseModel):
     shadow: int | None = Field(
         None, ge=1, description="A loaded version that also runs each answered request, after the answer, to compare."
     )
+    v1_return_probabilities: bool = Field(
+        False, description="KServe V1 `:predict` answers each text's softmax probabilities by class id "
+        "(huggingfaceserver's --return_probabilities) instead of the predicted class id (app.api.v1)."
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> "ModelServing":

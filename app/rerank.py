@@ -80,7 +80,8 @@ async def rerank(
         return pairs
 
     served, scores = await service.classify(
-        [(query, text) for text in texts], model=model, version=version, truncate=truncate,
+        # truncate false: a long document is read in windows and scored by its best one (MaxP)
+        [(query, text) for text in texts], model=model, version=version, truncate=truncate, window_aggregation="max",
         function="none" if raw_scores else None, timeout_s=timeout_s, routing_key=routing_key,
         max_inputs=limit, prepare=prepare,
     )

@@ -21,6 +21,9 @@ import numpy as np
 ScoreFunction = Literal["softmax", "sigmoid", "none"]
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 HeadKind = Literal["single-label", "multi-label", "one-logit", "regression"]
+# How a long text's windows (truncate false) make its one answer: the mean of their scores, each label's highest
+# score (a reranker: the best window, MaxP), or the first window's (what truncate true reads, with a stride).
+WindowAggregation = Literal["mean", "max", "first"]
 
 THRESHOLD = 0.5  # a sigmoid head's label is chosen when its score is over this
 REGRESSION_BOUND = 0.1  # a regression head's agreement bound when its export recorded none
@@ -28,6 +31,16 @@ REGRESSION_BOUND = 0.1  # a regression head's agreement bound when its export re
 # times the drift its published INT8 showed there (dynamic INT8 drifts more on texts the gate never saw: 1.6x on a
 # tiny ModernBERT), and never under the parity tolerance at the values' magnitude.
 BOUND_SHARE, BOUND_SAFETY = 0.05, 2.5
+
+
+def aggregate(scores: np.ndarray, counts: list[int], how: WindowAggregation) -> np.ndarray:
+    """One row per text from its consecutive `counts` rows of window scores (already through the score function:
+    the mean of probabilities, not of logits)."""
+    bounds = np.cumsum([0, *counts])
+    if how == "first":
+        return scores[bounds[:-1]]
+    reduce = np.mean if how == "mean" else np.max
+    return np.stack([reduce(scores[a:b], axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

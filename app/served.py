@@ -29,6 +29,9 @@ class ModelMetrics:
         self.inference = metrics.INFERENCE_DURATION.labels(name, str(version))
         self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
         self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
+        self.truncated = metrics.TRUNCATED_TEXTS.labels(name, str(version))
+        self.windowed_texts = metrics.WINDOWED_TEXTS.labels(name, str(version), "texts")
+        self.windows = metrics.WINDOWED_TEXTS.labels(name, str(version), "windows")
 
     def observe(self, scores: np.ndarray, timings: list[Timing]) -> None:
         """Per-request stage durations, and the predicted label mix and confidence for drift watching: the labels
@@ -55,7 +58,7 @@ class ShadowRecord:
         self.disagree_counter = metrics.SHADOW_DECISIONS.labels(name, v, "disagree")
         self.difference = metrics.SHADOW_PROBABILITY_DIFFERENCE.labels(name, v)
         self._dropped = {reason: metrics.SHADOW_DROPPED.labels(name, v, reason)
-                         for reason in ("queue_full", "error", "shutdown", "labels")}
+                         for reason in ("queue_full", "error", "shutdown", "labels", "windows")}
         self.agree = self.disagree = 0
         self.dropped: dict[str, int] = dict.fromkeys(self._dropped, 0)
 

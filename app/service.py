@@ -12,8 +12,9 @@ import numpy as np
 
 from app.inference import Explanation, Inference, Prepare
 from app.registry import Registry, State
+from app.repository import ModelServing
 from app.router import Router
-from app.scores import ScoreFunction
+from app.scores import ScoreFunction, WindowAggregation
 from app.served import ServedModel
 from app.settings import Settings
 from app.tokenizer import TextInput
@@ -30,12 +31,15 @@ class Service:
 
     async def classify(
         self, texts: list[TextInput], *, model: str | None = None, version: int | None = None, truncate: bool = True,
+        stride: int | None = None, window_aggregation: WindowAggregation = "mean",
         function: ScoreFunction | None = None, timeout_s: float, routing_key: str | None = None,
         max_inputs: int | None = None, prepare: Prepare | None = None,
     ) -> tuple[ServedModel, np.ndarray]:
-        """The version that answered and the scores [len(texts), labels] (Inference.classify)."""
+        """The version that answered and the scores [len(texts), labels] (Inference.classify; truncate false: long
+        texts read whole in windows)."""
         return await self.inference.classify(
-            texts, model=model, version=version, truncate=truncate, function=function, timeout_s=timeout_s,
+            texts, model=model, version=version, truncate=truncate, stride=stride,
+            window_aggregation=window_aggregation, function=function, timeout_s=timeout_s,
             routing_key=routing_key, max_inputs=max_inputs, prepare=prepare,
         )
 
@@ -82,6 +86,10 @@ class Service:
         """One entry per version, with its state, quality reports and the model's traffic table; the reasons in
         full (paths, file text) or, `full_reasons` False, as fixed wording per cause code."""
         return self.registry.list_models(full_reasons)
+
+    def serving_of(self, name: str) -> ModelServing:
+        """The model's per-model settings from its serving.json (the last valid one read; defaults without)."""
+        return self.registry.serving_of(name)
 
     def version_states(self, name: str) -> dict[int, State]:
         """Every version the registry has of a model and its state, or ModelNotFound."""

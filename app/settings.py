@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         "of BERTSERVE_MAX_CLIENT_BATCH_SIZE; past it: 422. Its distinct documents must also fit "
         "BERTSERVE_MAX_QUEUE_SIZE (else 422: it could never be queued).",
     )
+    max_request_sequences: int = Field(
+        256, ge=1, description="Most sequences one request may make the model score, counted before any is queued: "
+        "a long text's windows (truncate false) times its texts, a zero-shot request's texts times its candidate "
+        "labels; past it: 422. Never above BERTSERVE_MAX_QUEUE_SIZE (the smaller of the two applies).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; past it: 413.")
     request_timeout_ms: int = Field(
         30_000, ge=1, description="Per-request deadline: past it the work is dropped and the answer is 504."
@@ -219,6 +224,11 @@ class Settings(BaseSettings):
         if self.admin_without_key and (self.admin_api_keys or self.admin_api_keys_file):
             raise ValueError("BERTSERVE_ADMIN_WITHOUT_KEY contradicts BERTSERVE_ADMIN_API_KEYS: set one of them")
         return self
+
+    @property
+    def request_sequences_cap(self) -> int:
+        """The per-request sequence cap in force: BERTSERVE_MAX_REQUEST_SEQUENCES within the queue bound."""
+        return min(self.max_request_sequences, self.max_queue_size)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":

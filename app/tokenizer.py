@@ -10,11 +10,14 @@ longest_first as transformers does; everything past the tokenizer only carries t
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
+
+from app.errors import InvalidInput
 
 # Where a text may be cut with the words before the cut tokenized as in the whole text: the whitespace every
 # BERT-family pre-tokenizer splits on (not Python's \s, which takes in control characters that BERT's normalizer
@@ -50,6 +53,70 @@ class TextTokenizer:
         self.pad_id = self._tokenizer.padding["pad_id"] if self._tokenizer.padding else self._find_pad_id()
         # A template that gives single texts type ids other than 0 (rare): then they are carried for texts too.
         self._typed_texts = any(self._tokenizer.encode("a").type_ids)
+        # Windows (truncate false) need per-request truncation settings (the stride): their own tokenizer, one
+        # request at a time, so the batcher's is never reconfigured under it.
+        self._path = path
+        self._windowing: Tokenizer | None = None
+        self._window_lock = threading.Lock()
+
+    def default_stride(self) -> int:
+        """The overlap between a long text's windows when a request names none: a quarter of max_length."""
+        return self.max_length // 4
+
+    def windows(self, inputs: list[TextInput], stride: int, budget: int) -> list[list[Encoded]]:
+        """Each input as the overlapping windows of at most max_length tokens that read all of it (one window when
+        it fits): consecutive windows share `stride` tokens, as transformers' `return_overflowing_tokens` with
+        `stride` makes them. A pair keeps its first text whole in every window and windows the second (as
+        question answering does). Together at most `budget` windows: past it InvalidInput naming
+        BERTSERVE_MAX_REQUEST_SEQUENCES, found before a text is read further than the budget's windows could
+        cover (a prefix, as _encode reads one). Blocking: call it in a worker thread."""
+        with self._window_lock:
+            self.window_tokenizer()
+            out: list[list[Encoded]] = []
+            left = budget
+            for one in inputs:
+                out.append(self._windows_of(one, stride, left, budget))
+                left -= len(out[-1])
+            return out
+
+    def window_tokenizer(self) -> Tokenizer:
+        """The windows' own tokenizer, made on first use (most models never window)."""
+        if self._windowing is None:
+            self._windowing = Tokenizer.from_file(str(self._path))
+            self._windowing.no_padding()
+        return self._windowing
+
+    def _windows_of(self, one: TextInput, stride: int, left: int, budget: int) -> list[Encoded]:
+        tokenizer = self._windowing
+        assert tokenizer is not None
+        pair = type(one) is not str
+        first, long = (one[0], one[1]) if pair else (None, one)  # type: ignore[index]
+        room = self.max_length - tokenizer.num_special_tokens_to_add(pair)
+        if pair:
+            room -= len(tokenizer.encode(first, add_special_tokens=False).ids)
+        if room <= stride:
+            whose = "the room the first text of a pair leaves" if pair else "the tokens a window holds"
+            raise InvalidInput(f"stride {stride} must be below {whose} ({max(room, 0)} of the model's "
+                               f"{self.max_length}); send a smaller stride" + (" or a shorter first text" if pair
+                                                                                else ""))
+        tokenizer.enable_truncation(max_length=self.max_length, stride=stride,
+                                    strategy="only_second" if pair else "longest_first")
+        covered = room + max(left - 1, 0) * (room - stride)  # tokens of the long side `left` windows can read
+        limit, last_limit = covered * CHARS_PER_TOKEN, covered * MAX_CHARS_PER_TOKEN
+        while True:
+            cut, _ = _prefix(long, limit)
+            encoding = tokenizer.encode(first, cut) if pair else tokenizer.encode(cut)
+            found = [encoding, *encoding.overflowing]
+            if len(found) > left:
+                raise InvalidInput(f"a text needs more windows than the {budget} sequences one request may make the "
+                                   "model score (BERTSERVE_MAX_REQUEST_SEQUENCES): send shorter texts, fewer texts, "
+                                   "a smaller stride, or truncate true")
+            whole = len(cut) == len(long)
+            if whole or limit >= last_limit:
+                windows = [_typed(e, False) for e in found]
+                windows[-1].truncated = not whole  # read from its first characters only: counted as cut
+                return windows
+            limit = min(limit * GROWTH, last_limit)
 
     def _find_pad_id(self) -> int:
         for token in ("[PAD]", "<pad>"):

@@ -5,7 +5,7 @@
 Starts `bertserve serve` as `make run` does (one worker, the server's own engine layout, default settings) on the
 demo model (models/drug-review-sentiment) on 127.0.0.1, then drives it closed-loop at --concurrency keep-alive
 connections with real reviews, about one request in --invalid-every invalid, in turn: malformed JSON, an empty
-input, a text too long for the model with `truncate: false`, an unknown model. Reports requests served, the
+input, a long text read whole (`truncate: false`) with a stride past a window, an unknown model. Reports requests served, the
 outcomes by kind (every status, and transport errors), and the server's RSS at the start, every minute and at
 the end, with the least-squares slope of RSS over the last 5 minutes (MB/min): memory that levels off has a
 slope near 0. Wrap it in `flock /tmp/bertserve-heavy.lock` on a shared machine.
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import load_reviews  # noqa: E402
 from benchmarks.service import Server  # noqa: E402
 
-INVALID_KINDS = ("bad_json", "empty", "too_long_truncate_false", "unknown_model")
-EXPECTED = {"valid": 200, "bad_json": 422, "empty": 422, "too_long_truncate_false": 422, "unknown_model": 404}
+INVALID_KINDS = ("bad_json", "empty", "bad_stride", "unknown_model")
+EXPECTED = {"valid": 200, "bad_json": 422, "empty": 422, "bad_stride": 422, "unknown_model": 404}
 
 
 def rss_mb(pid: int) -> float:
@@ -73,8 +73,8 @@ def request_for(kind: str, review: str, long_text: str) -> tuple[str, bytes]:
         return kind, b'{"inputs": "' + review[:40].encode() + b'"'  # unterminated
     elif kind == "empty":
         body = {"inputs": ""}
-    elif kind == "too_long_truncate_false":
-        body = {"inputs": long_text, "truncate": False}
+    elif kind == "bad_stride":  # windows overlapping by more than a window holds
+        body = {"inputs": long_text, "truncate": False, "stride": 100_000}
     else:
         body = {"inputs": review, "model": "no-such-model"}
     return kind, json.dumps(body).encode()

@@ -178,7 +178,8 @@ def handle(
     - `run(call, parsed)`: the service's operation, awaited in this task and cancelled if the client leaves
       (`call.service`, `call.routing_key`);
     - `encode(parsed, result)`: the version that answered and the answer: data (sent as JSON) or a Response;
-      either way it carries that version's X-Model-Name and X-Model-Version."""
+      either way it carries that version's X-Model-Name and X-Model-Version, and X-Truncated-Texts (the request
+      record's count of texts read only in part)."""
     return _answer(Call(request, request.app.state.service, model), parse, run, encode, content_types, counter,
                    duration)
 
@@ -190,10 +191,12 @@ async def _answer(call: Call, parse: Callable, run: Callable, encode: Callable, 
         call.body = await read_body(call.request, call.service.settings.max_body_bytes, content_types)
         parsed = parse(call)
         served, answer = encode(parsed, await until_disconnect(call.request, run(call, parsed)))
+        # Every answer says how many of its texts the model read only in part (0: all of every text).
+        headers = model_headers(served) | {"X-Truncated-Texts": str(call.record.truncated)}
         if isinstance(answer, Response):
-            answer.headers.update(model_headers(served))
+            answer.headers.update(headers)
         else:
-            answer = json_response(answer, headers=model_headers(served))
+            answer = json_response(answer, headers=headers)
         status = answer.status_code
         return answer
     except ClientGone:

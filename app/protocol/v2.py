@@ -4,7 +4,13 @@ routes (app.api.v2) and the gRPC servicer decode their wire format, call these a
 
 Each model has the input `text` (BYTES, shape [n] or [n, 1]) and, optionally, `text_pair` (as many texts: row k is
 the pair (text[k], text_pair[k])), and two outputs: `label` (BYTES [n]) and `scores` (FP32 [n, labels], in the order
-of the model metadata's `parameters.labels`)."""
+of the model metadata's `parameters.labels`).
+
+Zero-shot classification (app.zeroshot; a model with an entailment label, whose metadata lists the input): the
+BYTES input `candidate_labels` ([k]: the labels every text is scored against; not with `text_pair`), the request
+parameters `hypothesis_template` (string) and `multi_label` (bool); outputs, each row a text's labels best first:
+`label` (BYTES [n], the best), `labels` (BYTES [n, k]) and `scores` (FP32 [n, k], the labels' scores in that order;
+with the classification extension, "score:index:label", index into `candidate_labels`)."""
 
 from __future__ import annotations
 
@@ -15,9 +21,10 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
-from app import __version__
+from app import __version__, zeroshot
 from app.errors import InvalidInput, ModelNotFound
-from app.scores import ScoreFunction
+from app.record import current
+from app.scores import ScoreFunction, WindowAggregation
 from app.tokenizer import TextInput
 
 if TYPE_CHECKING:
@@ -26,11 +33,14 @@ if TYPE_CHECKING:
 
 INPUT = "text"
 PAIR_INPUT = "text_pair"  # optional: a second text per row makes each row a pair (text[k], text_pair[k])
-INPUTS = (INPUT, PAIR_INPUT)
+LABELS_INPUT = "candidate_labels"  # zero-shot: the labels each text is scored against (app.zeroshot)
+INPUTS = (INPUT, PAIR_INPUT, LABELS_INPUT)
 OUTPUTS = ("label", "scores")
+ZERO_SHOT_OUTPUTS = ("label", "labels", "scores")  # `labels`: each text's candidate labels, best first
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 SCORE_FUNCTIONS = frozenset(get_args(ScoreFunction))
+WINDOW_AGGREGATIONS = frozenset(get_args(WindowAggregation))
 
 
 # ---- server and models ----
@@ -90,16 +100,18 @@ def model_metadata(service: Service, name: str, version: int | None) -> dict[str
         model = service.resolve(name, version)
         versions = [model.version]
     labels = model.config.labels
+    nli = zeroshot.takes_candidate_labels(labels)  # zero-shot classification: its input and output are listed
     return {
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]},
-                   {"name": PAIR_INPUT, "datatype": "BYTES", "shape": [-1]}],
+                   {"name": PAIR_INPUT, "datatype": "BYTES", "shape": [-1]}]
+        + ([{"name": LABELS_INPUT, "datatype": "BYTES", "shape": [-1]}] if nli else []),
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)]},
-        ],
+        ] + ([{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}] if nli else []),
         "parameters": {"labels": labels, "max_length": model.max_length},
     }
 
@@ -130,6 +142,11 @@ class Infer:
     truncate: bool
     function: str | None  # None: the model head's own
     timeout_us: int | None
+    stride: int | None = None  # truncate false: tokens consecutive windows share (None: the model's default)
+    window_aggregation: str = "mean"  # truncate false: a long text's answer from its windows' scores
+    candidate_labels: list[str] | None = None  # zero-shot classification (app.zeroshot); None: classification
+    hypothesis_template: str | None = None  # zero-shot: None is the pipeline's default
+    multi_label: bool = False  # zero-shot
 
 
 def decode_bytes(raw: bytes, name: str) -> list[str]:
@@ -182,7 +199,7 @@ def check_input_name(name: str, model: str, seen: dict[str, Any]) -> None:
     """An input the model takes, given once."""
     if name not in INPUTS:
         raise InvalidInput(f"unexpected input {name!r} for model {model!r}: it takes {INPUT!r} "
-                           f"(and {PAIR_INPUT!r} for text pairs)")
+                           f"(and {PAIR_INPUT!r} for text pairs, or {LABELS_INPUT!r} for zero-shot classification)")
     if name in seen:
         raise InvalidInput(f"input {name!r} is given twice")
 
@@ -203,6 +220,10 @@ def request(columns: dict[str, list[str]], parameters: dict[str, Any] | None,
     if INPUT not in columns:
         raise InvalidInput(f"input {INPUT!r} is missing ({PAIR_INPUT!r} only pairs its texts)")
     texts: list[TextInput] = columns[INPUT]  # type: ignore[assignment]
+    labels = columns.get(LABELS_INPUT)  # zero-shot classification (app.zeroshot)
+    if labels is not None and PAIR_INPUT in columns:
+        raise InvalidInput(f"input {LABELS_INPUT!r}: zero-shot classification takes texts, not pairs (each text is "
+                           f"paired with each label's hypothesis): leave out {PAIR_INPUT!r}")
     if PAIR_INPUT in columns:  # row k is the pair (text[k], text_pair[k])
         second = columns[PAIR_INPUT]
         if len(second) != len(texts):
@@ -213,9 +234,12 @@ def request(columns: dict[str, list[str]], parameters: dict[str, Any] | None,
     params = parameters or {}
     binary_default = _flag(params, "binary_data_output", False, "")
     wanted: list[Wanted] = []
-    for name, out_params in outputs if outputs is not None else [(name, {}) for name in OUTPUTS]:
-        if name not in OUTPUTS:
-            raise InvalidInput(f"unexpected output {name!r} for model {model!r}: it has {', '.join(OUTPUTS)}")
+    names = OUTPUTS if labels is None else ZERO_SHOT_OUTPUTS
+    for name, out_params in outputs if outputs is not None else [(name, {}) for name in names]:
+        if name in ZERO_SHOT_OUTPUTS and name not in names:
+            raise InvalidInput(f"output {name!r} comes with {LABELS_INPUT!r} only (zero-shot classification)")
+        if name not in names:
+            raise InvalidInput(f"unexpected output {name!r} for model {model!r}: it has {', '.join(names)}")
         if name in (w.name for w in wanted):
             raise InvalidInput(f"output {name!r} is asked for twice")
         where = f"output {name!r}: "
@@ -237,7 +261,30 @@ def request(columns: dict[str, list[str]], parameters: dict[str, Any] | None,
     timeout_us = params.get("timeout")
     if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 1):
         raise InvalidInput("parameters.timeout must be a positive number of microseconds")
-    return Infer(id, texts, wanted, _flag(params, "truncate", True, ""), function, timeout_us)
+    stride = params.get("stride")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 0):
+        raise InvalidInput("parameters.stride must be a number of tokens (0 or more)")
+    aggregation = params.get("window_aggregation", "mean")
+    if aggregation not in WINDOW_AGGREGATIONS:
+        raise InvalidInput(f"parameters.window_aggregation must be one of {sorted(WINDOW_AGGREGATIONS)}")
+    return Infer(id, texts, wanted, _flag(params, "truncate", True, ""), function, timeout_us, stride, aggregation,
+                 *_zero_shot(params, labels))
+
+
+def _zero_shot(params: dict[str, Any], labels: list[str] | None) -> tuple[list[str] | None, str | None, bool]:
+    """A zero-shot request's candidate labels, hypothesis template and multi_label (None, None, False: none)."""
+    if labels is None:
+        if "hypothesis_template" in params or "multi_label" in params:
+            raise InvalidInput("parameters.hypothesis_template and parameters.multi_label apply to zero-shot "
+                               f"classification only: send the input {LABELS_INPUT!r} too")
+        return None, None, False
+    template = params.get("hypothesis_template")
+    if template is not None and not isinstance(template, str):
+        raise InvalidInput("parameters.hypothesis_template must be a string, the label in place of {}")
+    if "function_to_apply" in params:
+        raise InvalidInput(f"parameters.function_to_apply: not taken with {LABELS_INPUT!r} (zero-shot scores are "
+                           "the pipeline's)")
+    return labels, template, _flag(params, "multi_label", False, "")
 
 
 # ---- inference ----
@@ -256,6 +303,7 @@ class Inferred:
     model: ServedModel  # the version that answered
     id: str | None
     outputs: list[Output]  # encoded by each transport's codec (app.api.v2.codec, app.api.grpc.codec)
+    truncated: int = 0  # texts the model read only in part: the response's `truncated` parameter
 
 
 def outputs(model: ServedModel, scores: np.ndarray, wanted: list[Wanted]) -> list[Output]:
@@ -277,6 +325,29 @@ def outputs(model: ServedModel, scores: np.ndarray, wanted: list[Wanted]) -> lis
     return result
 
 
+def zero_shot_outputs(found: zeroshot.ZeroShot, wanted: list[Wanted]) -> list[Output]:
+    """The outputs asked for of a zero-shot answer: per text, its labels best first (the pipeline's order) and
+    their scores in that order."""
+    n, k = found.scores.shape
+    ranked = [zeroshot.ranked(found.labels, row) for row in found.scores]
+    scores = np.ascontiguousarray([values for _, _, values in ranked], dtype=np.float32).reshape(n, k)
+    result = []
+    for want in wanted:
+        if want.name == "label":
+            result.append(Output("label", "BYTES", [n], [labels[0] for _, labels, _ in ranked], want.binary))
+        elif want.name == "labels":
+            result.append(Output("labels", "BYTES", [n, k], [label for _, labels, _ in ranked for label in labels],
+                                 want.binary))
+        elif want.classification is not None:  # Triton's classification extension: k best, "score:index:label"
+            top = min(want.classification, k)
+            values = [f"{score:f}:{i}:{label}" for order, labels, row in ranked
+                      for i, label, score in list(zip(order, labels, row))[:top]]
+            result.append(Output(want.name, "BYTES", [n, top], values, want.binary))
+        else:
+            result.append(Output(want.name, "FP32", [n, k], scores, want.binary))
+    return result
+
+
 async def infer(service: Service, name: str, version: int | None, req: Infer, routing_key: str | None = None,
                 timeout_ms: float | None = None) -> Inferred:
     """Classify the request's texts with the model (version); `timeout_ms` (a transport's own deadline, as gRPC's)
@@ -284,8 +355,18 @@ async def infer(service: Service, name: str, version: int | None, req: Infer, ro
     asked_ms = None if req.timeout_us is None else req.timeout_us / 1000
     if timeout_ms is not None:
         asked_ms = timeout_ms if asked_ms is None else min(asked_ms, timeout_ms)
+    if req.candidate_labels is not None:  # zero-shot classification (app.zeroshot)
+        found = await zeroshot.classify(
+            service, req.texts, req.candidate_labels, hypothesis_template=req.hypothesis_template,  # type: ignore[arg-type]
+            multi_label=req.multi_label, model=name, version=version, truncate=req.truncate,
+            timeout_s=service.timeout_s(asked_ms), routing_key=routing_key,
+        )
+        record = current.get()
+        return Inferred(found.served, req.id, zero_shot_outputs(found, req.outputs), record.truncated if record else 0)
     model, scores = await service.classify(
         req.texts, model=name, version=version, truncate=req.truncate, function=req.function,  # type: ignore[arg-type]
+        stride=req.stride, window_aggregation=req.window_aggregation,  # type: ignore[arg-type]
         timeout_s=service.timeout_s(asked_ms), routing_key=routing_key,
     )
-    return Inferred(model, req.id, outputs(model, scores, req.outputs))
+    record = current.get()
+    return Inferred(model, req.id, outputs(model, scores, req.outputs), record.truncated if record else 0)

@@ -61,8 +61,11 @@ def inputs(texts: list[str], pairs: list[str] | None = None) -> list[tgrpc.Infer
     return tensors
 
 
-def http_v2(server, texts: list[str], pairs: list[str] | None = None, path="/v2/models/tiny/infer") -> dict:
+def http_v2(server, texts: list[str], pairs: list[str] | None = None, path="/v2/models/tiny/infer",
+            parameters: dict | None = None) -> dict:
     body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    if parameters:
+        body["parameters"] = parameters
     if pairs is not None:
         body["inputs"].append({"name": "text_pair", "shape": [len(pairs)], "datatype": "BYTES", "data": pairs})
     r = httpx.post(server.url + path, json=body, headers=AUTH, timeout=30)
@@ -123,6 +126,18 @@ def test_pairs_pinned_version_and_classification(client, server):
     top = client.infer("tiny", inputs(TEXTS[:1]), outputs=[tgrpc.InferRequestedOutput("scores", class_count=2)],
                        headers=AUTH).as_numpy("scores")
     assert top.shape == (1, 2) and all(re.fullmatch(rb"[0-9.]+:[0-2]:\w+", v) for v in top[0])
+
+
+def test_long_texts_read_whole_in_windows_or_cut_and_counted(client, server):
+    long = " ".join(TEXTS * 30)  # several windows of the tiny model's 64 tokens
+    texts = [TEXTS[0], long]
+    cut = client.infer("tiny", inputs(texts), headers=AUTH).get_response()
+    assert cut.parameters["truncated"].int64_param == 1
+    whole = client.infer("tiny", inputs(texts), headers=AUTH, parameters={
+        "truncate": False, "stride": 8, "window_aggregation": "max"})
+    assert whole.get_response().parameters["truncated"].int64_param == 0
+    http = http_v2(server, texts, parameters={"truncate": False, "stride": 8, "window_aggregation": "max"})
+    np.testing.assert_allclose(whole.as_numpy("scores"), np.array(http["scores"]["data"]).reshape(2, 3), atol=1e-6)
 
 
 def test_errors_are_status_codes_without_the_text(client, server):

@@ -126,7 +126,7 @@ def test_kserve_v2_text_pair_answers_as_predict(call, arch, binary):
     ("/predict", {"inputs": [["a", 3]]}, "inputs[0][1]: Input should be a valid string"),
     ("/predict", {"inputs": []}, "inputs: List should have at least 1 item"),
     ("/predict", {"inputs": [{"text": "a"}]}, "inputs[0].text_pair: Field required"),
-    ("/predict", {"inputs": [["great " * 40, "great " * 40]], "truncate": False}, "longer than the 64 tokens"),
+    ("/predict", {"inputs": [["great " * 70, "great"]], "truncate": False}, "the room the first text of a pair leaves"),
     ("/v2/models/bert/infer", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]},
                                           {"name": "text_pair", "datatype": "BYTES", "shape": [1], "data": ["c"]}]},
      "input 'text_pair' has 1 elements and 'text' 2"),

@@ -233,8 +233,8 @@ BAD = {
     "not a reranker": ("/rerank", {"model": "sentiment", "query": QUERY, "texts": [SECRET]}, "not a reranker"),
     "left truncation": ("/rerank", {"query": QUERY, "texts": [SECRET], "truncation_direction": "Left"},
                         "truncation_direction"),
-    "too long, no truncation": ("/rerank", {"query": QUERY, "texts": [SECRET + " word" * 200], "truncate": False},
-                                "truncate is false"),
+    "a query too long to window a document": ("/rerank", {"query": SECRET + " word" * 200, "texts": [SECRET],
+                                                          "truncate": False}, "first text of a pair leaves"),
 }
 
 
@@ -310,3 +310,22 @@ def test_schemathesis_fuzz_of_the_rerank_routes_finds_no_5xx_and_no_schema_viola
     assert metric(server.metrics_text(), "bertserve_requests_total", status="500") == 0
     assert httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": DOCUMENTS}, headers=AUTH,
                       timeout=30).status_code == 200
+
+
+def test_a_long_document_is_scored_by_its_best_window_when_read_whole(call):
+    """`truncate: false` (all three shapes): each window keeps the whole query, and the document's score is its
+    best window's (MaxP): the /predict max of the same pair's windows."""
+    long = " ".join(DOCUMENTS * 12)  # several windows of the tiny model's 64 tokens
+    documents = [DOCUMENTS[0], long]
+    windows = call("POST", "/predict", json={"inputs": [[QUERY, d] for d in documents], "model": "reranker",
+                                             "truncate": False, "window_aggregation": "max"})
+    assert windows.status_code == 200 and windows.headers["X-Truncated-Texts"] == "0"
+    best = [row[0]["score"] for row in windows.json()]
+    r = call("POST", "/rerank", json={"query": QUERY, "texts": documents, "truncate": False})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Truncated-Texts"] == "0"
+    assert {item["index"]: item["score"] for item in r.json()} == pytest.approx(dict(enumerate(best)), abs=1e-6)
+    cut = call("POST", "/v1/rerank", json={"query": QUERY, "documents": documents})
+    assert cut.headers["X-Truncated-Texts"] == "1"
+    first = {item["index"]: item["relevance_score"] for item in cut.json()["results"]}[1]
+    assert best[1] >= first - 1e-6  # the best window is at least the first (the cut document)

@@ -47,5 +47,11 @@ class Counting:
         self.tokens += sum(len(e.ids) + sum(len(o.ids) for o in e.overflowing) for e in out)
         return out
 
+    def encode(self, text, pair=None, *args, **kwargs):
+        out = self.inner.encode(text, pair, *args, **kwargs)
+        self.chars += len(text) + len(pair or "")
+        self.tokens += len(out.ids) + sum(len(o.ids) for o in out.overflowing)
+        return out
+
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -98,16 +98,24 @@ def counted(app):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_a_long_prediction_costs_what_max_length_allows(counted, size):
+def test_a_long_prediction_costs_what_max_length_allows(app, counted, size):
     call, tokenizer, runs, max_length = counted
+    served = app[1].tokenizer
     text = prose(size)
     r = call("POST", "/predict", json={"inputs": text})
     assert r.status_code == 200, r.text
     assert runs == [max_length]  # one sequence, cut to what the model reads
     assert tokenizer.chars <= CHARS_PER_TOKEN * max_length + 100  # one prefix, cut at the first break past the bound
     assert tokenizer.tokens <= CHARS_PER_TOKEN * max_length
-    refused = call("POST", "/predict", json={"inputs": text, "truncate": False})
-    assert refused.status_code == 422 and "truncate is false" in refused.json()["error"]
+    # Read whole (truncate false) it needs more windows than one request may make: refused, having read no more
+    # of it than the cap's windows could cover.
+    windowing = served._windowing = Counting(served.window_tokenizer())
+    try:
+        refused = call("POST", "/predict", json={"inputs": text, "truncate": False})
+    finally:
+        served._windowing = windowing.inner
+    assert refused.status_code == 422 and "BERTSERVE_MAX_REQUEST_SEQUENCES" in refused.json()["error"]
+    assert windowing.chars <= CHARS_PER_TOKEN * max_length * Settings().request_sequences_cap + SLACK
 
 
 @pytest.mark.parametrize("size", SIZES)

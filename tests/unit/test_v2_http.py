@@ -152,7 +152,7 @@ def test_requests_are_counted_like_predict(call):
 def test_openapi_documents_the_v2_routes(call):
     spec = call("GET", "/openapi.json").json()
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
-    assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 2  # text_pair
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]["maxItems"] == 3  # text_pair, candidate_labels
     assert "Inference-Header-Content-Length" in infer["description"]
     assert set(infer["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
     assert infer["security"] == [{"ClientKey": []}, {"AdminKey": []}]

@@ -56,6 +56,7 @@ def parse_infer(request: pb.ModelInferRequest) -> tuple[v2.Infer, bool]:
 def encode_response(inferred: v2.Inferred, raw: bool) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=inferred.model.name, model_version=str(inferred.model.version),
                                      id=inferred.id or "")
+    response.parameters["truncated"].int64_param = inferred.truncated  # texts the model read only in part
     for output in inferred.outputs:
         tensor = response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         values = output.values

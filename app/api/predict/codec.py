@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from app import zeroshot
 from app.api.predict.schemas import PredictRequest
-from app.errors import parse_json, validation_message
+from app.errors import InvalidInput, parse_json, validation_message
 
 TEXTS_ONLY = "list[constrained-str]"  # the texts-only branch of `inputs`: the mixed list's errors say more
 INPUT_FORMS = 'a text, a pair (a list of two texts, or {"text": ..., "text_pair": ...})'
@@ -61,3 +62,37 @@ def encode_predict(req: PredictRequest, labels: list[str], scores: np.ndarray) -
     top_k = req.parameters.top_k if req.parameters else None
     answers = [ranked(labels, row, top_k) for row in scores]
     return answers[0] if isinstance(req.inputs, (str, tuple)) and req.parameters is None else answers
+
+
+# ---- zero-shot classification (parameters.candidate_labels; the rules are app.zeroshot's) ----
+
+def zero_shot(req: PredictRequest) -> bool:
+    """Whether the request asks for zero-shot classification; a 422 for options that do not go with it (or that
+    go with it only)."""
+    params = req.parameters
+    if params is None or params.candidate_labels is None:
+        if params is not None and (params.hypothesis_template is not None or params.multi_label is not None):
+            raise InvalidInput("parameters.hypothesis_template and parameters.multi_label apply to zero-shot "
+                               "classification only: send parameters.candidate_labels too")
+        return False
+    if isinstance(req.inputs, tuple) or (isinstance(req.inputs, list) and
+                                         any(not isinstance(text, str) for text in req.inputs)):
+        raise InvalidInput("inputs: zero-shot classification takes texts, not pairs (each text is paired with "
+                           "each candidate label's hypothesis)")
+    clashing = [name for name, given in (("raw_scores", req.raw_scores), ("parameters.top_k", params.top_k),
+                                         ("parameters.function_to_apply", params.function_to_apply)) if given]
+    if clashing:
+        raise InvalidInput(f"{', '.join(clashing)}: not taken with parameters.candidate_labels (zero-shot scores "
+                           "are the pipeline's: every label, best first)")
+    return True
+
+
+def encode_zero_shot(req: PredictRequest, labels: list[str], scores: np.ndarray) -> Any:
+    """The zero-shot pipeline's answer: {sequence, labels, scores} (labels best first) for one text, a list of
+    them for a list, as the Hugging Face Inference API answers."""
+    texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    answers = []
+    for text, row in zip(texts, scores, strict=True):
+        _, ordered, values = zeroshot.ranked(labels, row)
+        answers.append({"sequence": text, "labels": ordered, "scores": values})
+    return answers[0] if isinstance(req.inputs, str) else answers

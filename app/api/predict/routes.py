@@ -9,7 +9,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.predict.codec import encode_predict, parse_predict
+from app import zeroshot
+from app.api.predict.codec import encode_predict, encode_zero_shot, parse_predict, zero_shot
 from app.api.predict.schemas import PredictRequest, PredictResponse
 from app.api.schemas import error_responses
 from app.api.transport import Call, LeanRoute, handle
@@ -37,16 +38,28 @@ async def predict(request: Request) -> Response:
 def _parse(call: Call) -> PredictRequest:
     req = parse_predict(call.body)
     call.model = req.model
+    zero_shot(req)  # its options checked before anything runs
     return req
 
 
 def _classify(call: Call, req: PredictRequest):
     service = call.service
+    if zero_shot(req):  # parameters.candidate_labels: app.zeroshot
+        params = req.parameters
+        assert params is not None and params.candidate_labels is not None
+        return zeroshot.classify(
+            service, [req.inputs] if isinstance(req.inputs, str) else req.inputs,  # type: ignore[list-item]
+            params.candidate_labels, hypothesis_template=params.hypothesis_template,
+            multi_label=bool(params.multi_label), model=req.model, version=req.version, truncate=req.truncate,
+            timeout_s=service.timeout_s(req.timeout_ms), routing_key=call.routing_key,
+        )
     return service.classify(
         [req.inputs] if isinstance(req.inputs, (str, tuple)) else req.inputs,  # one text or pair, or a list
         model=req.model,
         version=req.version,
         truncate=req.truncate,
+        stride=req.stride,
+        window_aggregation=req.window_aggregation,
         # None: the model head's function (softmax, sigmoid or none, by the text-classification pipeline's rule)
         function="none" if req.raw_scores else (req.parameters and req.parameters.function_to_apply) or None,
         timeout_s=service.timeout_s(req.timeout_ms),
@@ -54,6 +67,9 @@ def _classify(call: Call, req: PredictRequest):
     )
 
 
-def _encode(req: PredictRequest, answer: tuple[ServedModel, np.ndarray]) -> tuple[ServedModel, Any]:
+def _encode(req: PredictRequest, answer: tuple[ServedModel, np.ndarray] | zeroshot.ZeroShot
+            ) -> tuple[ServedModel, Any]:
+    if isinstance(answer, zeroshot.ZeroShot):
+        return answer.served, encode_zero_shot(req, answer.labels, answer.scores)
     model, scores = answer
     return model, encode_predict(req, model.config.labels, scores)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from app.scores import ScoreFunction
+from app.scores import ScoreFunction, WindowAggregation
 
 Text = Annotated[StrictStr, Field(min_length=1)]
 
@@ -36,6 +36,19 @@ class PredictParameters(BaseModel):
         None, description="Score function; by default the model head's, as transformers' text-classification "
         "pipeline chooses it: none for regression, sigmoid for multi-label or a single logit, else softmax."
     )
+    # Zero-shot classification (the Inference API's zero-shot-classification parameters; app.zeroshot).
+    candidate_labels: list[StrictStr] | StrictStr | None = Field(
+        None, description="Zero-shot classification with an NLI model: the labels to score each text against (a "
+        "string is comma-separated labels). Answers {sequence, labels, scores} per text, labels best first."
+    )
+    hypothesis_template: StrictStr | None = Field(
+        None, description="Zero-shot: each label's hypothesis, the label in place of {}. Default: "
+        "\"This example is {}.\""
+    )
+    multi_label: StrictBool | None = Field(
+        None, description="Zero-shot: false (default): scores over the labels sum to 1; true: each label scored on "
+        "its own (entailment against contradiction)."
+    )
 
 
 class PredictRequest(BaseModel):
@@ -55,7 +68,14 @@ class PredictRequest(BaseModel):
         description="One text, one pair ({\"text\": ..., \"text_pair\": ...}), or a list of texts and pairs "
         "(each pair a list of two strings or such an object; answered with one list of scores per input)."
     )
-    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
+    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length (the answer's "
+                                 "X-Truncated-Texts header counts them); false: read them whole, in overlapping "
+                                 "windows (a pair: its second text), whose scores make one answer.")
+    stride: int | None = Field(None, ge=0, description="truncate false: tokens consecutive windows share (below "
+                               "what a window holds). Default: a quarter of the model's max length.")
+    window_aggregation: WindowAggregation = Field(
+        "mean", description="truncate false: a long text's answer from its windows' scores: their mean, each "
+        "label's highest (max), or the first window's.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")
     model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
     version: int | None = Field(None, ge=1, description="Model version; default: the highest one serving.")

@@ -48,8 +48,9 @@ class TeiRerankRequest(Own):
     texts: Documents = Field(description="The documents, each scored against the query (at most "
                                          "BERTSERVE_MAX_RERANK_DOCUMENTS).")
     truncate: StrictBool = Field(True, description="Cut pairs longer than the model's max length (the longer side "
-                                 "first); false: 422. text-embeddings-inference's default is false; bertserve cuts, "
-                                 "as that server does with --auto-truncate.")
+                                 "first), as text-embeddings-inference does with --auto-truncate (its default is "
+                                 "false: a 422 there); false: read a long document whole, in windows each with the "
+                                 "whole query, scored by its best window (MaxP).")
     truncation_direction: Literal["Right", "right"] = Field("Right", description="Only Right: the end is cut.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of the head's scores (sigmoid).")
     return_text: StrictBool = Field(False, description="Return each document's text with its score.")

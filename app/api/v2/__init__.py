@@ -10,9 +10,11 @@ Triton's extensions that `tritonclient` uses are supported:
   the bytes); outputs asked for with `parameters.binary_data: true` (or request `parameters.binary_data_output`)
   come back the same way;
 - classification: `parameters.classification: k` on `scores` returns the k best as "score:index:label" strings.
-Request parameters: `timeout` (microseconds, as tritonclient sends it), `truncate` (bool, default true),
+Request parameters: `timeout` (microseconds, as tritonclient sends it), `truncate` (bool, default true; false:
+a long text is read whole in windows, `stride` (int) and `window_aggregation` (string) as /predict's),
 `function_to_apply` ("softmax", "sigmoid", "none": the `scores` function, by default the model head's, as
-transformers' text-classification pipeline chooses it; the label is the same whatever).
+transformers' text-classification pipeline chooses it; the label is the same whatever). The response's
+parameter `truncated` counts the texts the model read only in part.
 """
 
 from app.api.v2.routes import router

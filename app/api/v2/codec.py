@@ -69,8 +69,25 @@ def _column(tensor: RequestInput, binary: bytes, offset: int, split: int | None,
     return v2.check_texts(name, tensor.datatype, tensor.shape, texts), offset
 
 
-def parse_infer(body: bytes, header_length: str | None, model: str) -> v2.Infer:
-    """The request, checked against the model's inputs (`text`, and `text_pair` for pairs) and two outputs."""
+def _check_names(req: InferRequest, model: str, version: int | None) -> None:
+    """`model_name` and `model_version` in the body (the kserve SDK sends `model_name`): accepted when absent or
+    equal to the path's, refused (422) when they would change what the path asks for."""
+    if req.model_name and req.model_name != model:
+        raise InvalidInput(f"model_name {req.model_name!r} in the body differs from the model of the path "
+                           f"({model!r}): leave it out or make it the same")
+    if req.model_version:
+        named = v2.version_of(req.model_version)  # a positive integer, as the path's
+        if version is None:
+            raise InvalidInput(f"model_version {req.model_version!r} in the body names a version the path does not: "
+                               f"send it to /v2/models/{model}/versions/{named}/infer")
+        if named != version:
+            raise InvalidInput(f"model_version {req.model_version!r} in the body differs from the version of the "
+                               f"path ({version}): leave it out or make it the same")
+
+
+def parse_infer(body: bytes, header_length: str | None, model: str, version: int | None = None) -> v2.Infer:
+    """The request, checked against the model's inputs (`text`, and `text_pair` for pairs) and two outputs, and
+    against the path's model and `version` (None: the path names none) when the body names them too."""
     split = _header_length(header_length, len(body))
     header, binary = (body, b"") if split is None else (body[:split], body[split:])
     try:
@@ -79,6 +96,7 @@ def parse_infer(body: bytes, header_length: str | None, model: str) -> v2.Infer:
         raise InvalidInput(f"the request JSON is malformed: {exc}") from None
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc.errors())) from None
+    _check_names(req, model, version)
 
     columns: dict[str, list[str]] = {}
     offset = 0
@@ -107,6 +125,7 @@ def encode_response(inferred: v2.Inferred) -> tuple[bytes, int | None]:
     payload: dict[str, Any] = {"model_name": inferred.model.name, "model_version": str(inferred.model.version)}
     if inferred.id is not None:
         payload["id"] = inferred.id
+    payload["parameters"] = {"truncated": inferred.truncated}  # texts the model read only in part
     payload["outputs"] = outputs
     header = orjson.dumps(payload)
     return (header, None) if not buffers else (header + b"".join(buffers), len(header))

@@ -98,7 +98,7 @@ async def model_version_ready(name: str, version: Version, request: Request) -> 
 async def _infer(request: Request, name: str, version: int | None) -> Response:
     def parse(call: Call) -> v2.Infer:
         v2.require_model(call.service, name, version)  # an unknown model is 404 before its request is looked at
-        return parse_infer(call.body, request.headers.get(HEADER_LENGTH), name)
+        return parse_infer(call.body, request.headers.get(HEADER_LENGTH), name, version)
 
     def run(call: Call, parsed: v2.Infer):
         return v2.infer(call.service, name, version, parsed, call.routing_key)

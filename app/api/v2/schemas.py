@@ -8,7 +8,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from app.api.schemas import inline_schema
-from app.protocol.v2 import INPUT, INPUTS, OUTPUTS, PAIR_INPUT  # noqa: F401 (the names, kept by the protocol)
+from app.protocol.v2 import (  # noqa: F401 (the names, kept by the protocol)
+    INPUT,
+    INPUTS,
+    OUTPUTS,
+    PAIR_INPUT,
+    ZERO_SHOT_OUTPUTS,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -69,7 +75,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr = Field(json_schema_extra={"enum": list(OUTPUTS)})
+    name: StrictStr = Field(json_schema_extra={"enum": list(dict.fromkeys(OUTPUTS + ZERO_SHOT_OUTPUTS))})
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data (bool): return it in the binary part; classification (int, `scores` only)."
     )
@@ -83,12 +89,20 @@ class InferRequest(BaseModel):
              "data": ["This medicine worked wonders.", "Terrible side effects."]}]}]},
     )
 
-    id: StrictStr | None = None
+    id: StrictStr | None = Field(None, description="Echoed as the response's `id`.")
+    # What the protocol's reference clients send beside the inputs (the kserve SDK's InferRequest.to_rest: `id` and
+    # `model_name`): the path names the model; these may repeat it, never change it (another one: 422).
+    model_name: StrictStr | None = Field(None, description="The path's model, if given (another one: 422).")
+    model_version: StrictStr | None = Field(
+        None, description="Leave it out: the path names the version (`/versions/{v}/infer`); here it is a 422 unless "
+        "the route checks it equal to the path's.")
     parameters: dict[str, Any] | None = Field(
-        None, description="binary_data_output (bool), timeout (microseconds), truncate (bool), "
-        "function_to_apply (softmax, sigmoid or none; default: the model head's)."
+        None, description="binary_data_output (bool), timeout (microseconds), truncate (bool; false: long texts "
+        "read whole in windows), stride (int), window_aggregation (mean, max or first), "
+        "function_to_apply (softmax, sigmoid or none; default: the model head's); with the input `candidate_labels` "
+        "(zero-shot): hypothesis_template (string, the label in place of {}), multi_label (bool)."
     )
-    inputs: list[RequestInput] = Field(min_length=1, max_length=2)
+    inputs: list[RequestInput] = Field(min_length=1, max_length=len(INPUTS))
     outputs: list[RequestOutput] | None = None
 
 
@@ -113,6 +127,9 @@ INFER_DESCRIPTION = (
     "Classify the texts of the BYTES input `text` (shape [n] or [n, 1]), or text pairs: a second BYTES input "
     "`text_pair` of as many elements makes row k the pair (text[k], text_pair[k]); outputs `label` (BYTES [n]) and "
     "`scores` (FP32 [n, labels], labels in the order of the model metadata's `parameters.labels`).\n\n"
+    "Zero-shot classification (a model with an entailment label): a BYTES input `candidate_labels` ([k]) scores "
+    "every text against each label, as transformers' zero-shot-classification pipeline; outputs, each text's "
+    "labels best first: `label` (BYTES [n]), `labels` (BYTES [n, k]) and `scores` (FP32 [n, k], in that order).\n\n"
     f"Binary tensor extension (what tritonclient sends by default): with the header `{HEADER_LENGTH}: N` the "
     "first N bytes of the body are the JSON request and the rest the binary inputs, each "
     "`parameters.binary_data_size` bytes (BYTES elements: a 4-byte little-endian length, then UTF-8 bytes). "
