@@ -53,7 +53,7 @@ def build(repository: Path) -> Path:
     from app.cli import main as cli
     from app.lifecycle.demo import base_model
 
-    checkpoint = repository.parent / "nli-checkpoint"
+    checkpoint = repository / ".checkpoints" / NAME  # a dot-folder: never taken for a model
     labels = {0: "contradiction", 1: "neutral", 2: "entailment"}
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base_model()), num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
