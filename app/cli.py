@@ -109,6 +109,14 @@ def audit_verify(args: argparse.Namespace) -> None:
     print(f"bertserve audit verify: {len(args.files)} file(s): every chain is whole")
 
 
+def engines(args: argparse.Namespace) -> None:
+    overrides = {"model_repository": args.model_repository, "workers": args.workers, "batch_autotune": False}
+    settings = settings_or_exit(**{k: v for k, v in overrides.items() if v is not None})
+    from app.engine_cache import command
+
+    raise SystemExit(command(settings, args.model, args.remeasure))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bertserve", description="Serve BERT-family text classifiers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ssl-certfile", type=Path, help="PEM certificate: serve HTTPS (BERTSERVE_SSL_CERTFILE).")
     p.add_argument("--ssl-keyfile", type=Path, help="PEM private key (BERTSERVE_SSL_KEYFILE).")
     p.set_defaults(func=serve)
+
+    p = commands.add_parser("engines", help="Show the engine each model version serves with on this host, as "
+                            "recorded in the engine cache (BERTSERVE_ENGINE_CACHE); --remeasure: measure again.")
+    p.add_argument("--model-repository", type=Path, help="Model folder (BERTSERVE_MODEL_REPOSITORY, default models).")
+    p.add_argument("--workers", type=int, help="Workers the server runs with: the layout is part of the key "
+                   "(BERTSERVE_WORKERS, default 1).")
+    p.add_argument("--model", help="Only this model's versions (default: all).")
+    p.add_argument("--remeasure", action="store_true", help="Measure the engines again, loading each version as the "
+                   "server would (no server needed), and record the new choice.")
+    p.set_defaults(func=engines)
 
     p = commands.add_parser("audit", help="Work with the audit log (BERTSERVE_AUDIT_LOG).")
     verbs = p.add_subparsers(dest="verb", required=True)

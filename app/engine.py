@@ -67,6 +67,34 @@ def cpu_name() -> str:
     return f"{model}, AMX {yes['amx_bf16' in flags]}, AVX512-BF16 {yes['avx512_bf16' in flags]}"
 
 
+# CPU flags that change which engine is fastest (bf16 and INT8 matrix units): part of the engine cache's key.
+ENGINE_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+@functools.cache
+def cpu_features() -> dict[str, Any]:
+    """The CPU as the engine choice depends on it: model name and the flags of ENGINE_FLAGS it has."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": "unknown CPU", "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(info.split())
+    return {"model": model, "flags": [f for f in ENGINE_FLAGS if f in flags]}
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """The runtimes' versions (None: not installed) and onnxruntime's providers: part of the engine cache's key."""
+    try:
+        import openvino
+
+        openvino_version: str | None = openvino.__version__
+    except ImportError:
+        openvino_version = None
+    return {"onnxruntime": ort.__version__, "onnxruntime_providers": ",".join(ort.get_available_providers()),
+            "openvino": openvino_version}
+
+
 def available(provider: Provider) -> str | None:
     """None when this machine can open sessions on `provider`, else why not."""
     if provider == "openvino":

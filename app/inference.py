@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from app.scores import Head, ScoreFunction, WindowAggregation, aggregate
 from app.served import ServedModel
 from app.settings import Settings
 from app.tokenizer import TextInput
+
+if TYPE_CHECKING:
+    from app.tokens import Window
 
 log = logging.getLogger("bertserve.inference")
 
@@ -137,6 +141,85 @@ class Inference:
             return [window for text in found for window in text]  # type: ignore[misc]  # Encoded pass through
         return prepare
 
+    async def task_of(self, model: str | None, version: int | None, routing_key: str | None,
+                      timeout_s: float) -> str | None:
+        """The task of the version the router would pick for this request (for a transport to dispatch on), once
+        loading is done; None when none can be picked now (the request's own path then says why)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self.registry.loading:
+                    await self.registry.loaded()
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
+        try:
+            return self.router.resolve(model, version, routing_key).config.task
+        except Exception:  # noqa: BLE001 - unknown model, none loaded: answered by the request's own path
+            return None
+
+    async def label_tokens(
+        self,
+        texts: list[str],
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        truncate: bool = False,
+        stride: int | None = None,
+        timeout_s: float,
+        routing_key: str | None = None,
+    ) -> tuple[ServedModel, list[list[Window]], int]:
+        """A token-classification model's logits per token of each text (app.tokens: the rules): the version the
+        router picks, which must label tokens (else 422 naming it and its task); each text encoded with its
+        offsets in a worker thread — whole, in overlapping windows (truncate false: `stride` tokens shared,
+        default a quarter of max_length, all the request's windows within BERTSERVE_MAX_REQUEST_SEQUENCES) or cut
+        to max_length — and every sequence one submission to its batcher. Returns the version, per text its
+        windows (one when it fits), and the stride used."""
+        from app.tokens import check_model, windows_of
+
+        if len(texts) > self.settings.max_client_batch_size:
+            raise InvalidInput(f"{len(texts)} inputs in one request; the limit is {self.settings.max_client_batch_size}")
+        encoded: list[list] = []
+        used = [0]
+
+        async def prepare(served: ServedModel, inputs: list[TextInput]) -> list[TextInput]:
+            check_model(served)
+            tokenizer = served.tokenizer
+            if truncate:
+                found = [[e] for e in await asyncio.to_thread(tokenizer.encode_tokens, inputs)]  # type: ignore
+            else:
+                used[0] = tokenizer.default_stride() if stride is None else stride
+                found = await asyncio.to_thread(tokenizer.windows, inputs, used[0],
+                                                self.settings.request_sequences_cap, True)
+            for k, windows in enumerate(found):
+                if all(all(w.special) for w in windows):  # nothing but special tokens: nothing to label
+                    raise InvalidInput(f"inputs[{k}] holds no token to label (empty or only whitespace)")
+            encoded[:] = found
+            return [window for text in found for window in text]  # type: ignore[misc]  # Encoded pass through
+
+        served, rows = await self._run(texts, model, version, True, timeout_s, routing_key, prepare,  # type: ignore
+                                       tokens=True)
+        record = current.get()
+        if record is not None:
+            record.text_count, record.rows = len(texts), rows
+        counts = [len(windows) for windows in encoded]
+        firsts = np.cumsum([0, *counts[:-1]]).tolist()
+        timings = [timing for _, timing in rows]
+        cut = sum(any(t.truncated for t in timings[a:a + n]) for a, n in zip(firsts, counts, strict=True))
+        if cut:
+            served.metrics.truncated.inc(cut)
+        if record is not None:
+            record.truncated = cut
+        long = [n for n in counts if n > 1]
+        if long:
+            served.metrics.windowed_texts.inc(len(long))
+            served.metrics.windows.inc(sum(long))
+        served.metrics.observe_windows(sum(counts))
+        served.metrics.observe_timings([timings[a] for a in firsts])
+        if (shadow := self.router.shadow_of(served)) is not None:  # token answers are not compared (yet)
+            shadow.shadow_record.drop("labels", len(texts))
+        answers = [windows_of(windows, [row for row, _ in rows[a:a + n]])
+                   for windows, a, n in zip(encoded, firsts, counts, strict=True)]
+        return served, answers, used[0]
+
     async def explain(self, text: str, **options) -> Explanation:
         """One text's explanation (explain_many's options)."""
         return (await self.explain_many([text], **options))[0]
@@ -190,7 +273,7 @@ class Inference:
 
     async def _run(self, texts: list[TextInput], model: str | None, version: int | None, truncate: bool,
                    timeout_s: float, routing_key: str | None,
-                   prepare: Prepare | None = None) -> tuple[ServedModel, list]:
+                   prepare: Prepare | None = None, tokens: bool = False) -> tuple[ServedModel, list]:
         """Admission (draining), the deadline, the version the router picks, and one submission to its batcher
         (which refuses one that could never fit its queue: 422, not 429): the (row, timing) of each text (of the
         texts `prepare` makes for the version, when given)."""
@@ -203,6 +286,10 @@ class Inference:
                 # No await between choosing the version and entering its queue, so an unload that starts
                 # afterwards finds this request in the queue and waits for it.
                 served = self.router.resolve(model, version, routing_key)
+                if served.token_model and not tokens:  # its engine answers per token: none of the sequence tasks
+                    raise InvalidInput(f"model {served.name} (version {served.version}) is a token-classification "
+                                       "model: it answers entities (POST /predict, KServe V2 infer), not this "
+                                       "request's sequence scores")
                 if prepare is not None:
                     texts = await prepare(served, texts)
                     # It awaited: the version may have started unloading meanwhile; ask for it again.

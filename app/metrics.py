@@ -105,6 +105,15 @@ WINDOWED_TEXTS = Counter(
     "bertserve_windowed_texts", "Texts (or pairs) longer than the model's max length read whole in overlapping "
     "windows (truncate false), and the windows they made.", ["model", "version", "count"],
 )
+ENTITIES = Counter(
+    "bertserve_entities", "Entities a token-classification model answered, after aggregation, by the model's own "
+    "entity group (its labels without B-/I-; never a word or offset of the text).", ["model", "version", "entity"],
+)
+TOKEN_WINDOWS = Histogram(
+    "bertserve_token_windows_per_request", "Sequences (windows) one token-classification request made the model "
+    "read: one per text that fits, more for a longer text (truncate false).", ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 
 # Shadow versions (serving.json "shadow"): `version` is the shadow's, compared with whichever version answered.
 SHADOW_DECISIONS = Counter(

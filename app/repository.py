@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import ModelLoadError, validation_message
@@ -63,7 +64,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal[1] = 1
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal["text-classification", "token-classification"] = Field(
+        "text-classification", description="text-classification: a score per label per text (or pair); "
+        "token-classification: a label per token, answered as entities (app.tokens).")
     labels: list[str] = Field(min_length=1, description="The head's labels in id2label order (one for a single "
                               "logit or a regression value).")
     problem_type: ProblemType | None = Field(None, description="The checkpoint's problem_type; null: not recorded "
@@ -113,7 +116,12 @@ class Golden(BaseModel):
     # A pair model's golden inputs are pairs: ["text", "text_pair"] in JSON, a tuple here (app.tokenizer.TextInput).
     texts: list[str | tuple[str, str]] = Field(min_length=1)
     probabilities: list[list[float]] = Field(
+        default_factory=list,
         description="The head's scores of the fp32 PyTorch model (bertserve.json's function), one row per text.")
+    # A token model's form: per text, the softmax of each of its tokens (special ones too, cut to max_length).
+    token_probabilities: list[list[list[float]]] | None = Field(
+        None, description="A token-classification model: per text, per token, the fp32 PyTorch softmax over the "
+        "labels (probabilities is then empty); agreement is counted per token.")
     min_agreement: float = Field(ge=0, le=1, description="Least share of decisions equal to the reference.")
     max_prob_diff: float = Field(gt=0, description="Largest score difference to the reference.")
     source: str = Field("", description="Where the texts came from.")
@@ -126,8 +134,25 @@ class Golden(BaseModel):
             return f"max score difference {figures['max_prob_diff']:.4f} > {self.max_prob_diff}"
         return None
 
+    def reference(self) -> np.ndarray:
+        """The reference rows an engine's scores are compared with: one per text, or one per token of each text
+        in order (a token model)."""
+        if self.token_probabilities is not None:
+            return np.asarray([row for text in self.token_probabilities for row in text], dtype=np.float32)
+        return np.asarray(self.probabilities, dtype=np.float32)
+
+    def rows(self) -> list[list[float]]:
+        if self.token_probabilities is not None:
+            return [row for text in self.token_probabilities for row in text]
+        return self.probabilities
+
     @model_validator(mode="after")
     def _one_row_per_text(self) -> "Golden":
+        if self.token_probabilities is not None:
+            if self.probabilities or len(self.token_probabilities) != len(self.texts):
+                raise ValueError(f"{len(self.texts)} texts but {len(self.token_probabilities)} lists of token "
+                                 "probabilities (and probabilities must then be empty)")
+            return self
         if len(self.probabilities) != len(self.texts):
             raise ValueError(f"{len(self.texts)} texts but {len(self.probabilities)} rows of probabilities")
         return self
@@ -225,7 +250,7 @@ def read_golden(path: Path, labels: int, root: Path | None = None) -> Golden | N
     if not golden_path.is_file():
         return None
     golden = _read(Golden, inside(path.parent.parent if root is None else root, golden_path))
-    if any(len(row) != labels for row in golden.probabilities):
+    if any(len(row) != labels for row in golden.rows()):
         raise ModelLoadError(f"{golden_path}: rows of probabilities do not have the model's {labels} labels",
                              "invalid_config")
     return golden

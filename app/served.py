@@ -32,6 +32,25 @@ class ModelMetrics:
         self.truncated = metrics.TRUNCATED_TEXTS.labels(name, str(version))
         self.windowed_texts = metrics.WINDOWED_TEXTS.labels(name, str(version), "texts")
         self.windows = metrics.WINDOWED_TEXTS.labels(name, str(version), "windows")
+        self._key = (name, str(version))
+        self._entities: dict[str, Any] = {}  # a token model's entity groups' children, made on first count
+
+    def count_entities(self, groups: list[str]) -> None:
+        """A token model's entities, after aggregation, by group (the model's own labels without B-/I-)."""
+        for group in groups:
+            child = self._entities.get(group)
+            if child is None:
+                child = self._entities[group] = metrics.ENTITIES.labels(*self._key, group)
+            child.inc()
+
+    def observe_windows(self, count: int) -> None:
+        metrics.TOKEN_WINDOWS.labels(*self._key).observe(count)
+
+    def observe_timings(self, timings: list[Timing]) -> None:
+        for timing in timings:
+            self.tokenize.observe(timing.tokenize_s)
+            self.queue.observe(timing.queue_s)
+            self.inference.observe(timing.inference_s)
 
     def observe(self, scores: np.ndarray, timings: list[Timing]) -> None:
         """Per-request stage durations, and the predicted label mix and confidence for drift watching: the labels
@@ -123,6 +142,18 @@ class ServedModel:
     def encode(self, texts: list[TextInput]) -> list[Encoded]:
         return self.tokenizer.encode(texts)
 
+    @property
+    def token_model(self) -> bool:
+        """It labels tokens (task token-classification): its engine answers [tokens, labels] per sequence."""
+        return self.config.task == "token-classification"
+
+    @cached_property
+    def vocabulary(self):
+        """What the token-classification pipeline reads of the tokenizer (app.tokens.Vocabulary), made once."""
+        from app.tokens import Vocabulary
+
+        return Vocabulary.load(self.tokenizer.path)
+
     def infer(self, sequences: list[list[int]], type_ids: list[list[int] | None] | None = None,
               wide: bool = False) -> np.ndarray:
         """Run on an idle session, or on the wide one when the batcher says the batch runs alone (it never runs more
@@ -131,15 +162,24 @@ class ServedModel:
         input_ids, attention_mask = pad(sequences, self.tokenizer.pad_id)
         token_type_ids = None if type_ids is None else pad_types(type_ids, input_ids.shape[1])
         if wide:
-            return self.wide.run(input_ids, attention_mask, token_type_ids)
-        engine = self._idle.get()
-        try:
-            return engine.run(input_ids, attention_mask, token_type_ids)
-        finally:
-            self._idle.put(engine)
+            logits = self.wide.run(input_ids, attention_mask, token_type_ids)
+        else:
+            engine = self._idle.get()
+            try:
+                logits = engine.run(input_ids, attention_mask, token_type_ids)
+            finally:
+                self._idle.put(engine)
+        if self.token_model:  # [batch, width, labels]: each sequence's own tokens, padding sliced off
+            return [logits[row, :len(seq)] for row, seq in enumerate(sequences)]
+        return logits
 
     def describe(self) -> dict[str, Any]:
+        token = {"task": self.config.task}
+        if self.token_model:  # the windows' overlap when a request names none (app.tokens)
+            token |= {"default_stride": self.tokenizer.default_stride(), "default_aggregation_strategy": "simple",
+                      "truncate_default": False}
         return {
+            **token,
             "labels": self.config.labels,
             "problem_type": self.config.problem_type,
             "function": self.head.function,  # the scores' default function, by the pipeline's rule

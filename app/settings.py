@@ -62,12 +62,19 @@ class Settings(BaseSettings):
     )
     fidelity_margin: float = Field(
         0.05, ge=0, le=1, description="Among engines that pass the golden gate, the one most faithful to the golden "
-        "outputs serves if its measured rate is within this fraction of the fastest one's; 1: always the most "
-        "faithful, 0: always the fastest.",
+        "outputs serves unless a less faithful one is faster by more than this fraction and by more than the "
+        "measurement's confidence margin (at least 25 %: below it the gap is noise); 1: always the most faithful, "
+        "0: the fastest whenever the gap is beyond the confidence margin.",
     )
     openvino_precision: Literal["auto", "f32", "bf16"] = Field(
         "auto", description="Precision OpenVINO computes fp32 graphs in; auto: OpenVINO's own default (bf16 where the "
         "CPU has AMX or AVX512-BF16, else f32). A CPU without bf16 runs f32 whatever is asked; /models says which ran.",
+    )
+    engine_cache: Path | None = Field(
+        None, description="Folder recording each version's engine choice per host (CPU, cores, layout, runtimes, "
+        "artifact digests), so every start and worker serves the same engine; measured again when any of those "
+        "changes or on `bertserve engines --remeasure`. Default: .engine-cache in the model repository, or a "
+        "temp folder when the repository is read-only.",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="Intra-op threads per session; 0 = the worker's cores / sessions (OpenVINO: all of them)."

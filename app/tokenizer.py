@@ -38,6 +38,9 @@ class Encoded:
     ids: list[int]
     truncated: bool
     type_ids: list[int] | None = None  # None: all zero (every single text of the usual templates)
+    # Token models only (app.tokens): each token's character offsets into the text and its special-token mask.
+    offsets: list[tuple[int, int]] | None = None
+    special: list[int] | None = None
 
 
 class TextTokenizer:
@@ -56,6 +59,7 @@ class TextTokenizer:
         # Windows (truncate false) need per-request truncation settings (the stride): their own tokenizer, one
         # request at a time, so the batcher's is never reconfigured under it.
         self._path = path
+        self.path = path
         self._windowing: Tokenizer | None = None
         self._window_lock = threading.Lock()
 
@@ -63,19 +67,21 @@ class TextTokenizer:
         """The overlap between a long text's windows when a request names none: a quarter of max_length."""
         return self.max_length // 4
 
-    def windows(self, inputs: list[TextInput], stride: int, budget: int) -> list[list[Encoded]]:
+    def windows(self, inputs: list[TextInput], stride: int, budget: int, offsets: bool = False
+                ) -> list[list[Encoded]]:
         """Each input as the overlapping windows of at most max_length tokens that read all of it (one window when
         it fits): consecutive windows share `stride` tokens, as transformers' `return_overflowing_tokens` with
         `stride` makes them. A pair keeps its first text whole in every window and windows the second (as
         question answering does). Together at most `budget` windows: past it InvalidInput naming
         BERTSERVE_MAX_REQUEST_SEQUENCES, found before a text is read further than the budget's windows could
-        cover (a prefix, as _encode reads one). Blocking: call it in a worker thread."""
+        cover (a prefix, as _encode reads one). `offsets`: each window carries its tokens' character offsets and
+        special-token mask (token models). Blocking: call it in a worker thread."""
         with self._window_lock:
             self.window_tokenizer()
             out: list[list[Encoded]] = []
             left = budget
             for one in inputs:
-                out.append(self._windows_of(one, stride, left, budget))
+                out.append(self._windows_of(one, stride, left, budget, offsets))
                 left -= len(out[-1])
             return out
 
@@ -86,7 +92,8 @@ class TextTokenizer:
             self._windowing.no_padding()
         return self._windowing
 
-    def _windows_of(self, one: TextInput, stride: int, left: int, budget: int) -> list[Encoded]:
+    def _windows_of(self, one: TextInput, stride: int, left: int, budget: int, offsets: bool = False
+                    ) -> list[Encoded]:
         tokenizer = self._windowing
         assert tokenizer is not None
         pair = type(one) is not str
@@ -113,7 +120,7 @@ class TextTokenizer:
                                    "a smaller stride, or truncate true")
             whole = len(cut) == len(long)
             if whole or limit >= last_limit:
-                windows = [_typed(e, False) for e in found]
+                windows = [_with_offsets(e, False) if offsets else _typed(e, False) for e in found]
                 windows[-1].truncated = not whole  # read from its first characters only: counted as cut
                 return windows
             limit = min(limit * GROWTH, last_limit)
@@ -142,6 +149,12 @@ class TextTokenizer:
         for k, pair, e in zip(pairs, cut, self._tokenizer.encode_batch(cut), strict=True):
             out[k] = _typed(e, bool(e.overflowing) or pair != inputs[k])
         return out  # type: ignore[return-value]
+
+    def encode_tokens(self, texts: list[str]) -> list[Encoded]:
+        """Texts cut to max_length (as `encode`), each carrying its tokens' offsets and special-token mask (token
+        models, truncate true). Blocking: call it in a worker thread."""
+        return [_with_offsets(e, bool(e.overflowing) or read < len(text))
+                for text, (e, read) in zip(texts, self._encode(texts), strict=True)]
 
     def _shorten(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Each side cut to about what a pair may keep of it: a side with more tokens than max_length as a text
@@ -199,6 +212,13 @@ class TextTokenizer:
 def _typed(encoding: Encoding, truncated: bool) -> Encoded:
     types = encoding.type_ids
     return Encoded(encoding.ids, truncated, types if any(types) else None)
+
+
+def _with_offsets(encoding: Encoding, truncated: bool) -> Encoded:
+    """A token model's sequence: ids, offsets and special-token mask (texts only: no type ids)."""
+    types = encoding.type_ids
+    return Encoded(encoding.ids, truncated, types if any(types) else None, encoding.offsets,
+                   encoding.special_tokens_mask)
 
 
 def _read(encoding: Encoding) -> int:

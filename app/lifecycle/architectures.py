@@ -15,29 +15,29 @@ class UnsupportedArchitecture(LifecycleError):
     exit_status = 2
 
 
-def exportable() -> list[str]:
-    """The model types optimum-onnx exports for text classification, from its registry."""
+def exportable(task: str = TASK) -> list[str]:
+    """The model types optimum-onnx exports for `task` (text classification), from its registry."""
     import optimum.exporters.onnx.model_configs  # noqa: F401 - registers the ONNX configs with the TasksManager
     from optimum.exporters.tasks import TasksManager
 
-    return sorted(TasksManager.get_supported_model_type_for_task(TASK, exporter="onnx"))
+    return sorted(TasksManager.get_supported_model_type_for_task(task, exporter="onnx"))
 
 
-def check_architecture(config, source: str) -> None:
+def check_architecture(config, source: str, task: str = TASK) -> None:
     """One line naming what can be exported when optimum cannot export this model type for text classification,
     or would give its graph inputs the server does not feed (layoutlm's bbox, for one)."""
     from optimum.exporters.tasks import TasksManager
 
-    types = exportable()
+    types = exportable(task)
     if config.model_type not in types:
         raise UnsupportedArchitecture(
-            f"{source}: optimum-onnx cannot export architecture {config.model_type!r} for {TASK}; "
+            f"{source}: optimum-onnx cannot export architecture {config.model_type!r} for {task}; "
             f"it can export: {', '.join(types)}"
         )
     constructor = TasksManager.get_exporter_config_constructor(
-        "onnx", task=TASK, model_type=config.model_type, library_name="transformers"
+        "onnx", task=task, model_type=config.model_type, library_name="transformers"
     )
-    extra = sorted(set(constructor(config, task=TASK).inputs) - set(FED_INPUTS))
+    extra = sorted(set(constructor(config, task=task).inputs) - set(FED_INPUTS))
     if extra:
         raise UnsupportedArchitecture(
             f"{source}: optimum-onnx exports {config.model_type!r} with inputs {extra} that bertserve does not "

@@ -54,6 +54,9 @@ def metrics(measured: dict[str, Any], artifact: str, prefix: str, against: str |
     if f"{prefix}macro_f1" in measured:
         found.append({"type": "f1", "value": measured[f"{prefix}macro_f1"], "name": f"{artifact} macro-F1",
                       "args": {"average": "macro"}})
+    if against and "entity_f1" in measured:  # a token classifier's gate: its entities against the reference's
+        found.append({"type": "f1", "value": measured["entity_f1"], "name": f"{artifact} entity F1 against {against}",
+                      "args": {"average": "micro"}})
     if against and "agreement" in measured:
         found.append({"type": "agreement", "value": measured["agreement"],
                       "name": f"{artifact} decision agreement with {against}"})
@@ -78,14 +81,14 @@ def gate_metrics(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def metadata(name: str, config: ModelConfig, report: dict[str, Any], base: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"pipeline_tag": config.task, "tags": ["bertserve", "onnx", "text-classification"]}
+    meta: dict[str, Any] = {"pipeline_tag": config.task, "tags": ["bertserve", "onnx", config.task]}
     if hub_id(base):
         meta["base_model"] = hub_id(base)
     found = gate_metrics(report)
     if found:
         dataset = bare(report.get("gate", {}).get("data", UNKNOWN))
         meta["model-index"] = [{"name": name, "results": [{
-            "task": {"type": config.task, "name": "Text Classification"},
+            "task": {"type": config.task, "name": config.task.replace("-", " ").title()},
             "dataset": {"name": dataset, "type": dataset},
             "metrics": found,
         }]}]
@@ -130,7 +133,10 @@ def options_section(checkpoint: dict[str, Any] | None, config: ModelConfig, repo
     gate = report.get("gate", {})
     lines.append(f"- Export: max_length {config.max_length}, artifacts "
                  + ", ".join(f"{a.file} ({a.numerics})" for a in config.artifacts))
-    if gate:
+    if gate and "entity_f1" in gate:  # a token classifier's gate (app.lifecycle.gate.compare_entities)
+        lines.append(f"- INT8 gate: entity F1 against fp32's entities >= {gate.get('threshold')} (token-label "
+                     "agreement recorded)")
+    elif gate:
         lines.append(f"- INT8 gate: agreement >= {gate.get('min_agreement')}, accuracy loss <= "
                      f"{gate.get('max_accuracy_loss')}, score drift <= {gate.get('max_drift_share')} of the spread")
     return lines + [""]
@@ -159,7 +165,16 @@ def gate_section(report: dict[str, Any]) -> list[str]:
         lines += [f"The fp32 ONNX graph matches PyTorch within {report['parity_max_prob_diff']} (largest score "
                   "difference).", ""]
     attempts = gate.get("attempts", [])
-    if attempts:
+    if attempts and "entity_f1" in gate:
+        lines += [f"INT8 against fp32 on {bare(gate.get('data', UNKNOWN))} ({gate.get('texts')} texts): INT8's "
+                  "entities against fp32's (seqeval micro-F1 on the tokens' BIO tags) and the share of tokens whose "
+                  "label agrees:", ""]
+        lines += table(["recipe", "entity F1", "entity precision", "entity recall", "token agreement", "MB",
+                        "verdict"],
+                       [[a["recipe"], a.get("entity_f1"), a.get("entity_precision"), a.get("entity_recall"),
+                         a.get("token_agreement"), a.get("size_mb"), "passed" if a.get("passed") else a.get("why")]
+                        for a in attempts])
+    elif attempts:
         lines += [f"INT8 against fp32 on {bare(gate.get('data', UNKNOWN))} ({gate.get('texts')} texts), the remedies "
                   "tried cheapest first (keep the MatMuls whose quantization moves the output most in fp32, then the "
                   "embeddings):", ""]

@@ -11,6 +11,15 @@ from app.repository import file_sha256
 from app.tokenizer import TextInput
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def checkpoint_task(config) -> str:
+    """The task a checkpoint's head serves: token-classification for a `*ForTokenClassification` one, else
+    text-classification."""
+    if any(a.endswith("ForTokenClassification") for a in config.architectures or []):
+        return "token-classification"
+    return "text-classification"
 
 
 def read_checkpoint(source: Path):
@@ -22,10 +31,10 @@ def read_checkpoint(source: Path):
     if not (source / "config.json").is_file():
         raise LifecycleError(f"{source}: no config.json; give a fine-tuned Hugging Face model folder (bertserve train)")
     config = AutoConfig.from_pretrained(source)
-    check_architecture(config, str(source))
-    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+    check_architecture(config, str(source), checkpoint_task(config))
+    if not any(a.endswith(HEADS) for a in config.architectures or []):
         raise LifecycleError(
-            f"{source}: a {config.architectures} checkpoint, not a sequence classifier; fine-tune it first "
+            f"{source}: a {config.architectures} checkpoint, not a sequence or token classifier; fine-tune it first "
             "with `bertserve train`"
         )
     try:
@@ -48,7 +57,7 @@ def check_inputs(config, tokenizer, source: Path) -> None:
 
     import transformers
 
-    name = next(a for a in config.architectures if a.endswith("ForSequenceClassification"))
+    name = next(a for a in config.architectures if a.endswith(HEADS))
     model_class = getattr(transformers, name, None)
     if model_class is None:  # not a transformers class: nothing to check it against
         return

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # The packages of pyproject.toml's extras that the lifecycle commands import (import name: extra).
-EXTRA_OF = {name: "export" for name in ("torch", "transformers", "optimum", "onnx", "sklearn", "tqdm")}
+EXTRA_OF = {name: "export" for name in ("torch", "transformers", "optimum", "onnx", "sklearn", "tqdm", "seqeval")}
 EXTRA_OF["onnxruntime"] = "cpu"
 
 
@@ -66,6 +66,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="Model repository folder (default: rerankers, apart from the sentiment demo's models).")
     p.set_defaults(func=_lazy("demo_reranker"))
 
+    p = commands.add_parser("build-demo-ner", help="Fine-tune the demo token classifier: MiniLM-L6 finding the drug "
+                            "and the condition a review names (distant labels), and publish it where export takes "
+                            "token models (default repository: ner-models).")
+    p.add_argument("--model-repository", default="ner-models",
+                   help="Model repository folder (default: ner-models; the checkpoint goes to its .checkpoints).")
+    p.set_defaults(func=_lazy("demo_ner"))
+
     p = commands.add_parser("demo-data", help="Write the demo's drug reviews as train.csv / test.csv (text,label).")
     p.add_argument("output", help="Folder to write into.")
     p.set_defaults(func=_lazy("demo_data"))
@@ -76,7 +83,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "label column's classes, or with --one-logit one logit (a reranker). It trains no multi-label or regression "
         "head: fine-tune those with transformers (problem_type multi_label_classification or regression); export, "
         "evaluate and the server take them.")
-    p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
+    p.add_argument("--task", choices=["text-classification", "token-classification"], default="text-classification",
+                   help="token-classification: a token classifier (NER) on a CoNLL-style file (token and BIO tag "
+                        "per line, blank line between sentences) or JSONL ({\"text\", \"entities\": [{\"start\", "
+                        "\"end\", \"label\"}]}); the column options do not apply, and early stopping follows the validation "
+                        "entity micro-F1 (default: %(default)s).")
+    p.add_argument("--data", required=True, help="CSV or TSV file with a header line (a token classifier: .conll/.txt "
+                   "CoNLL, or .jsonl).")
     p.add_argument("--text-column", default="text", help="Column holding the text (default: %(default)s).")
     p.add_argument("--label-column", default="label",
                    help="Column holding the class label, one per row (default: %(default)s).")
@@ -111,12 +124,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="Offline graph optimisation (the server applies the same fusions at load anyway).")
     p.add_argument("--max-length", type=int, help="Tokens per text (default: the length the checkpoint was trained "
                    "with, from its report.json (bertserve train); else the tokenizer's limit, at most 512).")
-    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="CSV/TSV texts (labels optional) for the gate.")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="CSV/TSV texts (labels optional) for the gate; "
+                   "for a token classifier also CoNLL (.conll/.txt) or JSONL (.jsonl) files, their texts.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     _pair_column(p)
-    p.add_argument("--min-agreement", type=float, default=0.97,
-                   help="Least share of identical decisions, int8 vs fp32 (default 0.97).")
+    p.add_argument("--min-agreement", "--int8-min-agreement", dest="min_agreement", type=float, default=None,
+                   help="The int8 gate: least share of identical decisions, int8 vs fp32 (default 0.97); for a token "
+                        "classifier (NER) least entity-level F1 of int8's entities against fp32's on the gate texts "
+                        "(default 0.95; token-label agreement is recorded).")
     p.add_argument("--max-accuracy-loss", type=float, default=0.01,
                    help="Most accuracy int8 may lose against fp32 when labels are known (default 0.01).")
     p.add_argument("--max-drift-share", type=float, default=0.02,
@@ -171,8 +187,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("distill", settings=lambda args: {}))
 
     p = commands.add_parser("evaluate", help="Score a published model on labelled data, through the serving code.")
-    p.add_argument("model", help="NAME or NAME:VERSION (default: the latest version).")
-    p.add_argument("--data", required=True, help="CSV or TSV file with a header line.")
+    p.add_argument("model", nargs="?", help="NAME or NAME:VERSION (default: the latest version).")
+    p.add_argument("--checkpoint", metavar="DIR", help="Instead of a published model: a token classifier's "
+                   "checkpoint folder (bertserve train --task token-classification), scored in PyTorch fp32 with "
+                   "seqeval (entity precision, recall, F1 per type, micro and macro; token accuracy).")
+    p.add_argument("--max-length", type=int, help="With --checkpoint: tokens per text (default: the training "
+                   "length from its report.json).")
+    p.add_argument("--data", required=True, help="CSV or TSV file with a header line (a token classifier, published "
+                   "or --checkpoint: CoNLL, or .jsonl with character spans).")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label",
                    help="The row's label: a class name; for a multi-label model its labels separated by '|'; for a "

@@ -231,3 +231,195 @@ def demo_split(split: str) -> tuple[list[str], list[str]]:
         text = archive.read(member).decode("utf-8")
     rows = parse_table(text, "\t", member)
     return [clean_review(r["review"]) for r in rows], [r["rating"].strip() for r in rows]
+
+
+# ---- token classification (NER): CoNLL-style and JSONL span files, BIO (IOB2) tags ----
+#
+# Tags are O, B-TYPE or I-TYPE. An I-TYPE that follows O or another type is accepted: it starts an entity, as
+# seqeval's default (lenient, conlleval-like) mode reads it, and as `bertserve evaluate` scores it. E-/S- (IOBES)
+# and bare tags are refused.
+
+OUTSIDE = "O"
+
+
+@dataclass
+class TaggedWords:
+    """A CoNLL sentence: its words (the first column) and their tags (the last); `where` is file:line."""
+
+    words: list[str]
+    tags: list[str]
+    where: str
+
+
+@dataclass
+class SpanText:
+    """A JSONL example: a text and its entities as character spans [start, end) with a type."""
+
+    text: str
+    spans: list[tuple[int, int, str]]
+    where: str
+
+
+TokenExample = TaggedWords | SpanText
+
+
+def check_tag(tag: str, where: str) -> str:
+    if tag == OUTSIDE or (tag[:2] in ("B-", "I-") and tag[2:].strip() == tag[2:] and tag[2:]):
+        return tag
+    raise LifecycleError(f"{where}: tag {tag!r} is not O, B-TYPE or I-TYPE (BIO / IOB2 tags)")
+
+
+def entity_types(tags) -> list[str]:
+    return sorted({tag[2:] for tag in tags if tag != OUTSIDE})
+
+
+def token_label_order(types) -> list[str]:
+    """A token classifier's labels: O first, then B-TYPE, I-TYPE for each entity type in sorted order."""
+    return [OUTSIDE] + [f"{prefix}-{kind}" for kind in sorted(set(types)) for prefix in ("B", "I")]
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise LifecycleError(f"{path}: cannot read ({exc.strerror}); give an existing CoNLL or JSONL file") from None
+    except UnicodeDecodeError:
+        raise LifecycleError(f"{path}: not UTF-8 text; give a UTF-8 CoNLL or JSONL file") from None
+
+
+def read_conll(path: Path) -> list[TaggedWords]:
+    """Sentences of a CoNLL-style file: one token per line, whitespace-separated columns, the token first and its
+    tag last (CoNLL-2003's 4 columns or just 2); a blank line between sentences; -DOCSTART- lines skipped."""
+    sentences: list[TaggedWords] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start = 0
+    for number, line in enumerate(_read_lines(path), 1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if words:
+                sentences.append(TaggedWords(words, tags, f"{path}:{start}"))
+            words, tags = [], []
+            continue
+        where = f"{path}:{number}"
+        if len(fields) < 2:
+            raise LifecycleError(f"{where}: {line.strip()!r} has one column; a CoNLL line is a token and its tag "
+                                 "(the last column), separated by whitespace")
+        if not words:
+            start = number
+        words.append(fields[0])
+        tags.append(check_tag(fields[-1], where))
+    if words:
+        sentences.append(TaggedWords(words, tags, f"{path}:{start}"))
+    if not sentences:
+        raise LifecycleError(f"{path}: no tagged tokens (a CoNLL file has a token and its tag per line)")
+    return sentences
+
+
+def read_span_jsonl(path: Path) -> list[SpanText]:
+    """Examples of a JSONL file: one object per line, {"text": ..., "entities": [{"start", "end", "label"}]}, the
+    spans character offsets [start, end) into the text, not overlapping. Blank lines skipped."""
+    import json
+
+    examples = []
+    for number, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LifecycleError(f"{where}: not a JSON object ({exc.msg}); a JSONL file has one object per "
+                                 "line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise LifecycleError(f"{where}: no \"text\" string; a line is {{\"text\": ..., \"entities\": "
+                                 "[{\"start\": ..., \"end\": ..., \"label\": ...}]}")
+        text, entities = row["text"], row.get("entities", [])
+        if not isinstance(entities, list):
+            raise LifecycleError(f"{where}: \"entities\" is not a list")
+        spans = []
+        for entity in entities:
+            start, end, label = (entity.get(k) if isinstance(entity, dict) else None for k in ("start", "end", "label"))
+            if not (type(start) is int and type(end) is int and isinstance(label, str) and label.strip()):
+                raise LifecycleError(f"{where}: entity {entity!r} needs integer \"start\" and \"end\" and a "
+                                     "\"label\" string")
+            if label.startswith(("B-", "I-")) or label == OUTSIDE or label != label.strip():
+                raise LifecycleError(f"{where}: entity label {label!r} is a type (e.g. DRUG), not a BIO tag")
+            if not 0 <= start < end <= len(text):
+                raise LifecycleError(f"{where}: entity span [{start}, {end}) is out of range for a text of "
+                                     f"{len(text)} characters (start < end, 0-based, end exclusive)")
+            spans.append((start, end, label))
+        spans.sort()
+        for (s1, e1, l1), (s2, e2, l2) in zip(spans, spans[1:]):
+            if s2 < e1:
+                raise LifecycleError(f"{where}: entities [{s1}, {e1}) {l1} and [{s2}, {e2}) {l2} overlap; BIO tags "
+                                     "give each word one entity")
+        examples.append(SpanText(text, spans, where))
+    if not examples:
+        raise LifecycleError(f"{path}: no examples (one JSON object per line)")
+    return examples
+
+
+def read_token_data(path: Path) -> list[TokenExample]:
+    """CoNLL sentences, or JSONL span examples for a .jsonl / .json file."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return read_span_jsonl(path)
+    return read_conll(path)
+
+
+def example_types(examples: list[TokenExample]) -> list[str]:
+    return sorted({t for e in examples for t in (entity_types(e.tags) if isinstance(e, TaggedWords)
+                                                 else (label for _, _, label in e.spans))})
+
+
+def word_tags(spans: list[tuple[int, int, str]], words: list[tuple[int, int]]) -> list[str]:
+    """BIO tags of words (character ranges [start, end)) from entity spans: a word overlapping a span is in it; the
+    first such word is B-TYPE, the next ones I-TYPE."""
+    tags, current = [], None
+    for start, end in words:
+        inside = next((span for span in spans if start < span[1] and span[0] < end), None)
+        tags.append(OUTSIDE if inside is None else f"{'I' if inside == current else 'B'}-{inside[2]}")
+        current = inside
+    return tags
+
+
+# ---- the demo token classifier's distant labels ----
+
+DEMO_TYPES = ("COND", "DRUG")
+
+
+def debris(condition: str) -> bool:
+    """A condition field that is the scraped page's HTML, not a condition."""
+    return "</span>" in condition or "users found this comment helpful" in condition
+
+
+def mentions(text: str, name: str) -> list[tuple[int, int]]:
+    """Where `name` occurs in `text`, case-insensitive, on word boundaries."""
+    import re
+
+    if not name:
+        return []
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE)]
+
+
+def distant_example(review: str, drug: str, condition: str, where: str) -> SpanText:
+    """A review with its own drug name (DRUG) and condition (COND) tagged where it names them: distant supervision,
+    so mentions by another name (a brand for a generic, "bc" for birth control) stay O. A mention overlapping an
+    earlier (or longer, at the same start) one is dropped."""
+    found = sorted([(s, e, "DRUG") for s, e in mentions(review, drug.strip())]
+                   + ([] if debris(condition) else [(s, e, "COND") for s, e in mentions(review, condition.strip())]),
+                   key=lambda span: (span[0], -span[1]))  # at one start, the longer mention wins
+    spans: list[tuple[int, int, str]] = []
+    for span in found:
+        if not spans or span[0] >= spans[-1][1]:
+            spans.append(span)
+    return SpanText(review, spans, where)
+
+
+def demo_ner_split(split: str) -> list[SpanText]:
+    """The 600 'train' or 379 'test' reviews with their distant DRUG / COND spans (most are all O)."""
+    member = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}[split]
+    with zipfile.ZipFile(demo_zip()) as archive:
+        rows = parse_table(archive.read(member).decode("utf-8"), "\t", member)
+    return [distant_example(clean_review(r["review"]), r["drugName"] or "", r["condition"] or "", f"{member} row {i + 1}")
+            for i, r in enumerate(rows)]

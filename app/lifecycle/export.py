@@ -18,10 +18,20 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
-from app.lifecycle.checkpoint import choose_max_length, read_checkpoint, trained_on_pairs
+from app.lifecycle.checkpoint import checkpoint_task, choose_max_length, read_checkpoint, trained_on_pairs
 from app.lifecycle.data import BUILTIN_PAIRS, BUILTIN_SAMPLE, read_gate_data
 from app.lifecycle.figures import classification_figures
-from app.lifecycle.gate import Gate, GateData, TeacherReference, compare, judge_student, verdict
+from app.lifecycle.gate import (
+    TOKEN_MIN_ENTITY_F1,
+    Gate,
+    GateData,
+    TeacherReference,
+    compare,
+    compare_entities,
+    entity_verdict,
+    judge_student,
+    verdict,
+)
 from app.lifecycle.golden import golden_sample, reference_with_parity, store_golden
 from app.lifecycle.publish import check_name, publish, staging
 from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
@@ -30,6 +40,7 @@ from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, w
 from app.scores import Head
 from app.tokenizer import TextTokenizer
 
+TOKEN_TASK = "token-classification"
 # Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
 SENSITIVITY_TEXTS, SENSITIVITY_LENGTH = 32, 64
 ARTIFACTS = {
@@ -92,7 +103,7 @@ def quiet_libraries() -> None:
     logging.getLogger("optimum").setLevel(logging.ERROR)
 
 
-def export_fp32(source: Path, work: Path, optimize: str) -> Path:
+def export_fp32(source: Path, work: Path, optimize: str, task: str = "text-classification") -> Path:
     from optimum.exporters.onnx import main_export
 
     quiet_libraries()
@@ -100,7 +111,7 @@ def export_fp32(source: Path, work: Path, optimize: str) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about constants: the parity check is the real test
-            main_export(str(source), output=out, task="text-classification", do_validation=False)
+            main_export(str(source), output=out, task=task, do_validation=False)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many unrelated types
         raise LifecycleError(f"{source}: ONNX export failed: {str(exc).splitlines()[0]}") from None
     if optimize == "none":
@@ -132,22 +143,41 @@ def quantize_behind_gate(
     into gate_report["attempts"]. Returns the int8 artifact (None when none passed) and its probabilities."""
     target = ARTIFACTS["int8"]
     attempts = gate_report.setdefault("attempts", [])
+    tokens = config.task == TOKEN_TASK
+    # A token model: its gate texts' tokens, to read each text's BIO tags off the per-token rows (gate.token_tags).
+    encoded = (TextTokenizer(folder / TOKENIZER_FILE, config.max_length).encode_tokens(data.texts)  # type: ignore
+               if tokens else None)
 
     def attempt(recipe: Recipe) -> np.ndarray | None:
         quantize(fp32_graph, folder / target.file, recipe, optimized=request.optimize != "none")
         probs, cost = measure(folder, config, target, data)
-        figures = compare(reference, probs, data, config.head)
-        why = verdict(figures, request.gate)
+        if tokens:
+            figures = compare_entities(reference, probs, encoded, config.head)
+            why = entity_verdict(figures, request.gate)
+        else:
+            figures = compare(reference, probs, data, config.head)
+            why = verdict(figures, request.gate)
         attempts.append({"recipe": recipe.describe(), **figures, **cost, "passed": why is None, "why": why})
-        say(f"  {recipe.describe()}: agreement {figures['agreement']:.4f}, max prob diff "
-            f"{figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, {cost['sequences_per_s']} seq/s"
-            + (f" -> rejected: {why}" if why else " -> passes"))
+        measured = (f"entity F1 {figures['entity_f1']:.4f}, token agreement {figures['token_agreement']:.4f}"
+                    if tokens else f"agreement {figures['agreement']:.4f}")
+        say(f"  {recipe.describe()}: {measured}, max prob diff {figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, "
+            f"{cost['sequences_per_s']} seq/s" + (f" -> rejected: {why}" if why else " -> passes"))
         return probs if why is None else None
 
-    say(f"quantizing to int8, gate: agreement >= {request.gate.min_agreement}, accuracy loss <= "
-        f"{request.gate.max_accuracy_loss} on {len(data.texts)} texts ({data.source})")
+    if tokens:
+        say(f"quantizing to int8, gate: entity F1 against fp32's entities >= {request.gate.min_agreement} on "
+            f"{len(data.texts)} texts ({data.source})")
+    else:
+        say(f"quantizing to int8, gate: agreement >= {request.gate.min_agreement}, accuracy loss <= "
+            f"{request.gate.max_accuracy_loss} on {len(data.texts)} texts ({data.source})")
     probs = attempt(Recipe(per_channel=True))
-    if probs is None:
+    if tokens:  # gated by entities
+        gate_report["int8_gate"] = (
+            "entity-level micro-F1 (seqeval, default mode) of INT8's entities against fp32's, from the BIO tags of "
+            f"the gate texts' tokens (special tokens left out), >= {request.gate.min_agreement}; token-label "
+            "agreement recorded")
+        gate_report["threshold"] = request.gate.min_agreement
+    if probs is None:  # a token model's MatMuls ranked by their effect on every token's scores (padding included)
         say("  measuring each MatMul's effect on the output ...")
         tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
         ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS],
@@ -160,6 +190,9 @@ def quantize_behind_gate(
             probs = attempt(recipe)
             if probs is not None:
                 break
+    if tokens:  # the published attempt's figures, else the closest miss's
+        kept = next((a for a in attempts if a["passed"]), max(attempts, key=lambda a: a["entity_f1"]))
+        gate_report["entity_f1"], gate_report["token_agreement"] = kept["entity_f1"], kept["token_agreement"]
     if probs is None:
         (folder / target.file).unlink()
         return None, None
@@ -172,6 +205,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
     started = time.perf_counter()
     check_name(request.name)
     hf_config, tokenizer = read_checkpoint(request.source)
+    task = checkpoint_task(hf_config)
     labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
     max_length, why = choose_max_length(hf_config, tokenizer, request.max_length, request.source)
     if request.max_length is None:  # chosen here: say which and why
@@ -185,7 +219,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
     with staging(request.repository, request.name) as folder:
         work = folder / ".work"
         say(f"exporting {request.source} to ONNX ...")
-        fp32_graph = export_fp32(request.source, work, request.optimize)
+        fp32_graph = export_fp32(request.source, work, request.optimize, task)
         shutil.copyfile(fp32_graph, folder / ARTIFACTS["fp32"].file)
         tokenizer.save_pretrained(folder)
         fp32 = ARTIFACTS["fp32"].model_copy(
@@ -193,7 +227,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
         )
         # The head as the pipeline reads it: labels in id2label order, problem_type, the score function they imply.
         head = Head(tuple(labels), hf_config.problem_type)
-        config = ModelConfig(labels=labels, problem_type=head.problem_type, function=head.function,
+        config = ModelConfig(task=task, labels=labels, problem_type=head.problem_type, function=head.function,
                              max_length=max_length, artifacts=[fp32])
         write_config(folder, config)
 
@@ -238,6 +272,7 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
                 config = config.model_copy(update={"regression_bound": honest})
                 if request.teacher is not None:  # what the CPU will serve, against the teacher: recorded
                     report["teacher_gate"]["int8"] = judge_student(request.teacher, int8_probs, data, config.head)
+            report["gate"]["published"] = [a.precision for a in artifacts]  # int8 beside fp32, or fp32 alone
         elif request.quantize == "fp16":
             artifacts.insert(0, add_fp16(folder, fp32_graph, config, data, reference, report))
         if data.truth is not None and config.head.single_label:  # class labels
@@ -272,21 +307,42 @@ def add_fp16(folder: Path, fp32_graph: Path, config: ModelConfig, data: GateData
     return artifact
 
 
+TOKEN_DATA_SUFFIXES = (".conll", ".txt", ".jsonl", ".json")
+
+
+def token_gate_data(paths: list[Path]) -> GateData:
+    """A token model's gate texts from CoNLL (each sentence's words joined by spaces) or JSONL (the text) files."""
+    from app.lifecycle.data import TaggedWords, read_token_data
+
+    texts = [" ".join(e.words) if isinstance(e, TaggedWords) else e.text
+             for path in paths for e in read_token_data(path)]
+    return GateData(texts=[t for t in texts if t.strip()], truth=None, source=", ".join(str(p) for p in paths))
+
+
 def main(args: argparse.Namespace) -> None:
     source = Path(args.source)
     if args.require_int8 and args.quantize != "int8":
         raise LifecycleError(f"--require-int8 cannot go with --quantize {args.quantize}")
     gate_data = None
+    hf_config, _ = read_checkpoint(source)
+    tokens = checkpoint_task(hf_config) == TOKEN_TASK
     if args.eval_data:
-        hf_config, _ = read_checkpoint(source)
         labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
         head = Head(tuple(labels), hf_config.problem_type)  # class labels are read for a single-label head only
-        gate_data = read_gate_data([Path(p) for p in args.eval_data], args.text_column, args.label_column,
-                                   labels if head.single_label else None, args.text_pair_column)
+        paths = [Path(p) for p in args.eval_data]
+        if tokens and all(p.suffix.lower() in TOKEN_DATA_SUFFIXES for p in paths):
+            gate_data = token_gate_data(paths)
+        else:  # CSV/TSV: the text column (a token model: texts only)
+            gate_data = read_gate_data(paths, args.text_column, args.label_column,
+                                       labels if head.single_label and not tokens else None, args.text_pair_column)
+    # --min-agreement: a sequence model's decision agreement (default 0.97); a token model's entity F1 (0.95).
+    min_agreement = args.min_agreement
+    if min_agreement is None:
+        min_agreement = TOKEN_MIN_ENTITY_F1 if tokens else Gate().min_agreement
     request = ExportRequest(
         source=source, name=args.name, repository=Path(args.model_repository), version=args.version,
         quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,
-        gate=Gate(min_agreement=args.min_agreement, max_accuracy_loss=args.max_accuracy_loss,
+        gate=Gate(min_agreement=min_agreement, max_accuracy_loss=args.max_accuracy_loss,
                   max_drift_share=args.max_drift_share),
         fp32_when_gate_fails=not args.require_int8,
     )
@@ -297,5 +353,9 @@ def main(args: argparse.Namespace) -> None:
         raise
     files = ", ".join(a.file for a in read_config(path).artifacts)
     print(f"published {path} ({files}) in {report['export_s']:.0f} s")
+    if "entity_f1" in report["gate"]:
+        gate = report["gate"]
+        print(f"int8 gate (token model): entity F1 {gate['entity_f1']:.4f} against fp32's entities (>= "
+              f"{gate['threshold']}), token agreement {gate['token_agreement']:.4f} on {gate['texts']} texts")
     if "int8_refused" in report["gate"]:
         print(f"int8 refused, fp32 only: {report['gate']['int8_refused']}")

@@ -53,6 +53,59 @@ def verdict(figures: dict[str, Any], gate: Gate, reference: str = "fp32", bound_
     return None
 
 
+# A token classifier's INT8 gate (app.lifecycle.export): entity-level micro-F1 of INT8's entities against fp32's
+# on the gate texts, at least this unless --min-agreement says otherwise (sequence models: Gate.min_agreement).
+TOKEN_MIN_ENTITY_F1 = 0.95
+
+
+def token_tags(flat: np.ndarray, encoded: list, labels: list[str]) -> list[list[str]]:
+    """Per text, the argmax label of each of its tokens that is not special (app.tokens.score_token_texts' rows,
+    one per token of each text in order, split back by the texts' encodings)."""
+    tags, start = [], 0
+    for one in encoded:
+        count = len(one.ids)
+        special = one.special or [0] * count
+        best = flat[start:start + count].argmax(1)
+        tags.append([labels[int(best[i])] for i in range(count) if not special[i]])
+        start += count
+    if start != len(flat):
+        raise ValueError(f"{len(flat)} token rows for {start} tokens")
+    return tags
+
+
+def compare_entities(reference: np.ndarray, candidate: np.ndarray, encoded: list, head: Head) -> dict[str, Any]:
+    """A token classifier's INT8 against fp32: token-label agreement (every token, as Head.drift) and, by seqeval
+    (app.lifecycle.evaluate.token_figures, default mode) on the BIO tags of the texts' tokens (special tokens left
+    out), the entity micro precision / recall / F1 of the candidate's entities with fp32's as the truth. With no
+    entity on either side the entity F1 is 1.0 (nothing differs)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from app.lifecycle.evaluate import token_figures
+
+    figures: dict[str, Any] = head.drift(reference, candidate)
+    truth = token_tags(reference, encoded, list(head.labels))
+    predicted = token_tags(candidate, encoded, list(head.labels))
+    scored = token_figures(truth, predicted)
+    none = not get_entities(truth) and not get_entities(predicted)
+    figures.update({
+        "token_agreement": figures["agreement"],
+        "entity_f1": 1.0 if none else scored["micro_f1"],
+        "entity_precision": 1.0 if none else scored["precision"],
+        "entity_recall": 1.0 if none else scored["recall"],
+        "fp32_entities": len(get_entities(truth)),
+        "candidate_entities": len(get_entities(predicted)),
+    })
+    return figures
+
+
+def entity_verdict(figures: dict[str, Any], gate: Gate) -> str | None:
+    """None when a token classifier's candidate passes (entity F1 against fp32 >= gate.min_agreement), else why."""
+    if figures["entity_f1"] < gate.min_agreement:
+        return (f"entity F1 {figures['entity_f1']:.4f} against fp32's entities < {gate.min_agreement} (token "
+                f"agreement {figures['token_agreement']:.4f})")
+    return None
+
+
 @dataclass
 class TeacherReference:
     """Distillation: the teacher's fp32 scores on the gate data. The student's fp32 model is held to them

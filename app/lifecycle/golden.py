@@ -41,6 +41,25 @@ def pytorch_probabilities(source: Path, tokenizer, texts: list[TextInput], max_l
     return np.concatenate(rows)
 
 
+def pytorch_token_probabilities(source: Path, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    """A token classifier's own fp32 softmax per token (special tokens too), each text cut to max_length as the
+    token-classification pipeline cuts it without stride: one row per token, texts in order."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from app.tokens import softmax
+
+    model = AutoModelForTokenClassification.from_pretrained(source).eval()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 32):
+            batch = tokenize(tokenizer, texts[start : start + 32], max_length, padding=True, return_tensors="pt")
+            logits = model(**model_inputs(batch)).logits.float().numpy()
+            for k, mask in enumerate(batch["attention_mask"].numpy()):
+                rows.append(softmax(logits[k][mask.astype(bool)]))
+    return np.concatenate(rows)
+
+
 def golden_sample(texts: list[TextInput]) -> list[TextInput]:
     """Up to GOLDEN_TEXTS of the evaluation texts, a seeded sample in their original order."""
     if len(texts) <= GOLDEN_TEXTS:
@@ -53,7 +72,10 @@ def reference_with_parity(source: Path, tokenizer, folder: Path, config: ModelCo
                           texts: list[TextInput]) -> tuple[np.ndarray, float]:
     """PyTorch's scores on the golden sample, and the fp32 graph's largest difference from them (served through the
     serving code); an export over PARITY_TOLERANCE (Head.tolerance: relative for raw values) is refused."""
-    torch_golden = pytorch_probabilities(source, tokenizer, texts, config.max_length)
+    if config.task == "token-classification":  # per token, one row each (app.tokens.score_token_texts)
+        torch_golden = pytorch_token_probabilities(source, tokenizer, texts, config.max_length)  # type: ignore
+    else:
+        torch_golden = pytorch_probabilities(source, tokenizer, texts, config.max_length)
     onnx_golden, _ = probabilities(open_artifact(folder, config, fp32), texts)
     diff = np.abs(torch_golden - onnx_golden)
     parity = float(diff.max())
@@ -84,7 +106,15 @@ def golden_outputs(folder: Path, config: ModelConfig, texts: list[TextInput], re
     widest = max([GOLDEN_MAX_PROB_DIFF] + [f["max_prob_diff"] + 0.05 for f in figures.values()])
     if config.head.function == "none":  # raw values: as wide as the recorded bound (relative to large values)
         widest = max(widest, config.head.bound or 0.0)
-    golden = Golden(texts=texts, probabilities=reference.round(6).tolist(), min_agreement=round(min(1.0, floor), 4),
+    rows: dict = {"probabilities": reference.round(6).tolist()}
+    if config.task == "token-classification":  # per text, its tokens' rows
+        from app.repository import TOKENIZER_FILE
+        from app.tokenizer import TextTokenizer
+        from app.tokens import per_text
+
+        split = per_text(reference, texts, TextTokenizer(folder / TOKENIZER_FILE, config.max_length))  # type: ignore
+        rows = {"token_probabilities": [part.round(6).tolist() for part in split]}
+    golden = Golden(texts=texts, **rows, min_agreement=round(min(1.0, floor), 4),
                     max_prob_diff=round(widest if config.head.function == "none" else min(1.0, widest), 4),
                     source=source)
     return golden, figures

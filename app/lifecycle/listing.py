@@ -32,8 +32,9 @@ def describe_version(path: Path) -> str:
         return f"unreadable: {exc}"
     artifacts = ", ".join(f"{a.file} ({a.numerics})" for a in config.artifacts)
     head = config.head
-    text = (f"{head.kind} head ({head.function}) over {len(config.labels)} label(s), max_length "
-            f"{config.max_length}; {artifacts}")
+    kind = "token-classification (per token, softmax)" if config.task == "token-classification" else \
+        f"{head.kind} head ({head.function})"
+    text = f"{kind} over {len(config.labels)} label(s), max_length {config.max_length}; {artifacts}"
     report = config.report or {}
     attempts = [a for a in report.get("gate", {}).get("attempts", []) if a.get("passed")]
     if attempts:

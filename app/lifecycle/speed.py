@@ -36,8 +36,8 @@ def published_teacher(repository: Path, teacher: Path, tokenizer, labels: list[s
                 golden = read_golden(path, len(config.labels))
             except Exception:  # noqa: BLE001 - an unreadable version is simply not the teacher
                 continue
-            if golden is None or config.labels != labels:
-                continue
+            if golden is None or config.labels != labels or golden.token_probabilities is not None:
+                continue  # (a token model's golden rows are per token: never a sequence teacher's)
             texts = golden.texts[:16]
             probs = pytorch_probabilities(teacher, tokenizer, texts, config.max_length)
             if np.abs(probs - golden.probabilities[:16]).max() <= PARITY_TOLERANCE:

@@ -10,18 +10,26 @@ Zero-shot classification (app.zeroshot; a model with an entailment label, whose 
 BYTES input `candidate_labels` ([k]: the labels every text is scored against; not with `text_pair`), the request
 parameters `hypothesis_template` (string) and `multi_label` (bool); outputs, each row a text's labels best first:
 `label` (BYTES [n], the best), `labels` (BYTES [n, k]) and `scores` (FP32 [n, k], the labels' scores in that order;
-with the classification extension, "score:index:label", index into `candidate_labels`)."""
+with the classification extension, "score:index:label", index into `candidate_labels`).
+
+Token classification (app.tokens; a model whose task is token-classification, as its metadata says): the input
+`text` only; one output `entities` (BYTES [n]: per text, its entities as one JSON array, the shape /predict answers:
+per token `entity, score, index, word, start, end` with aggregation_strategy none, else `entity_group, score,
+word, start, end`); request parameters `aggregation_strategy` (string, default simple), `ignore_labels` (string,
+comma-separated, default "O"), `stride` (int, default the model metadata's `default_stride`) and `truncate` (bool,
+default false for a token model: a long text is read in windows)."""
 
 from __future__ import annotations
 
+import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
-from app import __version__, zeroshot
+from app import __version__, tokens, zeroshot
 from app.errors import InvalidInput, ModelNotFound
 from app.record import current
 from app.scores import ScoreFunction, WindowAggregation
@@ -37,6 +45,7 @@ LABELS_INPUT = "candidate_labels"  # zero-shot: the labels each text is scored a
 INPUTS = (INPUT, PAIR_INPUT, LABELS_INPUT)
 OUTPUTS = ("label", "scores")
 ZERO_SHOT_OUTPUTS = ("label", "labels", "scores")  # `labels`: each text's candidate labels, best first
+TOKEN_OUTPUTS = ("entities",)  # a token model's: per text, its entities as a JSON array (app.tokens)
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 SCORE_FUNCTIONS = frozenset(get_args(ScoreFunction))
@@ -100,6 +109,15 @@ def model_metadata(service: Service, name: str, version: int | None) -> dict[str
         model = service.resolve(name, version)
         versions = [model.version]
     labels = model.config.labels
+    if model.token_model:  # entities out, one JSON array per text (app.tokens)
+        return {
+            "name": model.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
+            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "entities", "datatype": "BYTES", "shape": [-1]}],
+            "parameters": {"task": model.config.task, "labels": labels, "max_length": model.max_length,
+                           "default_stride": model.tokenizer.default_stride(),
+                           "default_aggregation_strategy": tokens.DEFAULT_STRATEGY, "truncate_default": False},
+        }
     nli = zeroshot.takes_candidate_labels(labels)  # zero-shot classification: its input and output are listed
     return {
         "name": model.name,
@@ -139,7 +157,7 @@ class Infer:
     id: str | None
     texts: list[TextInput]  # texts, or (text, text_pair) pairs
     outputs: list[Wanted]
-    truncate: bool
+    truncate: bool  # true when not given, except for a token model (truncate_given)
     function: str | None  # None: the model head's own
     timeout_us: int | None
     stride: int | None = None  # truncate false: tokens consecutive windows share (None: the model's default)
@@ -147,6 +165,12 @@ class Infer:
     candidate_labels: list[str] | None = None  # zero-shot classification (app.zeroshot); None: classification
     hypothesis_template: str | None = None  # zero-shot: None is the pipeline's default
     multi_label: bool = False  # zero-shot
+    aggregation_strategy: str | None = None  # token classification (app.tokens); None: simple
+    ignore_labels: list[str] | None = None  # token classification; None: ["O"]
+    # How the request was given, for a token model's defaults (not part of what it asks: not compared)
+    outputs_given: bool = field(default=False, compare=False)  # it named its outputs (else the model's own)
+    binary_default: bool = field(default=False, compare=False)  # parameters.binary_data_output
+    truncate_given: bool = field(default=False, compare=False)  # parameters.truncate (a token model: false)
 
 
 def decode_bytes(raw: bytes, name: str) -> list[str]:
@@ -235,9 +259,15 @@ def request(columns: dict[str, list[str]], parameters: dict[str, Any] | None,
     binary_default = _flag(params, "binary_data_output", False, "")
     wanted: list[Wanted] = []
     names = OUTPUTS if labels is None else ZERO_SHOT_OUTPUTS
+    token_names = names + TOKEN_OUTPUTS if labels is None else names  # a token model's (checked at infer)
     for name, out_params in outputs if outputs is not None else [(name, {}) for name in names]:
-        if name in ZERO_SHOT_OUTPUTS and name not in names:
+        if name in ZERO_SHOT_OUTPUTS and name not in token_names:
             raise InvalidInput(f"output {name!r} comes with {LABELS_INPUT!r} only (zero-shot classification)")
+        if name in TOKEN_OUTPUTS and name in token_names:
+            if name in (w.name for w in wanted):
+                raise InvalidInput(f"output {name!r} is asked for twice")
+            wanted.append(Wanted(name, _flag(out_params, "binary_data", binary_default, f"output {name!r}: ")))
+            continue
         if name not in names:
             raise InvalidInput(f"unexpected output {name!r} for model {model!r}: it has {', '.join(names)}")
         if name in (w.name for w in wanted):
@@ -267,8 +297,20 @@ def request(columns: dict[str, list[str]], parameters: dict[str, Any] | None,
     aggregation = params.get("window_aggregation", "mean")
     if aggregation not in WINDOW_AGGREGATIONS:
         raise InvalidInput(f"parameters.window_aggregation must be one of {sorted(WINDOW_AGGREGATIONS)}")
-    return Infer(id, texts, wanted, _flag(params, "truncate", True, ""), function, timeout_us, stride, aggregation,
-                 *_zero_shot(params, labels))
+    strategy = params.get("aggregation_strategy")
+    if strategy is not None:
+        tokens.check_strategy(strategy)  # a 422 naming the strategies (a list or number is not one)
+    ignore = params.get("ignore_labels")
+    if ignore is not None and not isinstance(ignore, str):
+        raise InvalidInput("parameters.ignore_labels must be a string: labels separated by commas")
+    found = Infer(id, texts, wanted, _flag(params, "truncate", True, ""), function, timeout_us, stride, aggregation,
+                  *_zero_shot(params, labels))
+    found.aggregation_strategy = strategy
+    found.ignore_labels = None if ignore is None else [label.strip() for label in ignore.split(",") if label.strip()]
+    found.outputs_given = outputs is not None
+    found.binary_default = binary_default
+    found.truncate_given = "truncate" in params
+    return found
 
 
 def _zero_shot(params: dict[str, Any], labels: list[str] | None) -> tuple[list[str] | None, str | None, bool]:
@@ -355,18 +397,48 @@ async def infer(service: Service, name: str, version: int | None, req: Infer, ro
     asked_ms = None if req.timeout_us is None else req.timeout_us / 1000
     if timeout_ms is not None:
         asked_ms = timeout_ms if asked_ms is None else min(asked_ms, timeout_ms)
+    timeout_s = service.timeout_s(asked_ms)
+    if req.candidate_labels is None and (
+            req.aggregation_strategy is not None or req.ignore_labels is not None
+            or await service.inference.task_of(name, version, routing_key, timeout_s) == tokens.TASK):
+        return await _entities(service, name, version, req, routing_key, timeout_s)
+    if any(w.name in TOKEN_OUTPUTS for w in req.outputs):
+        raise InvalidInput(f"output 'entities' comes from a token-classification model; model {name!r} answers "
+                           f"{', '.join(OUTPUTS)}")
+    truncate = req.truncate
     if req.candidate_labels is not None:  # zero-shot classification (app.zeroshot)
         found = await zeroshot.classify(
             service, req.texts, req.candidate_labels, hypothesis_template=req.hypothesis_template,  # type: ignore[arg-type]
-            multi_label=req.multi_label, model=name, version=version, truncate=req.truncate,
-            timeout_s=service.timeout_s(asked_ms), routing_key=routing_key,
+            multi_label=req.multi_label, model=name, version=version, truncate=truncate,
+            timeout_s=timeout_s, routing_key=routing_key,
         )
         record = current.get()
         return Inferred(found.served, req.id, zero_shot_outputs(found, req.outputs), record.truncated if record else 0)
     model, scores = await service.classify(
-        req.texts, model=name, version=version, truncate=req.truncate, function=req.function,  # type: ignore[arg-type]
+        req.texts, model=name, version=version, truncate=truncate, function=req.function,  # type: ignore[arg-type]
         stride=req.stride, window_aggregation=req.window_aggregation,  # type: ignore[arg-type]
-        timeout_s=service.timeout_s(asked_ms), routing_key=routing_key,
+        timeout_s=timeout_s, routing_key=routing_key,
     )
     record = current.get()
     return Inferred(model, req.id, outputs(model, scores, req.outputs), record.truncated if record else 0)
+
+
+async def _entities(service: Service, name: str, version: int | None, req: Infer, routing_key: str | None,
+                    timeout_s: float) -> Inferred:
+    """A token model's answer: the output `entities`, per text its entities as one JSON array (app.tokens)."""
+    if req.function is not None or req.window_aggregation != "mean":
+        raise InvalidInput("parameters.function_to_apply and window_aggregation: not taken by a token-classification "
+                           "model (it answers entities: aggregation_strategy, ignore_labels, stride)")
+    if req.outputs_given and any(w.name not in TOKEN_OUTPUTS for w in req.outputs):
+        raise InvalidInput(f"model {name!r} is a token-classification model: its one output is 'entities'")
+    if any(type(text) is not str for text in req.texts):
+        raise InvalidInput(f"input {PAIR_INPUT!r}: a token-classification model labels texts, not pairs")
+    wanted = req.outputs if req.outputs_given else [Wanted("entities", req.binary_default)]
+    found = await tokens.label_tokens(
+        service, req.texts, aggregation_strategy=req.aggregation_strategy, ignore_labels=req.ignore_labels,  # type: ignore
+        stride=req.stride, truncate=req.truncate if req.truncate_given else None, model=name, version=version, timeout_s=timeout_s,
+        routing_key=routing_key)
+    values = [json.dumps(one, ensure_ascii=False) for one in found.entities]
+    record = current.get()
+    return Inferred(found.served, req.id, [Output(w.name, "BYTES", [len(values)], values, w.binary) for w in wanted],
+                    record.truncated if record else 0)

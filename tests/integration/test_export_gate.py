@@ -113,7 +113,7 @@ def test_non_classification_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["export", str(folder), "--name", "x", "--model-repository", str(repo)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not a sequence classifier" in err[0] and "bertserve train" in err[0]
+    assert len(err) == 1 and "not a sequence or token classifier" in err[0] and "bertserve train" in err[0]
     assert not repo.exists()
 
 

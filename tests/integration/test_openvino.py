@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from app.engine import Engine, OpenVinoEngine, open_engine
-from app.loader import fidelity, load_model
+from app.loader import fidelity, load_model, pick
 from app.repository import read_config, read_golden
 from app.settings import Settings
 from app.tokenizer import TextTokenizer, pad
@@ -41,6 +41,6 @@ def test_the_fidelity_margin_on_the_demo_model(demo_repository, margin):
     [chosen] = [t for t in trials if t["chosen"]]
     if margin == 1.0:
         assert fidelity(chosen) == max(fidelity(t) for t in trials)
-    else:
-        assert chosen["sequences_per_s"] == max(t["sequences_per_s"] for t in trials)
+    else:  # the faster one, unless the more faithful is within the confidence margin (measurement noise)
+        assert trials[pick(trials, margin)[0]] is chosen
     assert (model.engine.provider, model.engine.artifact.file) == (chosen["provider"], chosen["artifact"])

@@ -204,6 +204,59 @@ def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_
     assert not leaks, [o[max(0, o.find(MARKER) - 300): o.find(MARKER) + 100] for o in leaks]
 
 
+def test_no_entity_text_leaks_on_the_token_route(tmp_path, start_server):
+    """A token-classification model (NER, PII: its answers are personal data by design): a marker sent through
+    the token route's good and failing paths, /predict and V2, is in no log line, error body, header or metric
+    (the answers' own entities hold it, as they must: they are not looked at)."""
+    from app.cli import main as cli
+    from tests.support.tiny import make_token_checkpoint
+
+    checkpoint = make_token_checkpoint(tmp_path / "checkpoint", "bert")
+    cli(["export", str(checkpoint), "--name", "ner", "--quantize", "none", "--model-repository", str(tmp_path / "repo")])
+    text = f"great drug {MARKER} no side effects"
+    outputs: list[str] = []
+    server = start_server(tmp_path / "repo", env=DEBUG_ENV | {"BERTSERVE_MAX_REQUEST_SEQUENCES": "8"})
+    for strategy in ("none", "simple", "first", "average", "max"):
+        for body in ({"inputs": text, "parameters": {"aggregation_strategy": strategy, "ignore_labels": []}},
+                     {"inputs": " ".join([text] * 12), "parameters": {"aggregation_strategy": strategy}}):
+            r = httpx.post(server.url + "/predict", json=body)
+            assert r.status_code == 200 and MARKER in r.text, r.text  # the answer: its words are the text's
+            outputs.append(repr(r.headers))
+    bad = [
+        {"inputs": text, "parameters": {"aggregation_strategy": text}},
+        {"inputs": text, "parameters": {"aggregation_strategy": [text]}},
+        {"inputs": text, "parameters": {"ignore_labels": text}},
+        {"inputs": [[text, text]]},
+        {"inputs": [text, "   "]},
+        {"inputs": " ".join([text] * 200)},  # over BERTSERVE_MAX_REQUEST_SEQUENCES
+        {"inputs": text, "parameters": {"stride": 10_000}},
+        {"inputs": text, "truncate": True, "parameters": {"stride": 2}},
+        {"inputs": text, "raw_scores": True},
+    ]
+    for body in bad:
+        r = httpx.post(server.url + "/predict", json=body)
+        assert r.status_code == 422, r.text
+        outputs.append(seen(r))
+    for path, body in (("/explain", {"inputs": text}), ("/rerank", {"query": text, "texts": [text]})):
+        r = httpx.post(server.url + path, json=body)
+        assert r.status_code == 422 and "token-classification" in r.text, r.text
+        outputs.append(seen(r))
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}
+    for params in ({"aggregation_strategy": text}, {"ignore_labels": 3}, {"stride": 10_000}):
+        r = httpx.post(server.url + "/v2/models/ner/infer", json={"inputs": [tensor], "parameters": params})
+        assert r.status_code == 422, r.text
+        outputs.append(seen(r))
+    r = httpx.post(server.url + "/v2/models/ner/infer", json={"inputs": [tensor]})
+    assert r.status_code == 200 and MARKER in r.text
+    outputs.append(server.metrics_text())
+    assert "bertserve_entities_total" in outputs[-1]
+    server.stop()
+    outputs.append(server.output())
+    assert '"level":"debug"' in outputs[-1]
+    leaks = [o for o in outputs if MARKER in o]
+    assert not leaks, [o[max(0, o.find(MARKER) - 300): o.find(MARKER) + 100] for o in leaks]
+
+
 def test_no_client_text_leaks_when_the_engine_or_the_code_raises(tiny_model_repo, capfd, monkeypatch):
     """In-process, a real uvicorn server on loopback whose tokenizer, engine and request parsing are made to raise
     with the client's text in their error messages (the worst case): the answers are 500 with the fixed JSON

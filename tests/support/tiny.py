@@ -198,3 +198,41 @@ def make_slow_model_repo(root: Path) -> Path:
     checkpoint = make_tiny_checkpoint(root / "checkpoint", hidden=256, layers=4, positions=256)
     export_tiny_model(checkpoint, root / "repo" / "slow" / "1", max_length=256)
     return root / "repo"
+
+
+# A token classifier's labels (BIO tags of two entity types), for token-classification tests.
+TOKEN_LABELS = ["O", "B-DRUG", "I-DRUG", "B-COND", "I-COND"]
+
+
+def make_token_checkpoint(path: Path, arch: str = "bert", seed: int = 0, hidden: int = 32, layers: int = 2,
+                          positions: int = 64) -> Path:
+    """A Hugging Face folder with a random small `*ForTokenClassification` model of `arch` (TOKEN_LABELS) and the
+    tiny tokenizer. The classifier is widened (weights x20, a spread bias) so a token's labels are not near-ties
+    and every label, O included, comes up on the corpus."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    tokenizer = _roberta_tokenizer(path) if arch in ROBERTA_STYLE else _bert_tokenizer(path)
+    labels = {"id2label": dict(enumerate(TOKEN_LABELS)), "label2id": {l: i for i, l in enumerate(TOKEN_LABELS)}}
+    if arch == "bert":
+        more = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                    max_position_embeddings=positions, initializer_range=0.2)
+    elif arch == "distilbert":
+        more = dict(dim=hidden, n_layers=layers, n_heads=2, hidden_dim=2 * hidden, max_position_embeddings=positions,
+                    initializer_range=0.2)
+    else:
+        more = _more_config(arch, hidden, layers, positions, tokenizer)
+    config = AutoConfig.for_model(arch, vocab_size=len(tokenizer), **more, **labels)
+    torch.manual_seed(seed)
+    model = AutoModelForTokenClassification.from_config(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(20)
+        model.classifier.bias.copy_(torch.tensor([1.0, 0.0, -0.5, 0.0, -0.5]))
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:  # as its real tokenizer: not made
+        tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
+        tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return path

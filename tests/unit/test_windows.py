@@ -127,7 +127,9 @@ def test_cut_and_windowed_texts_are_counted(app):
     ({"inputs": LONG, "truncate": False, "window_aggregation": "median"}, "window_aggregation"),
     ({"inputs": [LONG * 4, LONG * 4], "truncate": False}, "BERTSERVE_MAX_REQUEST_SEQUENCES"),
     ({"inputs": [[LONG, "a"]], "truncate": False}, "the room the first text of a pair leaves"),
-    ({"inputs": LONG, "truncate": False, "parameters": {"aggregation_strategy": "simple"}}, "parameters: a field"),
+    # Token classification's options on a sequence model: a 422 naming the model's task.
+    ({"inputs": LONG, "truncate": False, "parameters": {"aggregation_strategy": "simple"}},
+     "model tiny (version 1) is a text-classification model"),
 ])
 def test_bad_window_requests_are_a_clear_422_and_the_server_keeps_serving(app, body, named):
     call, _, _ = app

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app import zeroshot
+from app import tokens, zeroshot
 from app.api.predict.schemas import PredictRequest
 from app.errors import InvalidInput, parse_json, validation_message
 
@@ -79,6 +79,9 @@ def zero_shot(req: PredictRequest) -> bool:
                                          any(not isinstance(text, str) for text in req.inputs)):
         raise InvalidInput("inputs: zero-shot classification takes texts, not pairs (each text is paired with "
                            "each candidate label's hypothesis)")
+    if token_options_given(req):
+        raise InvalidInput("parameters.aggregation_strategy, ignore_labels and stride apply to token classification "
+                           "only: not taken with parameters.candidate_labels")
     clashing = [name for name, given in (("raw_scores", req.raw_scores), ("parameters.top_k", params.top_k),
                                          ("parameters.function_to_apply", params.function_to_apply)) if given]
     if clashing:
@@ -96,3 +99,40 @@ def encode_zero_shot(req: PredictRequest, labels: list[str], scores: np.ndarray)
         _, ordered, values = zeroshot.ranked(labels, row)
         answers.append({"sequence": text, "labels": ordered, "scores": values})
     return answers[0] if isinstance(req.inputs, str) else answers
+
+
+# ---- token classification (a token model, or parameters.aggregation_strategy; the rules are app.tokens's) ----
+
+def token_options_given(req: PredictRequest) -> bool:
+    """Whether the request names an option of token classification (then it must go to a token model)."""
+    params = req.parameters
+    return params is not None and any(v is not None for v in (params.aggregation_strategy, params.ignore_labels,
+                                                               params.stride))
+
+
+def token_request(req: PredictRequest) -> dict[str, Any]:
+    """label_tokens()'s arguments from the request; a 422 for options of the sequence tasks or pairs."""
+    params = req.parameters
+    clashing = [name for name, given in (
+        ("raw_scores", req.raw_scores), ("parameters.top_k", params and params.top_k),
+        ("parameters.function_to_apply", params and params.function_to_apply),
+        ("window_aggregation", req.window_aggregation != "mean"),
+        ("parameters.candidate_labels", params and params.candidate_labels is not None)) if given]
+    if clashing:
+        raise InvalidInput(f"{', '.join(clashing)}: not taken by a token-classification model (it answers entities:"
+                           " parameters.aggregation_strategy, ignore_labels, stride)")
+    stride = params.stride if params else None
+    if stride is not None and req.stride is not None and stride != req.stride:
+        raise InvalidInput("stride and parameters.stride differ: send one")
+    texts = [req.inputs] if isinstance(req.inputs, (str, tuple)) else req.inputs
+    if any(not isinstance(text, str) for text in texts):
+        raise InvalidInput("inputs: a token-classification model labels texts, not pairs")
+    return {"texts": texts, "aggregation_strategy": tokens.check_strategy(params and params.aggregation_strategy),
+            "ignore_labels": params and params.ignore_labels, "stride": req.stride if stride is None else stride,
+            "truncate": req.truncate}
+
+
+def encode_entities(req: PredictRequest, found: tokens.Entities) -> Any:
+    """The Hugging Face Inference API's token-classification answer: a flat list of entities for one text, a
+    list of them per text for a list."""
+    return found.entities[0] if isinstance(req.inputs, str) else found.entities

@@ -49,6 +49,16 @@ class PredictParameters(BaseModel):
         None, description="Zero-shot: false (default): scores over the labels sum to 1; true: each label scored on "
         "its own (entailment against contradiction)."
     )
+    # Token classification (the Inference API's token-classification parameters; app.tokens).
+    aggregation_strategy: StrictStr | None = Field(
+        None, description="A token-classification model: none (one entity per token), simple (default), first, "
+        "average or max, as transformers' token-classification pipeline groups tokens into entities."
+    )
+    ignore_labels: list[StrictStr] | None = Field(
+        None, description="A token-classification model: labels left out of the answer (default [\"O\"]).")
+    stride: int | None = Field(
+        None, ge=0, description="A token-classification model: tokens consecutive windows of a long text share "
+        "(default a quarter of the model's max length, given in /models as default_stride).")
 
 
 class PredictRequest(BaseModel):
@@ -68,9 +78,11 @@ class PredictRequest(BaseModel):
         description="One text, one pair ({\"text\": ..., \"text_pair\": ...}), or a list of texts and pairs "
         "(each pair a list of two strings or such an object; answered with one list of scores per input)."
     )
-    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length (the answer's "
-                                 "X-Truncated-Texts header counts them); false: read them whole, in overlapping "
-                                 "windows (a pair: its second text), whose scores make one answer.")
+    truncate: StrictBool | None = Field(
+        None, description="Cut inputs longer than the model's max length (the answer's X-Truncated-Texts header "
+        "counts them); false: read them whole, in overlapping windows (a pair: its second text), whose scores make "
+        "one answer. Default: true, except for a token-classification model (false: no entity past the max length "
+        "is lost).")
     stride: int | None = Field(None, ge=0, description="truncate false: tokens consecutive windows share (below "
                                "what a window holds). Default: a quarter of the model's max length.")
     window_aggregation: WindowAggregation = Field(
