@@ -77,3 +77,10 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(schema)
+
+
+def json_body(schema: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of a route whose handler reads and validates its JSON body itself (LeanRoute):
+    the model's schema, inlined."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inline_schema(schema.model_json_schema())}}}}

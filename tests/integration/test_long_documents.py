@@ -2,20 +2,17 @@
 windows) and cut (`truncate: true`). Windowed answers equal the mean of the windows (transformers' overflowing
 windows) scored one at a time on the served engine; cut answers equal the first window's. The fp32 graph on
 OpenVINO in f32 serves here: the demo's dynamic INT8 scales activations per batch, so a window batched with
-others would differ from the same window alone by up to ~0.07 in a probability (measured), hiding what is tested. Prints how many of the
-long reviews change label when read whole (the issue's figure)."""
+others would differ from the same window alone by up to ~0.07 in a probability (measured), hiding what is tested.
+Prints how many of the long reviews change label when read whole (the issue's figure)."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
 import numpy as np
 import pytest
 
 from app.lifecycle.data import demo_split
-from app.main import create_app
 from app.settings import Settings
+from tests.support.apps import in_process_with_service
 from tests.support.paths import DEMO_MODEL
 
 pytestmark = pytest.mark.slow
@@ -41,21 +38,10 @@ def long_reviews(tokenizer, max_length: int) -> list[str]:
 def demo(demo_repository):
     from transformers import AutoTokenizer
 
-    application = create_app(Settings(model_repository=demo_repository, poll_interval_s=0, batch_autotune=False,
-                                      provider="openvino", openvino_precision="f32", log_level="warning"))
-    service = application.state.service
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(service.load_all())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://in-process")
-
-    def call(method: str, path: str, **kwargs) -> httpx.Response:
-        return loop.run_until_complete(client.request(method, path, **kwargs))
-
-    served = service.resolve(DEMO_MODEL)
-    yield call, served, AutoTokenizer.from_pretrained(str(demo_repository / DEMO_MODEL / "1"))
-    loop.run_until_complete(client.aclose())
-    loop.run_until_complete(service.close())
-    loop.close()
+    for call, service in in_process_with_service(Settings(
+            model_repository=demo_repository, poll_interval_s=0, batch_autotune=False, provider="openvino",
+            openvino_precision="f32", log_level="warning")):
+        yield call, service.resolve(DEMO_MODEL), AutoTokenizer.from_pretrained(str(demo_repository / DEMO_MODEL / "1"))
 
 
 def test_long_reviews_read_whole_are_the_mean_of_their_windows(demo):

@@ -16,7 +16,7 @@ import pytest
 from app.cli import main as cli
 from app.repository import read_config, read_golden
 from app.settings import Settings
-from tests.support.apps import in_process
+from tests.support.apps import in_process, inference_client
 from tests.support.tiny import CORPUS, PARITY_TEXTS, TOKEN_LABELS, make_tiny_checkpoint, make_token_checkpoint
 from tests.support.v2 import v2_body
 
@@ -176,45 +176,23 @@ def test_one_text_is_a_flat_list_and_defaults(call, pipelines):
 def test_the_inference_client_works_unchanged(exported, pipelines):
     """huggingface_hub.InferenceClient.token_classification against the in-process app (its requests handed to
     the app by a requests adapter: no socket)."""
-    import requests
-    from huggingface_hub import InferenceClient, configure_http_backend
-
     app = in_process(settings(exported[0], default_model="bert"))
     call = next(app)
 
-    class InProcess(requests.adapters.BaseAdapter):
-        def send(self, request, **kwargs):
-            answer = call(request.method, request.path_url, content=request.body, headers=dict(request.headers))
-            response = requests.Response()
-            response.status_code, response._content = answer.status_code, answer.content
-            response.headers.update(answer.headers)
-            response.url, response.request, response.encoding = request.url, request, "utf-8"
-            return response
-
-        def close(self):
-            pass
-
-    def session() -> requests.Session:
-        made = requests.Session()
-        made.mount("http://", InProcess())
-        return made
-
-    configure_http_backend(backend_factory=session)
     try:
-        client = InferenceClient(model="http://in-process/predict")
-        for strategy in STRATEGIES:
-            out = client.token_classification(TEXTS[2], aggregation_strategy=strategy)
-            expected = pipelines["bert"](TEXTS[2], aggregation_strategy=strategy)
-            assert len(out) == len(expected) and expected
-            for ours, theirs in zip(out, expected, strict=True):
-                assert (ours.entity_group or ours.entity) == theirs.get("entity_group", theirs.get("entity"))
-                assert (ours.start, ours.end, ours.word) == (theirs["start"], theirs["end"], theirs["word"])
-                assert abs(ours.score - float(theirs["score"])) <= TOLERANCE
-        out = client.token_classification(LONG, aggregation_strategy="simple", stride=8)
-        expected = pipelines["bert"](LONG, aggregation_strategy="simple", stride=8)
-        assert [(o.start, o.end) for o in out] == [(e["start"], e["end"]) for e in expected]
+        with inference_client(call) as client:
+            for strategy in STRATEGIES:
+                out = client.token_classification(TEXTS[2], aggregation_strategy=strategy)
+                expected = pipelines["bert"](TEXTS[2], aggregation_strategy=strategy)
+                assert len(out) == len(expected) and expected
+                for ours, theirs in zip(out, expected, strict=True):
+                    assert (ours.entity_group or ours.entity) == theirs.get("entity_group", theirs.get("entity"))
+                    assert (ours.start, ours.end, ours.word) == (theirs["start"], theirs["end"], theirs["word"])
+                    assert abs(ours.score - float(theirs["score"])) <= TOLERANCE
+            out = client.token_classification(LONG, aggregation_strategy="simple", stride=8)
+            expected = pipelines["bert"](LONG, aggregation_strategy="simple", stride=8)
+            assert [(o.start, o.end) for o in out] == [(e["start"], e["end"]) for e in expected]
     finally:
-        configure_http_backend()
         next(app, None)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from app.cli import main as cli
 from app.settings import Settings
-from tests.support.apps import in_process
+from tests.support.apps import in_process, inference_client
 from tests.support.tiny import CORPUS, make_tiny_checkpoint
 from tests.support.v2 import v2_body
 
@@ -149,43 +149,20 @@ def test_the_inference_client_works_unchanged(exported, pipelines):
     """huggingface_hub.InferenceClient.zero_shot_classification against the in-process app (BERTSERVE_DEFAULT_MODEL
     set: the client names no model in its body): its requests go through a requests adapter that hands them to the
     app (no socket, nothing else reachable)."""
-    import requests
-    from huggingface_hub import InferenceClient, configure_http_backend
-
     app = in_process(Settings(model_repository=exported[0], poll_interval_s=0, batch_autotune=False, provider="cpu",
                               log_level="error", default_model="bert"))
     call = next(app)
 
-    class InProcess(requests.adapters.BaseAdapter):
-        def send(self, request, **kwargs):
-            answer = call(request.method, request.path_url, content=request.body,
-                          headers=dict(request.headers))
-            response = requests.Response()
-            response.status_code, response._content = answer.status_code, answer.content
-            response.headers.update(answer.headers)
-            response.url, response.request, response.encoding = request.url, request, "utf-8"
-            return response
-
-        def close(self):
-            pass
-
-    def session() -> requests.Session:
-        made = requests.Session()
-        made.mount("http://", InProcess())
-        return made
-
-    configure_http_backend(backend_factory=session)
     try:
-        client = InferenceClient(model="http://in-process/predict")
-        for multi_label, template in ((False, None), (True, TEMPLATE)):
-            out = client.zero_shot_classification(TEXTS[1], LABELS_3, multi_label=multi_label,
-                                                  hypothesis_template=template)
-            expected = pipelines["bert"](TEXTS[1], candidate_labels=LABELS_3, multi_label=multi_label,
-                                         **({"hypothesis_template": template} if template else {}))
-            ours = {"sequence": TEXTS[1], "labels": [o.label for o in out], "scores": [o.score for o in out]}
-            assert worst([ours], [expected]) <= TOLERANCE
+        with inference_client(call) as client:
+            for multi_label, template in ((False, None), (True, TEMPLATE)):
+                out = client.zero_shot_classification(TEXTS[1], LABELS_3, multi_label=multi_label,
+                                                      hypothesis_template=template)
+                expected = pipelines["bert"](TEXTS[1], candidate_labels=LABELS_3, multi_label=multi_label,
+                                             **({"hypothesis_template": template} if template else {}))
+                ours = {"sequence": TEXTS[1], "labels": [o.label for o in out], "scores": [o.score for o in out]}
+                assert worst([ours], [expected]) <= TOLERANCE
     finally:
-        configure_http_backend()
         next(app, None)  # closes the app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,12 @@ TEXTS = [f"{CORPUS[k % len(CORPUS)]} {k}" for k in range(64)]  # what App.many s
 def in_process(settings) -> Iterator:
     """Yield call(method, path, **httpx kwargs) -> response on one app with `settings`, its models loaded.
     For module-scoped fixtures: `yield from in_process(...)`."""
+    for call, _ in in_process_with_service(settings):
+        yield call
+
+
+def in_process_with_service(settings) -> Iterator:
+    """As in_process, yielding (call, the app's Service) for tests that also reach a served model directly."""
     from app.main import create_app
 
     app = create_app(settings)
@@ -28,7 +35,7 @@ def in_process(settings) -> Iterator:
     def call(method: str, path: str, **kwargs) -> httpx.Response:
         return loop.run_until_complete(client.request(method, path, **kwargs))
 
-    yield call
+    yield call, app.state.service
     loop.run_until_complete(client.aclose())
     loop.run_until_complete(app.state.service.close())
     loop.close()
@@ -76,3 +83,34 @@ def write_serving(repo: Path, text: str) -> None:
     staging = repo / "tiny" / ".serving.json"
     staging.write_text(text)
     os.replace(staging, repo / "tiny" / "serving.json")
+
+
+@contextmanager
+def inference_client(call) -> Iterator:
+    """The real huggingface_hub InferenceClient, its requests routed to `call` (an app in-process: no socket, the
+    hub stays offline), for the model the app answers unnamed (one model, or BERTSERVE_DEFAULT_MODEL)."""
+    import requests
+    from huggingface_hub import InferenceClient, configure_http_backend
+
+    class InProcess(requests.adapters.BaseAdapter):
+        def send(self, request, **kwargs):
+            answer = call(request.method, request.path_url, content=request.body, headers=dict(request.headers))
+            response = requests.Response()
+            response.status_code, response._content = answer.status_code, answer.content
+            response.headers.update(answer.headers)
+            response.url, response.request, response.encoding = request.url, request, "utf-8"
+            return response
+
+        def close(self):
+            pass
+
+    def session() -> requests.Session:
+        made = requests.Session()
+        made.mount("http://", InProcess())
+        return made
+
+    configure_http_backend(backend_factory=session)
+    try:
+        yield InferenceClient(model="http://in-process/predict")
+    finally:
+        configure_http_backend()

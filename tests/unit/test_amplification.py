@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import httpx
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -16,9 +15,9 @@ from app import batching
 from app.batching import Batcher
 from app.errors import NotReady
 from app.explain import read_part
-from app.main import create_app
 from app.settings import Settings
 from app.tokenizer import CHARS_PER_TOKEN, SLACK, Encoded, TextTokenizer
+from tests.support.apps import in_process_with_service
 from tests.support.texts import KIB, Counting, awkward_texts, prose
 from tests.support.tiny import CORPUS
 
@@ -62,20 +61,9 @@ def test_texts_that_pack_few_tokens_into_many_characters_cost_at_most_max_chars(
 @pytest.fixture(scope="module")
 def app(tiny_model_repo):
     """(call, the served tiny model): the app in-process, as tests.support.apps.in_process runs it."""
-    application = create_app(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
-                                      log_level="warning"))
-    service = application.state.service
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(service.load_all())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://in-process")
-
-    def call(method: str, path: str, **kwargs) -> httpx.Response:
-        return loop.run_until_complete(client.request(method, path, **kwargs))
-
-    yield call, service.resolve("tiny")
-    loop.run_until_complete(client.aclose())
-    loop.run_until_complete(service.close())
-    loop.close()
+    for call, service in in_process_with_service(Settings(model_repository=tiny_model_repo, poll_interval_s=0,
+                                                          batch_autotune=False, log_level="warning")):
+        yield call, service.resolve("tiny")
 
 
 @pytest.fixture

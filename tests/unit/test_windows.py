@@ -7,15 +7,12 @@ real model."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
 import numpy as np
 import pytest
 
-from app.main import create_app
 from app.scores import aggregate, softmax
 from app.settings import Settings
+from tests.support.apps import in_process_with_service
 from tests.support.metrics import metric
 from tests.support.tiny import CORPUS
 
@@ -28,20 +25,10 @@ def app(tiny_model_repo, tiny_checkpoint):
     """(call, the served tiny model, transformers' tokenizer of its checkpoint)."""
     from transformers import AutoTokenizer
 
-    application = create_app(Settings(model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False,
-                                      provider="cpu", log_level="warning", max_request_sequences=40))
-    service = application.state.service
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(service.load_all())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://in-process")
-
-    def call(method: str, path: str, **kwargs) -> httpx.Response:
-        return loop.run_until_complete(client.request(method, path, **kwargs))
-
-    yield call, service.resolve("tiny"), AutoTokenizer.from_pretrained(str(tiny_checkpoint))
-    loop.run_until_complete(client.aclose())
-    loop.run_until_complete(service.close())
-    loop.close()
+    for call, service in in_process_with_service(Settings(
+            model_repository=tiny_model_repo, poll_interval_s=0, batch_autotune=False, provider="cpu",
+            log_level="warning", max_request_sequences=40)):
+        yield call, service.resolve("tiny"), AutoTokenizer.from_pretrained(str(tiny_checkpoint))
 
 
 def window_scores(served, tokenizer, text, stride, pair=None) -> np.ndarray:

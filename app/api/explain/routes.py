@@ -13,7 +13,7 @@ from starlette.responses import Response
 from app import metrics
 from app.api.explain.codec import encode_explanation, encode_prediction, parse
 from app.api.explain.schemas import ExplainOptions, ExplainRequest, ExplainResponse, V1ExplainRequest, V1ExplainResponse
-from app.api.schemas import error_responses, inline_schema
+from app.api.schemas import error_responses, json_body
 from app.api.transport import Call, handle
 from app.api.v1.codec import check_head, parse_predict, predictions
 from app.api.v1.schemas import V1PredictRequest, V1PredictResponse
@@ -27,13 +27,8 @@ _ERRORS = error_responses(401, 404, 413, 415, 422, 429, 500, 503, 504)
 _COUNTED = {"counter": metrics.EXPLANATIONS, "duration": metrics.EXPLANATION_DURATION}
 
 
-def _body(schema) -> dict:
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": inline_schema(schema.model_json_schema())}}}}
-
-
 @router.post("/explain", summary="Explain one prediction: each word's weight for a label, by occlusion",
-             response_model=ExplainResponse, responses=_ERRORS, openapi_extra=_body(ExplainRequest))
+             response_model=ExplainResponse, responses=_ERRORS, openapi_extra=json_body(ExplainRequest))
 async def explain(request: Request) -> Response:
     return await handle(request, _parse, _explain, _encode, **_COUNTED)
 
@@ -59,7 +54,7 @@ def _encode(req: ExplainRequest, explanation: Explanation) -> tuple[ServedModel,
 
 @router.post("/v1/models/{name}:explain", summary="Explain (KServe V1 protocol): instances in, predictions and "
              "explanations out", response_model=V1ExplainResponse, responses=_ERRORS,
-             openapi_extra=_body(V1ExplainRequest))
+             openapi_extra=json_body(V1ExplainRequest))
 async def v1_explain(name: str, request: Request) -> Response:
     return await handle(request, _v1_parse, lambda call, req: _v1_explain(call, req, name), _v1_encode, model=name,
                         **_COUNTED)
@@ -92,7 +87,7 @@ def _v1_encode(req: V1ExplainRequest, explanations: list[Explanation]) -> tuple[
 
 @router.post("/v1/models/{name}:predict", summary="Predict (KServe V1 protocol): instances in, predictions out, "
              "as KServe's huggingfaceserver answers", response_model=V1PredictResponse, responses=_ERRORS,
-             openapi_extra=_body(V1PredictRequest), tags=["KServe V1"])
+             openapi_extra=json_body(V1PredictRequest), tags=["KServe V1"])
 async def v1_predict(name: str, request: Request) -> Response:
     return await handle(request, lambda call: parse_predict(call.body, name),
                         lambda call, req: _v1_predict(call, req, name), _v1_predict_encode, model=name)

@@ -11,18 +11,13 @@ from starlette.responses import Response
 
 from app.api.rerank.codec import encode_cohere, encode_tei, parse, texts_of
 from app.api.rerank.schemas import CohereRerankRequest, CohereRerankResponse, TeiRerankRequest, TeiRerankResponse
-from app.api.schemas import error_responses, inline_schema
+from app.api.schemas import error_responses, json_body
 from app.api.transport import Call, LeanRoute, handle
 from app.logs import request_id
 from app.rerank import Ranking, rerank
 
 router = APIRouter(route_class=LeanRoute, tags=["rerank"])
 _ERRORS = error_responses(401, 404, 413, 415, 422, 429, 500, 503, 504)
-
-
-def _body(schema) -> dict:
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": inline_schema(schema.model_json_schema())}}}}
 
 
 def _parse(schema, call: Call):
@@ -32,7 +27,7 @@ def _parse(schema, call: Call):
 
 
 @router.post("/rerank", summary="Rerank texts for a query (text-embeddings-inference's shape): a flat list, best "
-             "first", response_model=TeiRerankResponse, responses=_ERRORS, openapi_extra=_body(TeiRerankRequest))
+             "first", response_model=TeiRerankResponse, responses=_ERRORS, openapi_extra=json_body(TeiRerankRequest))
 async def rerank_tei(request: Request) -> Response:
     return await handle(request, partial(_parse, TeiRerankRequest), _rank_tei, _encode_tei)
 
@@ -48,14 +43,14 @@ def _encode_tei(req: TeiRerankRequest, ranking: Ranking):
 
 
 @router.post("/v1/rerank", summary="Rerank documents for a query (Cohere v1 shape; Jina and Infinity clients too)",
-             response_model=CohereRerankResponse, responses=_ERRORS, openapi_extra=_body(CohereRerankRequest))
+             response_model=CohereRerankResponse, responses=_ERRORS, openapi_extra=json_body(CohereRerankRequest))
 async def rerank_v1(request: Request) -> Response:
     return await handle(request, partial(_parse, CohereRerankRequest), partial(_rank_cohere, "1"),
                         partial(_encode_cohere, "1"))
 
 
 @router.post("/v2/rerank", summary="Rerank documents for a query (Cohere v2 shape)",
-             response_model=CohereRerankResponse, responses=_ERRORS, openapi_extra=_body(CohereRerankRequest))
+             response_model=CohereRerankResponse, responses=_ERRORS, openapi_extra=json_body(CohereRerankRequest))
 async def rerank_v2(request: Request) -> Response:
     return await handle(request, partial(_parse, CohereRerankRequest), partial(_rank_cohere, "2"),
                         partial(_encode_cohere, "2"))

@@ -10,7 +10,7 @@ from functools import partial
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.schemas import error_responses, inline_schema
+from app.api.schemas import error_responses, json_body
 from app.api.transport import Call, LeanRoute, handle
 from app.api.vllm.codec import check_scorer, check_truncation, encode_classify, encode_score, pairs_of, parse, texts_of
 from app.api.vllm.schemas import ClassificationRequest, ClassificationResponse, ScoreRequest, ScoreResponse
@@ -21,11 +21,6 @@ router = APIRouter(route_class=LeanRoute, tags=["vllm"])
 _ERRORS = error_responses(401, 404, 413, 415, 422, 429, 500, 503, 504)
 
 
-def _body(schema) -> dict:
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": inline_schema(schema.model_json_schema())}}}}
-
-
 def _parse(schema, call: Call):
     req = parse(schema, call.body)
     call.model = req.model
@@ -34,13 +29,13 @@ def _parse(schema, call: Call):
 
 @router.post("/classify", summary="Classify texts (vLLM's and SGLang's shape): each label's probability, the top "
              "label, token usage", response_model=ClassificationResponse, responses=_ERRORS,
-             openapi_extra=_body(ClassificationRequest))
+             openapi_extra=json_body(ClassificationRequest))
 async def classify(request: Request) -> Response:
     return await handle(request, partial(_parse, ClassificationRequest), _classify, _encode_classify)
 
 
 @router.post("/score", summary="Score text pairs with a cross-encoder (vLLM's shape): text_1 with text_2, 1:1, "
-             "1:N or N:N", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_body(ScoreRequest))
+             "1:N or N:N", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=json_body(ScoreRequest))
 async def score(request: Request) -> Response:
     return await handle(request, partial(_parse, ScoreRequest), _score, _encode_score)
 
