@@ -74,7 +74,9 @@ def cache_folder(settings: Settings, repository: Path) -> tuple[Path | None, str
         return beside, "beside the model repository"
     temporary = Path(tempfile.gettempdir()) / f"bertserve-engine-cache-{os.getuid()}"
     if (why := _usable(temporary, private=True)) is None:
-        return temporary, f"temporary folder (the model repository is not writable: {why_not_beside})"
+        # /models shows the origin to every caller: no path in it, the log has the reason
+        log.info("engine cache in %s: the model repository's %s", temporary, why_not_beside)
+        return temporary, "temporary folder (the model repository is not writable)"
     return None, f"{why_not_beside}; {why}"
 
 

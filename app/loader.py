@@ -402,7 +402,7 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
                 log.warning("model %s version %d: the engine choice cannot be recorded in %s: %s", name, version,
                             file, exc)
             model.engine_choice = {**model.engine_choice, "cache": {
-                "source": "measured now", "entry": str(file), "folder": origin, "measured_at": entry["measured_at"],
+                "source": "measured now", "entry": file.name, "folder": origin, "measured_at": entry["measured_at"],
                 "waited_s": round(waited, 1)}}
             log.info("model %s version %d: engine measured now (%.1f s) and recorded in %s: %s, %s", name, version,
                      entry["measure_s"], file, model.engine, model.engine_choice["rule"])
@@ -419,7 +419,7 @@ def choose_engine(name: str, version: int, path: Path, config: ModelConfig, toke
 
 def _from_cache(model: ServedModel, name: str, version: int, entry: dict[str, Any], file: Path,
                 waited: float) -> ServedModel:
-    model.engine_choice["cache"] = {"source": "engine cache", "entry": str(file),
+    model.engine_choice["cache"] = {"source": "engine cache", "entry": file.name,
                                     "measured_at": entry.get("measured_at"), "measured_by": entry.get("measured_by"),
                                     "waited_s": round(waited, 1)}
     log.info("model %s version %d: engine from the engine cache %s (measured %s): %s, %s", name, version, file,
