@@ -3,9 +3,9 @@ and response bodies live in its package (app.api.predict, app.api.v2, ...)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api.errors import STATUSES
 from app.registry import State
@@ -84,3 +84,14 @@ def json_body(schema: type[BaseModel]) -> dict[str, Any]:
     the model's schema, inlined."""
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": inline_schema(schema.model_json_schema())}}}}
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, str | bool):  # pydantic would convert "5" and true; JSON Schema's integer takes neither
+        raise ValueError("a JSON integer is expected")
+    return value
+
+
+# An integer field of a request body: a JSON integer (1 or 1.0, as JSON Schema counts them), not a string or a
+# boolean that pydantic would otherwise convert
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]

@@ -1,5 +1,6 @@
 """A real Prometheus on 127.0.0.1, configured from deploy/prometheus (its rules included), scraping a real
-`bertserve serve --workers 2` on the tiny model (version 1 answering, version 2 its shadow): counters add up
+`bertserve serve --workers 2` on the tiny model (version 1 answering, version 2 its shadow) and a tiny token
+classifier (`ner`, for the token panels): counters add up
 across workers, shadow comparisons add up to the texts answered, the alert rules evaluate cleanly, the GPU alert
 goes pending for a target that expects CUDA, and every dashboard panel's PromQL returns data."""
 
@@ -27,11 +28,17 @@ RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape 
 @pytest.fixture(scope="module")
 def bertserve(tiny_model_repo, tmp_path_factory):
     work = tmp_path_factory.mktemp("bertserve-live")
-    env = {"BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning"}
+    from app.cli import main as cli
+    from tests.support.tiny import make_token_checkpoint
+
+    env = {"BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning",
+           "BERTSERVE_DEFAULT_MODEL": "tiny"}
     repo = work / "repo"  # version 1 answers; version 2 (a copy) runs each answer as its shadow
     for version in ("1", "2"):
         shutil.copytree(tiny_model_repo / "tiny" / "1", repo / "tiny" / version)
     (repo / "tiny" / "serving.json").write_text('{"shadow": 2}')
+    cli(["export", str(make_token_checkpoint(work / "ner-checkpoint")), "--name", "ner", "--quantize", "none",
+         "--model-repository", str(repo)])
     server = Server(repo, workers=2, env=env)
     yield server.url
     server.stop()
@@ -86,7 +93,9 @@ def traffic(bertserve, prometheus):
                 assert client.post("/predict", json={"inputs": SINGLE[i % 4]}).status_code == 200
             for _ in range(5):
                 assert client.post("/predict", json={"inputs": SINGLE[:3]}).status_code == 200
-            sent["200"] += 25
+            for text in SINGLE:  # the token classifier: entities and windows (its texts are not predictions)
+                assert client.post("/predict", json={"inputs": text, "model": "ner"}).status_code == 200
+            sent["200"] += 25 + len(SINGLE)
             sent["predictions"] += 20 + 15
             assert client.post("/predict", json={"inputs": 42}).status_code == 422
             assert client.post("/predict", json={"inputs": "x", "model": "nope"}).status_code == 404
@@ -110,8 +119,8 @@ def test_counters_add_up_across_two_workers(prometheus, traffic):
     total = traffic["200"] + traffic["422"] + traffic["404"]
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve"})') == total
     assert scalar(prometheus, 'sum(bertserve_request_duration_seconds_count{job="bertserve"})') == total
-    # two live workers, each with a queue gauge (pid label) per version
-    assert len(query(prometheus, 'bertserve_queue_size{job="bertserve"}')) == 2 * 2
+    # two live workers, each with a queue gauge (pid label) per version: tiny 1 and 2, ner 1
+    assert len(query(prometheus, 'bertserve_queue_size{job="bertserve"}')) == 2 * 3
     # every request was answered by version 1, and named it
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="200", version="1"})') == want
 
@@ -160,7 +169,9 @@ def test_alert_rules_load_and_evaluate_on_real_series(prometheus, traffic):
     active = {r["name"]: r["alerts"] for r in rules if r["alerts"]}
     # The only alert on a healthy CPU service is the one for the target that expects CUDA.
     assert set(active) == {"BertserveGpuExpectedButCpu"}, json.dumps(active, indent=1)
-    alert = active["BertserveGpuExpectedButCpu"][0]
-    assert alert["state"] == "pending" and alert["labels"]["job"] == "bertserve-expects-cuda"
-    # the CPU engine chosen by measurement: onnxruntime's CPU provider or, on Intel CPUs, OpenVINO
-    assert alert["labels"]["provider"] in ("cpu", "openvino") and alert["labels"]["model"] == "tiny"
+    alerts = active["BertserveGpuExpectedButCpu"]
+    assert {a["labels"]["model"] for a in alerts} == {"tiny", "ner"}  # each model's versions on CPU
+    for alert in alerts:
+        assert alert["state"] == "pending" and alert["labels"]["job"] == "bertserve-expects-cuda"
+        # the CPU engine chosen by measurement: onnxruntime's CPU provider or OpenVINO
+        assert alert["labels"]["provider"] in ("cpu", "openvino")

@@ -120,7 +120,9 @@ def test_zero_shot_answers_as_the_pipeline(call, pipelines, arch, multi_label):
     print(f"\nzero-shot parity {arch} multi_label={multi_label}: max |score diff| {found:.2e}")
     assert found <= TOLERANCE
     spread = classify(TEXTS[0], candidate_labels=LABELS_20)["scores"]
-    assert spread[0] > 3 * spread[-1]  # the candidates' scores are far from ties
+    # The candidates' scores are far from ties (the tiny tokenizer's vocabulary, trained per process, varies: so
+    # do the random model's scores)
+    assert spread[0] - spread[-1] > 100 * TOLERANCE
 
 
 def test_duplicate_labels_are_answered_as_the_pipeline_answers_them(call, pipelines):

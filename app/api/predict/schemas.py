@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from app.api.schemas import JsonInt
 from app.scores import ScoreFunction, WindowAggregation
 
 Text = Annotated[StrictStr, Field(min_length=1)]
@@ -31,7 +32,7 @@ class PredictParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int | None = Field(None, ge=1, description="Return only the k best labels.")
+    top_k: JsonInt | None = Field(None, ge=1, description="Return only the k best labels.")
     function_to_apply: ScoreFunction | None = Field(
         None, description="Score function; by default the model head's, as transformers' text-classification "
         "pipeline chooses it: none for regression, sigmoid for multi-label or a single logit, else softmax."
@@ -56,7 +57,7 @@ class PredictParameters(BaseModel):
     )
     ignore_labels: list[StrictStr] | None = Field(
         None, description="A token-classification model: labels left out of the answer (default [\"O\"]).")
-    stride: int | None = Field(
+    stride: JsonInt | None = Field(
         None, ge=0, description="A token-classification model: tokens consecutive windows of a long text share "
         "(default a quarter of the model's max length, given in /models as default_stride).")
 
@@ -83,20 +84,20 @@ class PredictRequest(BaseModel):
         "counts them); false: read them whole, in overlapping windows (a pair: its second text), whose scores make "
         "one answer. Default: true, except for a token-classification model (false: no entity past the max length "
         "is lost).")
-    stride: int | None = Field(None, ge=0, description="truncate false: tokens consecutive windows share (below "
+    stride: JsonInt | None = Field(None, ge=0, description="truncate false: tokens consecutive windows share (below "
                                "what a window holds). Default: a quarter of the model's max length.")
     window_aggregation: WindowAggregation = Field(
         "mean", description="truncate false: a long text's answer from its windows' scores: their mean, each "
         "label's highest (max), or the first window's.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of probabilities.")
     model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
-    version: int | None = Field(None, ge=1, description="Model version; default: the highest one serving.")
+    version: JsonInt | None = Field(None, ge=1, description="Model version; default: the highest one serving.")
     parameters: PredictParameters | None = Field(
         None,
         description="Hugging Face Inference API form. When present, the answer uses that API's shape: "
         "a list of score lists even for a single text.",
     )
-    timeout_ms: int | None = Field(
+    timeout_ms: JsonInt | None = Field(
         None, ge=10, description="Answer 504 and drop the work if no result within this time (capped by the "
         "server's BERTSERVE_MAX_REQUEST_TIMEOUT_MS). Default: BERTSERVE_REQUEST_TIMEOUT_MS.",
     )
