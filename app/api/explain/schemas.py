@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from app.api.predict.schemas import LabelScore, Text
+from app.api.schemas import JsonInt
 
 MAX_FEATURES = 256
 
@@ -15,7 +16,7 @@ class ExplainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: StrictStr | None = Field(None, description="The label to explain; default: the predicted (top) one.")
-    max_features: int = Field(
+    max_features: JsonInt = Field(
         64, ge=1, le=MAX_FEATURES, description="At most this many features: one per word, or, for longer texts, "
         "groups of consecutive words. The cost is one engine pass over max_features + 1 sequences.",
     )
@@ -28,10 +29,11 @@ class ExplainRequest(ExplainOptions):
     )
 
     inputs: Text = Field(description="The text to explain.")
-    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422.")
+    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's max length; false: 422 (an "
+                                 "explanation reads one window).")
     model: StrictStr | None = Field(None, description="Model name; may be left out when one model is served.")
-    version: int | None = Field(None, ge=1, description="Model version; default: as for /predict.")
-    timeout_ms: int | None = Field(
+    version: JsonInt | None = Field(None, ge=1, description="Model version; default: as for /predict.")
+    timeout_ms: JsonInt | None = Field(
         None, ge=10, description="Answer 504 and drop the work if no result within this time (capped by "
         "BERTSERVE_MAX_REQUEST_TIMEOUT_MS). Default: BERTSERVE_REQUEST_TIMEOUT_MS.",
     )
