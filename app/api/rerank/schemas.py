@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from app.api.predict.schemas import Text
+from app.api.schemas import JsonInt
 
 Documents = Annotated[list[Text], Field(min_length=1)]
 
@@ -24,20 +25,8 @@ class Own(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(None, ge=1, description=_VERSION)
-    timeout_ms: int | None = Field(None, ge=10, description=_TIMEOUT)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _json_integer(cls, value: Any, info) -> Any:
-        """An integer field takes a JSON integer (1 or 1.0, as JSON Schema counts them), not a string or a boolean
-        that pydantic would convert."""
-        if info.field_name in _INTEGERS and isinstance(value, str | bool):
-            raise ValueError("a JSON integer is expected")
-        return value
-
-
-_INTEGERS = {"version", "timeout_ms", "top_n", "max_tokens_per_doc", "max_chunks_per_doc", "priority"}
+    version: JsonInt | None = Field(None, ge=1, description=_VERSION)
+    timeout_ms: JsonInt | None = Field(None, ge=10, description=_TIMEOUT)
 
 
 class TeiRerankRequest(Own):
@@ -86,17 +75,17 @@ class CohereRerankRequest(Own):
     documents: Annotated[list[Text | TextDocument], Field(min_length=1)] = Field(
         description="The documents: texts, or objects with a text (at most BERTSERVE_MAX_RERANK_DOCUMENTS)."
     )
-    top_n: int | None = Field(None, ge=1, description=_TOP_N)
+    top_n: JsonInt | None = Field(None, ge=1, description=_TOP_N)
     return_documents: StrictBool = Field(False, description="Return each document ({\"text\": ...}, or the object "
                                                             "sent) with its score.")
     raw_scores: StrictBool = Field(False, description="Return logits instead of the head's scores (Infinity's "
                                                       "field).")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="Accepted for compatibility; each "
+    max_tokens_per_doc: JsonInt | None = Field(None, ge=1, description="Accepted for compatibility; each "
                                                  "(query, document) pair is cut to the model's max length, the "
                                                  "longer side first.")
-    max_chunks_per_doc: int | None = Field(None, ge=1, description="Accepted (v1); documents are not chunked.")
+    max_chunks_per_doc: JsonInt | None = Field(None, ge=1, description="Accepted (v1); documents are not chunked.")
     rank_fields: list[Literal["text"]] | None = Field(None, description="v1: only the text field is ranked.")
-    priority: int | None = Field(None, description="Accepted (v2); all requests share one queue.")
+    priority: JsonInt | None = Field(None, description="Accepted (v2); all requests share one queue.")
 
 
 class Document(BaseModel):

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from app.api.predict.schemas import Text
+from app.api.schemas import JsonInt
 
 _MODEL = "Model name; may be left out when one model is served. The answer's `model` is the served model's name."
 _VERSION = "Model version (bertserve's field); default: as for /predict (the highest one serving, or the traffic split)."
@@ -26,24 +27,12 @@ class Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = Field(None, description=_MODEL)
-    truncate_prompt_tokens: int | None = Field(None, ge=-1, description=_TRUNCATE)
-    priority: int = Field(0, ge=0, le=0, description=_PRIORITY)
+    truncate_prompt_tokens: JsonInt | None = Field(None, ge=-1, description=_TRUNCATE)
+    priority: JsonInt = Field(0, ge=0, le=0, description=_PRIORITY)
     activation: StrictBool | None = Field(None, description=_ACTIVATION)
     user: StrictStr | None = Field(None, description="Accepted, not read (OpenAI's field).")
-    version: int | None = Field(None, ge=1, description=_VERSION)
-    timeout_ms: int | None = Field(None, ge=10, description=_TIMEOUT)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _json_integer(cls, value: Any, info) -> Any:
-        """An integer field takes a JSON integer (1 or 1.0, as JSON Schema counts them), not a string or a boolean
-        that pydantic would convert."""
-        if info.field_name in _INTEGERS and isinstance(value, str | bool):
-            raise ValueError("a JSON integer is expected")
-        return value
-
-
-_INTEGERS = {"truncate_prompt_tokens", "priority", "version", "timeout_ms"}
+    version: JsonInt | None = Field(None, ge=1, description=_VERSION)
+    timeout_ms: JsonInt | None = Field(None, ge=10, description=_TIMEOUT)
 
 
 class ClassificationRequest(Common):
