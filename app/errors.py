@@ -50,6 +50,18 @@ class ModelNotFound(ServiceError):
     kind = "not_found"
 
 
+class NotFound(ServiceError):
+    """Something other than a model is not there (feedback: no logged prediction with that id)."""
+
+    kind = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request contradicts what was already recorded (feedback: a second one for the same item)."""
+
+    kind = "conflict"
+
+
 class Overloaded(ServiceError):
     kind = "overloaded"
 

@@ -120,6 +120,9 @@ class Inference:
             served.metrics.truncated.inc(truncated)
         if record is not None:
             record.truncated = truncated
+            # For the prediction log (app.prediction_log): the answer by reference; zero-shot overwrites these
+            record.task, record.head, record.texts = served.config.task, head, texts
+            record.labels, record.scores = served.config.labels, scores
         served.metrics.observe(scores, timings)
         if (shadow := self.router.shadow_of(served)) is not None:
             if not windowed:

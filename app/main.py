@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__, audit, metrics, shutdown, tracing
-from app.api import errors, explain, http_limits, operations, predict, rerank, v2, vllm
+from app import __version__, audit, metrics, prediction_log, shutdown, tracing
+from app.api import errors, explain, feedback, http_limits, operations, predict, rerank, v2, vllm
 from app.api.middleware import RequestContextMiddleware
 from app.api.predict.schemas import PredictRequest
 from app.api.security import SCHEMES, AuthMiddleware, Keys, route_group
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     service = Service(settings)
     audit_log = audit.open_log(settings)  # this worker's audit chain, start record written (AuditError: required)
+    predictions = prediction_log.open_log(settings, service)  # None unless a sink is set; its writer thread runs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             served = service.list_models()
             await service.close()
             audit.close_log(served)  # the refusals still counted, then the stop record
+            if predictions is not None:  # what is queued is written (bounded), then the sinks close
+                await asyncio.to_thread(predictions.close)
             await asyncio.to_thread(tracing.shutdown)  # exports the spans still buffered
             metrics.mark_worker_dead(os.getpid())
 
@@ -74,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Each protocol's routes go straight into the app's table, /predict's first: Starlette tries routes in order,
     # and FastAPI resolves an included router's routes per request through its include layers (measured: 6 % of
     # the event loop's CPU per prediction). Their prefixes and tags are already in their routes; none has dependencies.
-    routers = [predict.router, v2.router, explain.router, rerank.router, vllm.router, operations.router]
+    routers = [predict.router, v2.router, explain.router, rerank.router, vllm.router, feedback.router,
+               operations.router]
     if keys.admin_served:
         routers.append(operations.admin_router)
     app.router.routes[:0] = [route for router in routers for route in router.routes]

@@ -21,6 +21,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from app.drift import CONFIDENCE_EDGES, TOKEN_EDGES
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -90,10 +92,11 @@ AUDIT_WRITE_FAILURES = Counter(
     "admin record refuses the call only with BERTSERVE_AUDIT_REQUIRED, other events are never held up.", ["event"],
 )
 PREDICTIONS = Counter("bertserve_predictions", "Predicted labels (the top one; with a sigmoid head each over 0.5), "
-                      "for watching drift.", ["model", "label"])
+                      "by model, version and label: the label feature of drift (app.drift).",
+                      ["model", "version", "label"])
 PREDICTION_CONFIDENCE = Histogram(
-    "bertserve_prediction_confidence", "Top score of each prediction (the head's function; none for regression).", ["model"],
-    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+    "bertserve_prediction_confidence", "Top score of each prediction (the head's function; none for regression).",
+    ["model", "version"], buckets=CONFIDENCE_EDGES,
 )
 
 TRUNCATED_TEXTS = Counter(
@@ -130,6 +133,54 @@ SHADOW_PROBABILITY_DIFFERENCE = Histogram(
     "probability of the answer's top label, per text.", ["model", "version"],
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
 )
+
+# Prediction log and feedback (app.prediction_log): never on a request's path, so what it could not keep is counted
+PREDICTION_LOG_RECORDS = Counter(
+    "bertserve_prediction_log_records", "Prediction log records written, by model and sink (file, http).",
+    ["model", "sink"],
+)
+PREDICTION_LOG_DROPPED = Counter(
+    "bertserve_prediction_log_dropped", "Prediction log records not written, by model and reason: queue_full (the "
+    "worker's queue was full: requests never wait for the log), sink_error (a sink failed or timed out: never "
+    "retried), shutdown (still queued at exit past the bound).", ["model", "reason"],
+)
+FEEDBACK = Counter(
+    "bertserve_feedback", "Feedback (POST /feedback) joined to a logged prediction, by model, version, the true "
+    "label and the logged predicted one (labels of a multi-label head joined by ','; regression: label 'value', "
+    "predicted 'within_bound' or 'outside_bound').", ["model", "version", "label", "predicted"],
+)
+
+# Drift and the gated accuracy (app.drift; the PSI and live-accuracy rules in deploy/prometheus/rules). Per-version
+# gauges are set at load and set to 0 at unload (as bertserve_model_info): 0 means "not served here".
+PREDICTION_TOKENS = Histogram(
+    "bertserve_prediction_tokens", "Token count of each text the model read (special tokens included, after "
+    "truncation to max_length; a text read in windows: its first window), one observation per prediction.",
+    ["model", "version"], buckets=TOKEN_EDGES,
+)
+PREDICTION_BINS = Counter(
+    "bertserve_prediction_bins", "Predictions by drift bin of the version's reference (drift.json): feature "
+    "confidence or tokens, bin named by its upper edge, holding (previous edge, edge]; per-bin, not cumulative like "
+    "a histogram's le, so PromQL can take each bin's share for the PSI.", ["model", "version", "feature", "bin"],
+)
+DRIFT_REFERENCE = Gauge(
+    "bertserve_drift_reference", "Share of the export gate's texts in each drift bin (drift.json; at least the PSI "
+    "epsilon 1e-4), by feature (label, confidence, tokens) and bin; 0 once the version is unloaded.",
+    ["model", "version", "feature", "bin"], multiprocess_mode="livemax",
+)
+GATE_ACCURACY = Gauge(
+    "bertserve_model_gate_accuracy", "Accuracy of the served artifact on the export gate's labelled texts (its "
+    "bertserve.json report), the mark live accuracy is held to; 0 once the version is unloaded.",
+    ["model", "version"], multiprocess_mode="livemax",
+)
+
+
+def collect():
+    """The metric families as /metrics renders them (in multiprocess mode: summed over this replica's workers)."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry.collect()
+    return REGISTRY.collect()
 
 
 def mark_worker_dead(pid: int) -> None:

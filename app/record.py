@@ -36,6 +36,14 @@ class RequestRecord:
     text_count: int = 0  # texts (or pairs) the request asked about
     rows: Sequence[tuple[Any, Any]] = ()  # (row, app.batching.Timing) of each sequence its version's batcher ran
     truncated: int = 0  # texts the model read only in part (the answer's X-Truncated-Texts, V2's `truncated`)
+    # The answer itself, for the prediction log (app.prediction_log), by reference: set only where an answer is
+    # made (classify, label_tokens, zero-shot), so a record with neither `scores` nor `entities` is not logged
+    task: str = ""  # "text-classification", "token-classification", "zero-shot-classification"
+    head: Any = None  # how to read `scores`: the version's app.scores.Head (None: zero-shot, token models)
+    texts: Sequence[Any] = ()  # the texts (str, or (text, text_pair) tuples) as the request gave them
+    labels: Sequence[str] = ()  # names of the columns of `scores` (the version's labels; zero-shot: candidates)
+    scores: Any = None  # numpy [len(texts), len(labels)]: the head's own scores, after windows
+    entities: Any = None  # token models: per text, the list of entity dicts answered
     # Filled by app.tracing once the request's trace is recorded (for its access-log line)
     trace_id: str | None = None
 

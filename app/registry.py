@@ -404,6 +404,7 @@ def _model_info(model: ServedModel, value: int) -> None:
     labels = (model.name, str(model.version), engine.provider, engine.artifact.numerics, engine.artifact.file,
               engine.precision)
     metrics.MODEL_INFO.labels(*labels).set(value)
+    model.metrics.publish(model.gate_accuracy, bool(value))  # drift reference, gated accuracy (app.drift)
 
 
 def _chosen_over(model: ServedModel) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,6 +34,7 @@ CONFIG_FILE = "bertserve.json"
 POLICY_FILE = "serving.json"  # optional, beside the version folders: which versions to serve
 TOKENIZER_FILE = "tokenizer.json"
 GOLDEN_FILE = "golden.json"
+log = logging.getLogger("bertserve.repository")
 CARD_FILE = "README.md"  # the model card app.lifecycle.card writes into each version folder it publishes
 
 Provider = Literal["cpu", "openvino", "cuda"]
@@ -181,10 +183,24 @@ class VersionPolicy(BaseModel):
         return versions[-(self.latest or 1):]
 
 
-class ModelServing(BaseModel):
-    """A model's serving.json: which versions load, and how requests naming no version are routed among them."""
+class PredictionLogServing(BaseModel):
+    """serving.json "prediction_log": this model's share of requests logged and what of their texts (each field
+    optional: the global BERTSERVE_PREDICTION_LOG_SAMPLE / _TEXT). The sinks are global only."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")  # unknown keys: warned and ignored (see ModelServing)
+
+    sample: float | None = Field(None, ge=0, le=1, description="Share of this model's answered requests logged.")
+    text: Literal["none", "hash", "full"] | None = Field(None, description="What of the texts is logged.")
+
+
+class ModelServing(BaseModel):
+    """A model's serving.json: which versions load, and how requests naming no version are routed among them.
+
+    Compatibility: a key this release does not know (one a newer release added, read by an older or rolled-back
+    replica) is warned about, naming it, once per change of the file, and ignored; never a bad_serving_json. Keys it
+    knows are validated strictly."""
+
+    model_config = ConfigDict(extra="allow")
 
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     traffic: dict[int, float] | None = Field(
@@ -197,6 +213,14 @@ class ModelServing(BaseModel):
         False, description="KServe V1 `:predict` answers each text's softmax probabilities by class id "
         "(huggingfaceserver's --return_probabilities) instead of the predicted class id (app.api.v1)."
     )
+    prediction_log: PredictionLogServing = Field(
+        default_factory=PredictionLogServing, description="This model's prediction log sample and text mode."
+    )
+
+    def unknown_keys(self) -> list[str]:
+        """The keys of the file this release does not know (ignored), nested ones as `prediction_log.<key>`."""
+        return sorted([*(self.model_extra or {}),
+                       *(f"prediction_log.{k}" for k in (self.prediction_log.model_extra or {}))])
 
     @model_validator(mode="after")
     def _weights(self) -> "ModelServing":
@@ -286,8 +310,19 @@ def read_serving(model_dir: Path, root: Path | None = None) -> ModelServing:
     above `model_dir`)."""
     path = model_dir / POLICY_FILE
     if not path.is_file():
+        _warned_unknown.pop(str(path), None)
         return ModelServing()
-    return _read(ModelServing, inside(model_dir.parent if root is None else root, path))
+    serving = _read(ModelServing, inside(model_dir.parent if root is None else root, path))
+    unknown = serving.unknown_keys()
+    if _warned_unknown.get(str(path), []) != unknown:  # once per change of the file's unknown keys
+        _warned_unknown[str(path)] = unknown
+        if unknown:
+            log.warning("%s: unknown key(s) %s ignored (written for a newer release?); the known keys are in force",
+                        path, ", ".join(unknown))
+    return serving
+
+
+_warned_unknown: dict[str, list[str]] = {}  # serving.json path -> the unknown keys last warned about
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app import metrics
+from app import drift, metrics
 from app.batching import Batcher, Timing
 from app.engine import Session
 from app.repository import ModelConfig
@@ -22,18 +22,28 @@ from app.tokenizer import Encoded, TextInput, TextTokenizer, pad, pad_types
 class ModelMetrics:
     """A model's labelled metric children, looked up once instead of per request."""
 
-    def __init__(self, name: str, labels: list[str], version: int | str = "", head: Head | None = None) -> None:
+    def __init__(self, name: str, labels: list[str], version: int | str = "", head: Head | None = None,
+                 reference: dict[str, Any] | None = None) -> None:
         self.head = head or Head(tuple(labels))
         self.tokenize = metrics.TOKENIZATION_DURATION.labels(name, str(version))
         self.queue = metrics.QUEUE_DURATION.labels(name, str(version))
         self.inference = metrics.INFERENCE_DURATION.labels(name, str(version))
-        self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name)
-        self.predictions = [metrics.PREDICTIONS.labels(name, label) for label in labels]
+        self.confidence = metrics.PREDICTION_CONFIDENCE.labels(name, str(version))
+        self.predictions = [metrics.PREDICTIONS.labels(name, str(version), label) for label in labels]
+        self.tokens = metrics.PREDICTION_TOKENS.labels(name, str(version))
         self.truncated = metrics.TRUNCATED_TEXTS.labels(name, str(version))
         self.windowed_texts = metrics.WINDOWED_TEXTS.labels(name, str(version), "texts")
         self.windows = metrics.WINDOWED_TEXTS.labels(name, str(version), "windows")
         self._key = (name, str(version))
         self._entities: dict[str, Any] = {}  # a token model's entity groups' children, made on first count
+        # Drift (app.drift): the reference's own bins (else the defaults), every bin's child made now so that an
+        # empty bin is exported as 0 and counts in the PSI rule.
+        self.reference = reference
+        features = (reference or {}).get("features", {})
+        self.bin_edges = {name: tuple(features.get(name, {}).get("edges", default))
+                          for name, default in (("confidence", drift.CONFIDENCE_EDGES), ("tokens", drift.TOKEN_EDGES))}
+        self.bins = {feature: [metrics.PREDICTION_BINS.labels(*self._key, feature, drift.bin_name(edge))
+                               for edge in edges] for feature, edges in self.bin_edges.items()}
 
     def count_entities(self, groups: list[str]) -> None:
         """A token model's entities, after aggregation, by group (the model's own labels without B-/I-)."""
@@ -53,18 +63,52 @@ class ModelMetrics:
             self.inference.observe(timing.inference_s)
 
     def observe(self, scores: np.ndarray, timings: list[Timing]) -> None:
-        """Per-request stage durations, and the predicted label mix and confidence for drift watching: the labels
-        the head chooses (top label, or every one over 0.5) and the top score (none for a regression value)."""
+        """Per-request stage durations, and what drift is watched on (app.drift): the labels the head chooses (top
+        label, or every one over 0.5), the top score (none for a regression value) and each text's tokens."""
+        confidence_edges, token_edges = self.bin_edges["confidence"], self.bin_edges["tokens"]
         for timing in timings:
             self.tokenize.observe(timing.tokenize_s)
             self.queue.observe(timing.queue_s)
             self.inference.observe(timing.inference_s)
+            self.tokens.observe(timing.tokens)
+            self.bins["tokens"][drift.bin_index(token_edges, timing.tokens)].inc()
         confident = self.head.function != "none"
         for row in scores.tolist():
             for label in self.head.chosen(row):
                 self.predictions[label].inc()
             if confident:
-                self.confidence.observe(max(row))
+                top = max(row)
+                self.confidence.observe(top)
+                self.bins["confidence"][drift.bin_index(confidence_edges, top)].inc()
+
+    def publish(self, gate_accuracy: float | None, on: bool) -> None:
+        """Set (on: at load) or zero (at unload) the version's drift reference and gated accuracy gauges."""
+        for feature, values in (self.reference or {}).get("features", {}).items():
+            for bin_, share in zip(values["bins"], values["fractions"], strict=True):
+                metrics.DRIFT_REFERENCE.labels(*self._key, feature, bin_).set(max(share, drift.EPSILON) if on else 0)
+        if gate_accuracy is not None:
+            metrics.GATE_ACCURACY.labels(*self._key).set(gate_accuracy if on else 0)
+
+    def live_drift(self) -> dict[str, Any] | None:
+        """PSI per feature of this replica's counts (all its workers' in multiprocess mode, as /metrics sums them)
+        against the reference; None without one."""
+        if self.reference is None:
+            return None
+        name, version = self._key
+        counted: dict[str, dict[str, float]] = {"label": {}, "confidence": {}, "tokens": {}}
+        for family in metrics.collect():
+            if family.name not in ("bertserve_predictions", "bertserve_prediction_bins"):
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if (not sample.name.endswith("_total") or labels.get("model") != name
+                        or labels.get("version") != version):
+                    continue
+                feature, bin_ = ("label", labels["label"]) if "label" in labels else (labels["feature"], labels["bin"])
+                counted[feature][bin_] = counted[feature].get(bin_, 0.0) + sample.value
+        counts = {feature: [counted.get(feature, {}).get(b, 0.0) for b in values["bins"]]
+                  for feature, values in self.reference["features"].items()}
+        return drift.live_drift(self.reference, counts)
 
 
 class ShadowRecord:
@@ -124,7 +168,8 @@ class ServedModel:
         for engine in self.engines:
             self._idle.put(engine)
         self.head = self.config.head  # how its logits become scores and decisions, made once (app.scores.Head)
-        self.metrics = ModelMetrics(self.name, self.config.labels, self.version, self.head)
+        reference = None if self.token_model else drift.read_reference(self.path, self.config.labels)
+        self.metrics = ModelMetrics(self.name, self.config.labels, self.version, self.head, reference)
 
     @cached_property
     def shadow_record(self) -> ShadowRecord:
@@ -195,4 +240,15 @@ class ServedModel:
             "engine": self.engine_choice,
             "batching": self.batch_choice,
             "report": self.config.report,
+            "gate_accuracy": self.gate_accuracy,  # beside GET /models/{name}'s live_quality (app.prediction_log)
+            # PSI of what this replica served against the export's reference (app.drift); null without drift.json
+            "drift": self.metrics.live_drift(),
         }
+
+    @property
+    def gate_accuracy(self) -> float | None:
+        """The export gate's accuracy of the artifact it serves (bertserve.json's evaluation: int8, else fp32), for
+        the live-accuracy alert; None without labelled gate texts."""
+        evaluation = (self.config.report or {}).get("evaluation") or {}
+        figures = evaluation.get(self.engine.artifact.precision) or evaluation.get("fp32") or {}
+        return figures.get("accuracy")

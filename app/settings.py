@@ -181,6 +181,59 @@ class Settings(BaseSettings):
         "their audit record cannot be written. Predictions and repository changes never wait for the audit log.",
     )
 
+    # --- prediction log and feedback (app.prediction_log; README: Prediction log and feedback) ---
+    prediction_log_dir: Path | None = Field(
+        None, description="Folder of the prediction log: each worker appends JSON lines to predictions-<pid>.jsonl "
+        "(rotated), beside the join index feedback reads (index.sqlite3, shared by all workers); unset: no file "
+        "sink and no POST /feedback.",
+    )
+    prediction_log_url: str | None = Field(
+        None, description="HTTP sink: each record POSTed as one CloudEvent in binary mode (ce-* headers, the record "
+        "as JSON body), as KServe's logger sends; from a background sender, never retried; unset: none.",
+    )
+    prediction_log_sample: float | None = Field(
+        None, ge=0, le=1, description="Share of answered requests logged (0-1), a model's serving.json "
+        "prediction_log.sample overriding it; unset: 1 when a sink is set.",
+    )
+    prediction_log_text: Literal["none", "hash", "full"] = Field(
+        "none", description="What of the texts is logged: none; hash (HMAC-SHA256 under a key shared by all "
+        "workers: repeats countable, text not stored); full (the texts: personal data, an explicit choice). A "
+        "model's serving.json prediction_log.text overrides it.",
+    )
+    prediction_log_hash_key_file: Path | None = Field(
+        None, description="Key of the text hashes (and of the key fingerprints of feedback when the audit log is "
+        "off); unset: one generated once in BERTSERVE_PREDICTION_LOG_DIR (.hash-key, mode 0600).",
+    )
+    prediction_log_max_bytes: int = Field(
+        100 * 2**20, ge=1024, description="A worker's log file passing this size is rotated (.jsonl.1 ...).",
+    )
+    prediction_log_max_files: int = Field(5, ge=1, description="Rotated log files kept per worker file.")
+    prediction_log_format: Literal["jsonl", "parquet"] = Field(
+        "jsonl", description="The folder's file format: jsonl (one JSON object per line); parquet (needs pyarrow: "
+        "the `parquet` extra; a worker's file is readable once finished, past MAX_BYTES or 10 minutes after its first "
+        "record, and finished files are kept within MAX_BYTES x MAX_FILES per worker).",
+    )
+
+    @field_validator("prediction_log_format")
+    @classmethod
+    def _parquet_needs_pyarrow(cls, value: str) -> str:
+        if value == "parquet":
+            try:
+                import pyarrow.parquet  # noqa: F401 - only checked: the writer imports it again
+            except ImportError:
+                raise ValueError("parquet needs pyarrow, which is not installed: pip install 'bertserve[parquet]' "
+                                 "(or BERTSERVE_PREDICTION_LOG_FORMAT=jsonl)") from None
+        return value
+    prediction_log_queue_size: int = Field(
+        1024, ge=1, description="Records waiting for the writer, per worker; past it a record is dropped (counted "
+        "in bertserve_prediction_log_dropped_total, reason queue_full): requests never wait for the log. Each holds "
+        "its request's texts until written, so this bounds the log's memory (at most this many request bodies).",
+    )
+    feedback_window_s: float = Field(
+        7 * 86400.0, gt=0, description="How long a logged prediction takes feedback (POST /feedback) and how long "
+        "feedback counts in live_quality; older rows of the join index are purged.",
+    )
+
     # --- HTTP transport ---
     request_read_timeout_s: float = Field(
         20.0, gt=0, description="A request's head and body must have arrived this many seconds after its first "
@@ -249,6 +302,16 @@ class Settings(BaseSettings):
                              "folder to keep a generated key in)")
         if self.audit_required and not self.audit_log:
             raise ValueError("BERTSERVE_AUDIT_REQUIRED needs BERTSERVE_AUDIT_LOG")
+        if (self.prediction_log_text == "hash" and self.prediction_log_dir is None and self.prediction_log_url
+                and self.prediction_log_hash_key_file is None):
+            raise ValueError("BERTSERVE_PREDICTION_LOG_TEXT=hash with only BERTSERVE_PREDICTION_LOG_URL needs "
+                             "BERTSERVE_PREDICTION_LOG_HASH_KEY_FILE (every worker and restart must hash with one key; "
+                             "without BERTSERVE_PREDICTION_LOG_DIR there is no folder to keep a generated one in)")
+        if self.prediction_log_hash_key_file is not None and not self.prediction_log_hash_key_file.is_file():
+            raise ValueError(f"BERTSERVE_PREDICTION_LOG_HASH_KEY_FILE {self.prediction_log_hash_key_file} is not a "
+                             "readable file")
+        if self.prediction_log_url is not None and not self.prediction_log_url.startswith(("http://", "https://")):
+            raise ValueError("BERTSERVE_PREDICTION_LOG_URL must be an http:// or https:// URL")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("BERTSERVE_SSL_CERTFILE and BERTSERVE_SSL_KEYFILE go together")
         return self

@@ -40,6 +40,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from app.errors import InvalidInput
+from app.record import current
 
 if TYPE_CHECKING:
     from app.served import ServedModel
@@ -349,6 +350,8 @@ async def label_tokens(
     for text, windows in zip(texts, found, strict=True):
         answers.append(entities(text, windows, strategy, labels, vocab, used, ignore))
     served.metrics.count_entities(entity_groups([e for one in answers for e in one]))
+    if (record := current.get()) is not None:  # for the prediction log (app.prediction_log), by reference
+        record.task, record.texts, record.labels, record.entities = served.config.task, texts, labels, answers
     return Entities(served, answers, used)
 
 

@@ -171,4 +171,8 @@ async def classify(
         record.truncated = int(cut.any(axis=1)[np.asarray(text_at)].sum())
     grid = np.asarray(logits, dtype=np.float32).reshape(len(unique_texts), len(made), -1)
     grid = grid[np.asarray(text_at)][:, np.asarray(label_at)]  # each text and label as asked
-    return ZeroShot(served, labels, combine(grid, entailment, multi_label))
+    scores = combine(grid, entailment, multi_label)
+    if record is not None:  # for the prediction log (app.prediction_log): the texts and candidates, not the pairs
+        record.task, record.head = "zero-shot-classification", None
+        record.texts, record.labels, record.scores = texts, labels, scores
+    return ZeroShot(served, labels, scores)

@@ -1,7 +1,9 @@
 """What every transport does around a request, for HTTP and gRPC alike: the one request-id rule, the request's
 record (app.record) begun at its start, and at its end the request metrics by model, answering version, status,
-protocol and route, its duration and its trace. A request cancelled under it is counted as 499 (the client left,
-nginx's status: only ever seen in metrics) or, while the server drains, 503 (the drain bound passed)."""
+protocol and route, its duration and its trace, and the answered request offered to the prediction log
+(app.prediction_log: sampled and queued, written off the request's path). A request cancelled under it is counted
+as 499 (the client left, nginx's status: only ever seen in metrics) or, while the server drains, 503 (the drain
+bound passed)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
-from app import metrics, tracing
+from app import metrics, prediction_log, tracing
 from app.logs import request_id
 from app.record import RequestRecord, current
 
@@ -53,3 +55,4 @@ def finish(service: Service, record: RequestRecord, status: int, grpc_code: Any 
     duration.labels(label, version).observe(time.perf_counter() - record.started)
     if tracing.tracer is not None:  # off: this check is all a request pays
         tracing.record_request(record, label, status, grpc_code)
+    prediction_log.offer(service, record, label, status)  # sampled and queued, never written here

@@ -24,6 +24,7 @@ STATUSES: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "INVALID_ARGUMENT"),
     "not_found": (404, "NOT_FOUND"),
     "method_not_allowed": (405, "UNIMPLEMENTED"),
+    "conflict": (409, "ALREADY_EXISTS"),
     "overloaded": (429, "RESOURCE_EXHAUSTED"),
     "timeout": (504, "DEADLINE_EXCEEDED"),
     "unhealthy": (503, "UNAVAILABLE"),

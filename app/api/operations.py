@@ -4,6 +4,7 @@ call which is decided for every route in one place: app.api.security."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app import audit, metrics
+from app import audit, metrics, prediction_log
 from app.api.errors import STATUSES
 from app.api.schemas import ModelInfo, Readiness, error_responses
 from app.api.security import Keys, bearer_token
@@ -57,9 +58,17 @@ async def list_models(request: Request) -> Response:
             response_model=list[ModelInfo],
             responses=error_responses(401, 404))
 async def get_model(name: str, request: Request) -> Response:
-    versions = [m for m in request.app.state.service.list_models(full_reasons(request)) if m["name"] == name]
+    service = request.app.state.service
+    versions = [m for m in service.list_models(full_reasons(request)) if m["name"] == name]
     if not versions:
         raise ModelNotFound(f"model {name!r} is not served")
+    log = prediction_log.of(service)
+    if log is not None and log.index is not None:  # joined feedback of every worker of this replica (the index)
+        quality = await asyncio.to_thread(log.index.quality, name)
+        for entry in versions:
+            if "version" in entry:
+                entry["live_quality"] = quality.get(str(entry["version"]),
+                                                    {"feedback": 0, "correct": 0, "accuracy": None})
     return json_response(versions)
 
 

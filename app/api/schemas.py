@@ -48,6 +48,15 @@ class ModelInfo(BaseModel):
     routing: RoutingInfo | None = Field(None, description="The model's traffic table: asked by serving.json, in "
                                                           "force, and why the asked one is not in force.")
     report: dict[str, Any] | None = Field(None, description="Quality figures measured when it was published.")
+    live_quality: dict[str, Any] | None = Field(
+        None, description="GET /models/{name} with the prediction log's folder set: feedback joined to this "
+        "version's logged predictions within BERTSERVE_FEEDBACK_WINDOW_S, all workers of this replica: feedback, "
+        "correct, accuracy (null without feedback); compare with gate_accuracy.")
+    gate_accuracy: float | None = Field(None, description="The export gate's accuracy of the artifact served "
+                                        "(bertserve.json's evaluation), null without labelled gate texts.")
+    drift: dict[str, Any] | None = Field(
+        None, description="Population stability index of what this replica served against the export's reference "
+        "(drift.json): psi per feature (label, confidence, tokens), count, reference_texts; null without drift.json.")
 
 
 class Readiness(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from app.drift import write_reference
 from app.errors import ModelLoadError
 from app.lifecycle import LifecycleError
 from app.lifecycle.checkpoint import checkpoint_task, choose_max_length, read_checkpoint, trained_on_pairs
@@ -280,6 +281,11 @@ def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
             if request.quantize == "int8" and artifacts[0].precision == "int8":
                 report["evaluation"]["int8"] = classification_figures(data.truth, int8_probs.argmax(1).tolist(), labels)
         config = config.model_copy(update={"artifacts": artifacts})
+        if config.task != TOKEN_TASK:  # drift.json: what the artifact a CPU serves made of the gate texts (app.drift)
+            served = int8_probs if artifacts[0].precision == "int8" else reference
+            report["drift"] = write_reference(folder, served, data.texts, config.head,
+                                              TextTokenizer(folder / TOKENIZER_FILE, config.max_length), data.source,
+                                              artifacts[0].file)
         report["golden"] = store_golden(folder, config, golden_texts, torch_golden, request.gate, data.source)
         if request.measure_staged is not None:
             report.update(request.measure_staged(folder, config))

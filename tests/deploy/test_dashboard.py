@@ -6,7 +6,17 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.support.deploy import COUNTERS, DASHBOARD, DEPLOY, EXPORTED, GAUGES, HISTOGRAMS, dashboard, metric_names
+from tests.support.deploy import (
+    COUNTERS,
+    DASHBOARD,
+    DEPLOY,
+    EXPORTED,
+    GAUGES,
+    HISTOGRAMS,
+    dashboard,
+    metric_names,
+    recorded,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -21,7 +31,8 @@ def exprs() -> list[str]:
 
 def test_only_metrics_the_service_exports():
     used = set().union(*(metric_names(e) for e in exprs()))
-    assert used <= EXPORTED, f"not exported by bertserve: {used - EXPORTED}"
+    assert used <= EXPORTED | recorded(), f"not exported by bertserve nor recorded by its rules: " \
+        f"{used - EXPORTED - recorded()}"
 
 
 def test_covers_what_the_issue_asks_for():
@@ -49,6 +60,25 @@ def test_a_row_compares_versions_side_by_side():
     assert "sum by (model, version, le) (rate(bertserve_request_duration_seconds_bucket" in text  # latency
     assert 'bertserve_shadow_decisions_total{' in text and 'outcome="agree"' in text and "[15m]" in text
     assert "bertserve_shadow_probability_difference_bucket" in text and "bertserve_shadow_dropped_total" in text
+    assert all("{{version}}" in t["legendFormat"] for p in in_row for t in p["targets"])
+
+
+def panels_of_row(title_words: tuple[str, ...]) -> list[dict]:
+    rows = [p for p in dashboard()["panels"] if p["type"] == "row"]
+    row = next(r for r in rows if all(w in r["title"].lower() for w in title_words))
+    after = [p for p in dashboard()["panels"] if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    later_rows = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+    return [p for p in after if not later_rows or p["gridPos"]["y"] < min(later_rows)]
+
+
+def test_a_row_shows_live_accuracy_and_drift_per_version():
+    """Issue 33: live accuracy beside the gated one, per-label F1, coverage, PSI: from the recording rules."""
+    in_row = panels_of_row(("live accuracy", "drift"))
+    text = " ".join(t["expr"] for p in in_row for t in p["targets"])
+    for name in ("bertserve:live_accuracy:1d", "bertserve:live_f1:1d", "bertserve:feedback_coverage:1d",
+                 "bertserve:prediction_psi:1h", "bertserve_model_gate_accuracy", "bertserve_feedback_total",
+                 "bertserve_prediction_tokens_bucket"):
+        assert name in text, f"{name} is not in the live accuracy and drift row"
     assert all("{{version}}" in t["legendFormat"] for p in in_row for t in p["targets"])
 
 

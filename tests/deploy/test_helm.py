@@ -105,6 +105,7 @@ BAD_VALUES = {
     "bad checksum": {"models": {"download": {"sha256": "abc"}}},
     "bad quantity": {"resources": {"limits": {"memory": "a lot"}}},
     "error ratio above 1": {"alerts": {"errorRatio": 5}},
+    "drift threshold not a number": {"alerts": {"driftPsi": "high"}},
     "bad scrape interval": {"monitoring": {"serviceMonitor": {"interval": "often"}}},
     "unknown expected provider": {"monitoring": {"expectedProvider": "gpu"}},
     # Checks made by the templates (cross-field rules a JSON schema cannot express):
@@ -255,6 +256,14 @@ def test_prometheus_rule_thresholds_follow_values(render_chart, tmp_path):
     shadow = rules["BertserveShadowAgreementLow"]
     assert "< 0.9\n" in shadow["expr"] and shadow["expr"].rstrip().endswith(">= 500")
     assert "fewer than 90 % of the texts compared (at least 500)" in shadow["annotations"]["description"]
+    quality = {r["alert"]: r for r in by_kind(render_chart(values | {"alerts": {
+        "liveAccuracyMargin": 0.1, "liveAccuracyMinFeedback": 50, "driftPsi": 0.25, "driftMinPredictions": 1000}}),
+        "PrometheusRule")[0]["spec"]["groups"][1]["rules"] if "alert" in r}
+    accuracy, drifted = quality["BertserveLiveAccuracyBelowGate"], quality["BertservePredictionDrift"]
+    assert "(bertserve_model_gate_accuracy > 0) - 0.1)" in accuracy["expr"] and accuracy["expr"].rstrip().endswith(">= 50")
+    assert "(at least 50 items)" in accuracy["annotations"]["description"]
+    assert "bertserve:prediction_psi:1h > 0.25\n" in drifted["expr"] and drifted["expr"].rstrip().endswith(">= 1000")
+    assert drifted["annotations"]["summary"].endswith("over 0.25")
     # and promtool accepts what the chart renders
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": by_kind(render_chart(values), "PrometheusRule")[0]["spec"]["groups"]}))

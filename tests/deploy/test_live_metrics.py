@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.deploy import DEPLOY, EXPORTED, dashboard, metric_names, stop_process, tool, wait_for
+from tests.support.deploy import DEPLOY, EXPORTED, dashboard, metric_names, recorded, stop_process, tool, wait_for
 from tests.support.deploy import prom_query as query
 from tests.support.deploy import prom_scalar as scalar
 from tests.support.servers import Server, free_port
@@ -26,16 +26,21 @@ RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape 
 
 
 @pytest.fixture(scope="module")
-def bertserve(tiny_model_repo, tmp_path_factory):
+def bertserve(tiny_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("bertserve-live")
     from app.cli import main as cli
+    from app.lifecycle.export import ExportRequest, export_model
+    from app.lifecycle.gate import GateData
     from tests.support.tiny import make_token_checkpoint
 
     env = {"BERTSERVE_METRICS_DIR": str(work / "metrics"), "BERTSERVE_LOG_LEVEL": "warning",
-           "BERTSERVE_DEFAULT_MODEL": "tiny"}
+           "BERTSERVE_DEFAULT_MODEL": "tiny", "BERTSERVE_PREDICTION_LOG_DIR": str(work / "log")}
     repo = work / "repo"  # version 1 answers; version 2 (a copy) runs each answer as its shadow
-    for version in ("1", "2"):
-        shutil.copytree(tiny_model_repo / "tiny" / "1", repo / "tiny" / version)
+    # Exported as `bertserve export` does, on labelled gate texts: its report holds the gated accuracy and
+    # drift.json its reference (fp32 only: the shadow copy then agrees on every text)
+    export_model(ExportRequest(source=tiny_checkpoint, name="tiny", repository=repo, version=1, quantize="none",
+                               gate_data=GateData(SINGLE * 3, [0, 1, 2] * 4, "live test texts")))
+    shutil.copytree(repo / "tiny" / "1", repo / "tiny" / "2")
     (repo / "tiny" / "serving.json").write_text('{"shadow": 2}')
     cli(["export", str(make_token_checkpoint(work / "ner-checkpoint")), "--name", "ner", "--quantize", "none",
          "--model-repository", str(repo)])
@@ -84,13 +89,20 @@ def prometheus(bertserve, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def traffic(bertserve, prometheus):
-    """Two bursts a few scrapes apart (so rates are non-zero), with a few client errors; returns the counts."""
-    sent = {"200": 0, "422": 0, "404": 0, "predictions": 0}
+    """Two bursts a few scrapes apart (so rates are non-zero), with a few client errors and feedback on some
+    answers (the true label by turn); returns the counts."""
+    sent = {"200": 0, "422": 0, "404": 0, "predictions": 0, "feedback": 0}
     with httpx.Client(base_url=bertserve, timeout=30) as client:
         wait_for(lambda: scalar(prometheus, 'up{job="bertserve"}') == 1, 20, "first scrape")
         for _ in range(2):
             for i in range(20):
-                assert client.post("/predict", json={"inputs": SINGLE[i % 4]}).status_code == 200
+                answer = client.post("/predict", json={"inputs": SINGLE[i % 4]})
+                assert answer.status_code == 200
+                if i % 2 == 0:
+                    feedback = client.post("/feedback", json={"id": answer.headers["x-request-id"],
+                                                              "label": ("negative", "neutral", "positive")[i % 3]})
+                    assert feedback.status_code == 200, feedback.text
+                    sent["feedback"] += 1
             for _ in range(5):
                 assert client.post("/predict", json={"inputs": SINGLE[:3]}).status_code == 200
             for text in SINGLE:  # the token classifier: entities and windows (its texts are not predictions)
@@ -115,6 +127,8 @@ def test_counters_add_up_across_two_workers(prometheus, traffic):
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="422"})') == traffic["422"]
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve", status="404"})') == traffic["404"]
     assert scalar(prometheus, 'sum(bertserve_predictions_total{job="bertserve"})') == traffic["predictions"]
+    assert scalar(prometheus, 'sum(bertserve_prediction_tokens_count{job="bertserve"})') == traffic["predictions"]
+    assert scalar(prometheus, 'sum(bertserve_feedback_total{job="bertserve"})') == traffic["feedback"]
     # every answered request is counted once and timed once, whatever its status and model label
     total = traffic["200"] + traffic["422"] + traffic["404"]
     assert scalar(prometheus, 'sum(bertserve_requests_total{job="bertserve"})') == total
@@ -148,10 +162,45 @@ def test_every_dashboard_panel_returns_data(prometheus, traffic):
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
+def test_live_quality_and_drift_rules_on_real_series(prometheus, traffic):
+    """The recording rules over two workers' counters: live accuracy is the share of feedback whose label was the
+    one answered and coverage feedback over texts (checked against the raw counters' increases at the rule's own
+    evaluation time), and the PSI of the tiny model's traffic against its export reference (drift.json: the same
+    four texts, in other proportions) is a finite figure per feature."""
+    wait_for(lambda: scalar(prometheus, 'sum(bertserve:feedback_count:1d{job="bertserve"})'), 20, "feedback recorded")
+    # the time of the rule's last evaluation: every figure below is taken then, as the rules saw the counters
+    at = scalar(prometheus, 'timestamp(bertserve:live_accuracy:1d{job="bertserve", model="tiny", version="1"})')
+
+    def increases(expr: str) -> list[dict]:
+        body = httpx.get(prometheus + "/api/v1/query", params={"query": expr, "time": at}, timeout=10).json()
+        return body["data"]["result"]
+
+    [record] = increases('bertserve:live_accuracy:1d{job="bertserve", model="tiny", version="1"}')
+    accuracy = float(record["value"][1])
+
+    feedback = increases('increase(bertserve_feedback_total{job="bertserve", model="tiny"}[1d])')
+    total = sum(float(r["value"][1]) for r in feedback)
+    right = sum(float(r["value"][1]) for r in feedback if r["metric"]["label"] == r["metric"]["predicted"])
+    assert total > 0 and 0 < right < total  # feedback of both kinds reached the rule
+    assert accuracy == pytest.approx(right / total)
+    texts = sum(float(r["value"][1]) for r in increases(
+        'increase(bertserve_prediction_tokens_count{job="bertserve", model="tiny", version="1"}[1d])'))
+    [coverage] = increases('bertserve:feedback_coverage:1d{job="bertserve", model="tiny", version="1"}')
+    assert float(coverage["value"][1]) == pytest.approx(total / texts)
+    f1 = {r["metric"]["label"] for r in query(prometheus, 'bertserve:live_f1:1d{job="bertserve", model="tiny"}')}
+    assert f1 == {"negative", "neutral", "positive"}
+    psi = {r["metric"]["feature"]: float(r["value"][1])
+           for r in query(prometheus, 'bertserve:prediction_psi:1h{job="bertserve", model="tiny", version="1"}')}
+    assert set(psi) == {"label", "confidence", "tokens"} and all(0 <= v < 50 for v in psi.values()), psi
+    gated = scalar(prometheus, 'max(bertserve_model_gate_accuracy{job="bertserve", model="tiny", version="1"})')
+    assert 0 < gated <= 1
+
+
 def test_dashboard_metrics_are_in_the_live_exposition(bertserve, traffic):
     body = httpx.get(bertserve + "/metrics", timeout=10).text
     live = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")}
     used = set().union(*(metric_names(t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])))
+    used -= recorded()  # made by the recording rules, in Prometheus
     assert used <= live, f"on the dashboard but not in /metrics: {used - live}"
     assert EXPORTED <= live, f"listed as exported but not served: {EXPORTED - live}"
 
@@ -166,7 +215,7 @@ def test_alert_rules_load_and_evaluate_on_real_series(prometheus, traffic):
     in_file = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "bertserve.rules.yml").read_text())
     assert len(rules) == sum(len(g["rules"]) for g in in_file["groups"])  # every rule of the file loaded
     assert all(r["health"] == "ok" for r in rules), json.dumps(rules, indent=1)
-    active = {r["name"]: r["alerts"] for r in rules if r["alerts"]}
+    active = {r["name"]: r["alerts"] for r in rules if r.get("alerts")}  # recording rules have no alerts
     # The only alert on a healthy CPU service is the one for the target that expects CUDA.
     assert set(active) == {"BertserveGpuExpectedButCpu"}, json.dumps(active, indent=1)
     alerts = active["BertserveGpuExpectedButCpu"]

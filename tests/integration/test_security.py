@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.metrics import metric
+from tests.support.receiver import Receiver
 from tests.support.servers import SLOW_ENV, call, post, start_busy_batch
 from tests.support.tiny import REVIEW
 
@@ -133,13 +134,22 @@ def seen(response: httpx.Response) -> str:
     return f"{response.status_code} {response.headers!r} {response.text}"
 
 
-def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_model_repo, start_server):
+def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_model_repo, start_server, tmp_path):
     """A marker sent through every path that can fail, against real servers logging at debug with the access
     log on: validation, too long with truncate false, overload, deadline, disconnect. It is in no log line, no
-    error body, no header, no metric."""
+    error body, no header, no metric; and, the prediction log on with its default text mode (none), in no file of
+    its folder (records, join index, key) and in nothing its CloudEvents receiver got on the wire."""
     text = f"great drug {MARKER} no side effects"
     outputs: list[str] = []
-    server = start_server(tiny_model_repo, env=DEBUG_ENV)
+    receiver = Receiver()
+    folder = tmp_path / "prediction-log"
+    server = start_server(tiny_model_repo, env=DEBUG_ENV | {"BERTSERVE_PREDICTION_LOG_DIR": str(folder),
+                                                            "BERTSERVE_PREDICTION_LOG_URL": receiver.url})
+    answered = httpx.post(server.url + "/predict", json={"inputs": [text, text + " again"]})
+    assert answered.status_code == 200  # logged: its texts are what must stay out of the log
+    feedback = {"id": answered.headers["x-request-id"], "index": 1, "label": "positive"}
+    assert httpx.post(server.url + "/feedback", json=feedback).status_code == 200
+    receiver.wait_for(2)  # the prediction and the feedback, on the wire
     bad_bodies = [
         b'{"inputs": "' + text.encode(),  # malformed JSON
         json.dumps({"inputs": text, "truncate": text}).encode(),  # wrong types
@@ -174,6 +184,11 @@ def test_no_client_text_in_logs_errors_metrics_or_headers(tiny_model_repo, slow_
     outputs.append(server.metrics_text())
     server.stop()
     outputs.append(server.output())
+    receiver.close()
+    outputs += [f"{headers!r} {body!r}" for headers, body in receiver.received]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(".jsonl" in p.name for p in files) and any(p.name.startswith("index.sqlite3") for p in files)
+    outputs += [p.read_bytes().decode("latin-1") for p in files]
 
     env = SLOW_ENV | DEBUG_ENV | {"BERTSERVE_MAX_QUEUE_SIZE": "40"}
     slow = start_server(slow_model_repo, env=env)

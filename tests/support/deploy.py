@@ -161,17 +161,24 @@ def env_of(container: dict) -> dict[str, str]:
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "bertserve.json"
 # What the service exports (app/metrics.py): counters get _total, histograms _bucket/_sum/_count.
 COUNTERS = {"bertserve_requests", "bertserve_predictions", "bertserve_shadow_decisions", "bertserve_shadow_dropped",
-            "bertserve_truncated_texts", "bertserve_windowed_texts", "bertserve_entities"}
+            "bertserve_truncated_texts", "bertserve_windowed_texts", "bertserve_entities", "bertserve_feedback"}
 HISTOGRAMS = {"bertserve_request_duration_seconds", "bertserve_request_tokenization_duration_seconds",
               "bertserve_request_queue_duration_seconds", "bertserve_request_inference_duration_seconds",
               "bertserve_batch_size", "bertserve_batch_tokens", "bertserve_prediction_confidence",
-              "bertserve_shadow_probability_difference", "bertserve_token_windows_per_request"}
-GAUGES = {"bertserve_queue_size", "bertserve_model_info"}
+              "bertserve_shadow_probability_difference", "bertserve_token_windows_per_request",
+              "bertserve_prediction_tokens"}
+GAUGES = {"bertserve_queue_size", "bertserve_model_info", "bertserve_model_gate_accuracy"}
 EXPORTED = ({f"{c}_total" for c in COUNTERS} | GAUGES
             | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")})
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "or", "vector", "le", "model",
                 "status", "label", "pid", "pod", "instance", "job", "version", "provider", "quantization",
-                "artifact", "precision", "outcome", "reason", "count", "entity"}
+                "artifact", "precision", "outcome", "reason", "count", "entity", "predicted", "feature", "bin"}
+RULES_FILE = DEPLOY / "prometheus" / "rules" / "bertserve.rules.yml"
+
+
+def recorded() -> set[str]:
+    """What the recording rules (deploy/prometheus/rules) make: panels may name these too, never in /metrics."""
+    return {r["record"] for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"] if "record" in r}
 
 
 def dashboard() -> dict:

@@ -133,10 +133,12 @@ def test_a_recorded_function_that_contradicts_the_head_is_refused():
 
 def test_prediction_metrics_count_what_the_head_decides():
     def count(model: str, label: str) -> float:
-        return REGISTRY.get_sample_value("bertserve_predictions_total", {"model": model, "label": label}) or 0.0
+        return REGISTRY.get_sample_value("bertserve_predictions_total",
+                                         {"model": model, "version": "1", "label": label}) or 0.0
 
     def confidence(model: str) -> float:
-        return REGISTRY.get_sample_value("bertserve_prediction_confidence_count", {"model": model}) or 0.0
+        return REGISTRY.get_sample_value("bertserve_prediction_confidence_count",
+                                         {"model": model, "version": "1"}) or 0.0
 
     multi = ModelMetrics("heads-multi", list(MULTI.labels), 1, MULTI)
     multi.observe(np.array([[0.9, 0.1, 0.6, 0.5], [0.2, 0.2, 0.2, 0.2]]), [])
