@@ -444,6 +444,11 @@ def train_token_classifier(
 
 
 def main(args: argparse.Namespace) -> None:
+    if getattr(args, "from_log", None):
+        main_from_log(args)
+        return
+    if args.data is None or args.base is None:
+        raise LifecycleError("give --data and --base (or --from-log LOGDIR, training on the prediction log)")
     data = Path(args.data)
     if getattr(args, "task", "text-classification") == TOKEN_TASK:
         main_tokens(args, data)
@@ -477,3 +482,79 @@ def main_tokens(args: argparse.Namespace, data: Path) -> None:
     best = report["validation"]
     print(f"trained {args.output}: {report['labels']}, best epoch {report['best_epoch']}, validation entity "
           f"micro-F1 {best['micro_f1']:.4f}, token accuracy {best['accuracy']:.4f} ({report['elapsed_s']:.0f} s)")
+
+
+# ---- train --from-log: the next version from production ----
+
+
+def serving_version(repository: Path, model: str, version: str) -> tuple[Path, dict[str, Any] | None]:
+    """The published version's folder and its bertserve.json (None where this repository does not hold it)."""
+    folder = repository / model / version
+    try:
+        return folder, json.loads((folder / "bertserve.json").read_text())
+    except (OSError, ValueError):
+        return folder, None
+
+
+def report_source(folder: Path, config: dict[str, Any] | None, repository: Path) -> Path:
+    """The checkpoint a published version was exported from: report.source of its bertserve.json, as written
+    (relative to where export ran) or relative to the repository's parent folder (where `make demo` runs)."""
+    if config is None:
+        raise LifecycleError(f"{folder}: no published version here (--model-repository {repository}); give --base, "
+                             "the checkpoint to start from")
+    source = (config.get("report") or {}).get("source")
+    if not isinstance(source, str) or not source:
+        raise LifecycleError(f"{folder / 'bertserve.json'} names no checkpoint (report.source); give --base, the "
+                             "checkpoint to start from")
+    for candidate in (Path(source), repository.parent / source):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise LifecycleError(f"{folder / 'bertserve.json'}: its checkpoint {source} (report.source) is not on this machine "
+                         "(model images ship no checkpoints); give --base with a copy of it")
+
+
+def main_from_log(args: argparse.Namespace) -> None:
+    """Fine-tune the serving version's checkpoint on the logged texts labelled by their feedback (and --data)."""
+    from app.lifecycle.prediction_log_data import PredictionLog
+
+    if getattr(args, "task", "text-classification") == TOKEN_TASK:
+        raise LifecycleError(f"--from-log trains text classifiers; a token classifier (--task {TOKEN_TASK}) trains "
+                             "from a CoNLL/JSONL file (--data)")
+    log = PredictionLog(Path(args.from_log))
+    name, _, version = (args.model or "").partition(":")
+    model = log.model(name or None)
+    log.texts(model)  # a log without texts (text mode hash or none) is refused first: nothing else would help
+    version = version or log.models()[model][-1]  # the newest version that answered logged requests
+    repository = Path(args.model_repository)
+    folder, published = serving_version(repository, model, version)
+    base = Path(args.base) if args.base else report_source(folder, published, repository)
+    # The head keeps the served labels, in their order: the new version answers as the old one did.
+    if published is not None:
+        labels, problem = published.get("labels"), published.get("problem_type")
+    else:
+        base_config = load_base_config(str(base))
+        labels = [base_config.id2label[i] for i in range(base_config.num_labels)]
+        problem = base_config.problem_type
+    if problem in ("multi_label_classification", "regression"):
+        raise LifecycleError(f"{model}:{version} is a {problem} head; bertserve train fits single-label and one-logit "
+                             "heads: fine-tune it with transformers on the log's texts (log_texts)")
+    one_logit = len(labels) == 1
+    found = log.labelled(model, labels, one_logit)
+    print(found.summary())
+    texts, targets, data = list(found.texts), list(found.labels), [found.data_record()]
+    if args.data:
+        path = Path(args.data)
+        more, more_labels = read_labelled(path, args.text_column, args.label_column, args.text_pair_column)
+        texts, targets, data = texts + more, targets + more_labels, data + [data_record(path, len(more))]
+        print(f"with {len(more)} rows of {path}: {len(texts)} examples")
+    if len({isinstance(t, tuple) for t in texts}) > 1:
+        raise LifecycleError("the examples mix single texts and text pairs; a model reads one or the other")
+    options = TrainOptions(epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                           max_length=args.max_length, seed=args.seed)
+    print(f"starting from {base}" + ("" if args.base else f" (report.source of {model}:{version})"))
+    report = train_classifier(texts, targets, str(base), Path(args.output), options, label_names=labels,
+                              one_logit=one_logit, data=data)
+    best = report["validation"]
+    print(f"trained {args.output}: best epoch {report['best_epoch']}, validation accuracy {best['accuracy']:.4f}, "
+          f"macro-F1 {best['macro_f1']:.4f} ({report['elapsed_s']:.0f} s); publish it with: bertserve export "
+          f"{args.output} --name {model}")
