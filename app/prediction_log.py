@@ -2,8 +2,9 @@
 feedback (POST /feedback, app.api.feedback) is matched against.
 
 Off by default; on when a sink is set: a folder (BERTSERVE_PREDICTION_LOG_DIR: rotated JSONL files, one per
-worker, `predictions-<pid>.jsonl`, so no two workers ever write one file) and/or a URL (BERTSERVE_PREDICTION_LOG_URL:
-CloudEvents over HTTP). Per model, serving.json's "prediction_log" {"sample", "text"} overrides the global
+worker, `predictions-<pid>.jsonl`, so no two workers ever write one file; or Parquet files with
+BERTSERVE_PREDICTION_LOG_FORMAT=parquet, see ParquetSink) and/or a URL (BERTSERVE_PREDICTION_LOG_URL: CloudEvents over
+HTTP). Per model, serving.json's "prediction_log" {"sample", "text"} overrides the global
 BERTSERVE_PREDICTION_LOG_SAMPLE / _TEXT (read through Service.serving_of: the last valid serving.json).
 
 **Never on the request's path.** At a request's end (app.api.accounting.finish, which HTTP and gRPC both call) an
@@ -72,6 +73,9 @@ WRITER_BATCH = 256  # records the writer takes from its queue per round (one ind
 HTTP_BATCH = 64  # records the HTTP sender posts per flush; a failure drops the rest of its flush
 HTTP_QUEUE = 2048  # records waiting for the HTTP sender; past it: dropped (sink_backlog)
 HTTP_TIMEOUT_S, HTTP_CONNECT_TIMEOUT_S = 2.0, 1.0
+PARQUET_ROW_GROUP = 4096  # records buffered per Parquet row group (few large row groups read fast; bounds memory)
+PARQUET_FILE_S = 600.0  # a Parquet file is finished this long after its first record: what a crash can lose
+WRITER_IDLE_S = 5.0  # an idle writer wakes this often (to finish a Parquet file that is due)
 FEEDBACK_WAIT_S = 1.0  # how long feedback for an id not yet in the index looks again before 404
 PURGE_EVERY_S = 60.0
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -190,6 +194,13 @@ class FileSink:
         self.size = os.fstat(fd).st_size
         return fd
 
+    def take(self, records: list[dict[str, Any]], lines: list[bytes]) -> None:
+        """The writer's batch: its JSON lines (the records themselves are the Parquet sink's)."""
+        self.write(b"".join(lines))
+
+    def tick(self) -> None:
+        """Nothing is ever pending here: every batch is in the file when take returns."""
+
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -211,6 +222,181 @@ class FileSink:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def parquet_schema() -> Any:
+    """The Parquet files' columns: a JSONL record's top-level fields, flat (one row per record, `type` telling
+    prediction from feedback, null where a type has no such field), `time` a UTC timestamp, `items` a list of structs
+    (fields absent from an item are null; `scores` a map, label to score), and feedback's `label` and `predicted` as
+    JSON text (a string, a list of labels or a number, by head: no one column type holds them all)."""
+    import pyarrow as pa
+
+    entity = pa.struct([("entity", pa.string()), ("entity_group", pa.string()), ("score", pa.float64()),
+                        ("index", pa.int64()), ("word", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
+    item = pa.struct([("index", pa.int64()), ("label", pa.string()), ("score", pa.float64()),
+                      ("scores", pa.map_(pa.string(), pa.float64())), ("labels", pa.list_(pa.string())),
+                      ("text", pa.string()), ("text_pair", pa.string()), ("text_hash", pa.string()),
+                      ("entities", pa.list_(entity))])
+    text = pa.string()
+    return pa.schema([("type", text), ("id", text), ("time", pa.timestamp("us", tz="UTC")), ("model", text),
+                      ("version", text), ("route", text), ("protocol", text), ("task", text),
+                      ("latency_ms", pa.float64()), ("truncated", pa.int64()), ("items", pa.list_(item)),
+                      ("index", pa.int64()), ("label", text), ("predicted", text), ("key", text)])
+
+
+# The fields of each record type, as the JSONL has them (reading a Parquet row back keeps these, nulls included).
+RECORD_FIELDS = {"prediction": ("type", "id", "time", "model", "version", "route", "protocol", "task", "latency_ms",
+                                "truncated", "items"),
+                 "feedback": ("type", "id", "index", "time", "model", "version", "label", "predicted", "key")}
+JSON_TEXT_FIELDS = ("label", "predicted")  # feedback's: JSON text in Parquet
+
+
+def _parquet_row(logged: dict[str, Any]) -> dict[str, Any]:
+    row = dict(logged, time=datetime.fromisoformat(logged["time"]))
+    if logged["type"] == "feedback":
+        for name in JSON_TEXT_FIELDS:
+            row[name] = orjson.dumps(logged[name], option=JSON_OPTIONS).decode()
+    return row
+
+
+def parquet_records(path: Path) -> list[dict[str, Any]]:
+    """A finished Parquet log file's records, as the JSONL lines' objects would be (ParquetSink's rows back)."""
+    import pyarrow.parquet as pq
+
+    records = []
+    for row in pq.read_table(path).to_pylist():
+        record = {name: row.get(name) for name in RECORD_FIELDS.get(row["type"], row)}
+        if isinstance(record.get("time"), datetime):
+            record["time"] = record["time"].astimezone(UTC).isoformat(timespec="microseconds")
+        if row["type"] == "feedback":
+            for name in JSON_TEXT_FIELDS:
+                record[name] = None if record[name] is None else orjson.loads(record[name])
+        if record.get("items") is not None:
+            record["items"] = [_present(item) for item in record["items"]]
+            for item in record["items"]:
+                if "scores" in item:  # a map reads back as (key, value) pairs
+                    item["scores"] = dict(item["scores"])
+                if "entities" in item:
+                    item["entities"] = [_present(entity) for entity in item["entities"]]
+        records.append(record)
+    return records
+
+
+def _present(struct: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in struct.items() if value is not None}
+
+
+class ParquetSink:
+    """This worker's Parquet files (BERTSERVE_PREDICTION_LOG_FORMAT=parquet; columns: parquet_schema).
+
+    A Parquet file is readable only once its footer is written, so the file being written is named
+    `predictions-<pid>-<n>.parquet.partial` (no `*.parquet` glob reads it half-made) and is finished (footer, then
+    renamed `predictions-<pid>-<n>.parquet`) past max_bytes, PARQUET_FILE_S after its first record, and at
+    shutdown. Records are buffered as rows and converted to Arrow PARQUET_ROW_GROUP at a time, one row group each
+    (or fewer, when the file is finished), all in the writer thread. A crash (SIGKILL, out of memory) loses the worker's unfinished file: at most PARQUET_FILE_S of
+    its records, or max_bytes of them if that comes sooner. Because files are also finished by age, the bound on
+    finished files is in bytes: a worker keeps its newest ones within max_bytes x max_files (the JSONL files' bound),
+    deleting the oldest. <n> continues past the files of an earlier worker with this pid, so none is overwritten."""
+
+    SUFFIX, PARTIAL = ".parquet", ".parquet.partial"
+
+    def __init__(self, folder: Path, max_bytes: int, max_files: int) -> None:
+        import pyarrow as pa  # only with the parquet format (settings refused it without pyarrow)
+        import pyarrow.parquet as pq
+
+        self.pa, self.pq, self.schema = pa, pq, parquet_schema()
+        self.folder, self.max_bytes, self.max_files = folder, max_bytes, max_files
+        self.stem = f"predictions-{os.getpid()}-"
+        self.number = max((self._number(p) for p in folder.glob(f"{self.stem}*")), default=0)
+        self.path = self._name(self.number + 1, self.PARTIAL)  # the next file to write (made at its first row group)
+        self.writer: Any = None
+        self.pending: list[dict[str, Any]] = []  # rows not yet in a row group
+        self.since: float | None = None  # monotonic time of the unfinished file's first record
+
+    def _name(self, number: int, suffix: str) -> Path:
+        return self.folder / f"{self.stem}{number:06d}{suffix}"
+
+    def _number(self, path: Path) -> int:
+        digits = path.name.removeprefix(self.stem).split(".", 1)[0]
+        return int(digits) if digits.isdigit() else 0
+
+    def take(self, records: list[dict[str, Any]], lines: list[bytes]) -> None:
+        self.pending += [_parquet_row(r) for r in records]  # to Arrow once per row group: ~100x cheaper than per batch
+        if self.since is None:
+            self.since = time.monotonic()
+        if len(self.pending) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def tick(self) -> None:
+        """Finish the file when it is due (the writer calls this after each batch and when idle)."""
+        if self.since is not None and time.monotonic() - self.since >= PARQUET_FILE_S:
+            self._finish()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        rows, self.pending = self.pending, []
+        table = self._table(rows)
+        if not table.num_rows:
+            return
+        try:
+            if self.writer is None:
+                self.number += 1
+                self.path = self._name(self.number, self.PARTIAL)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # 0600: it may hold texts
+                self.writer = self.pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
+            self.writer.write_table(table, row_group_size=len(table))
+        except BaseException:
+            self._abandon()
+            raise
+        if self.path.stat().st_size >= self.max_bytes:
+            self._finish()
+
+    def _table(self, rows: list[dict[str, Any]]) -> Any:
+        try:
+            return self.pa.Table.from_pylist(rows, schema=self.schema)
+        except (self.pa.ArrowException, ValueError, TypeError):  # a row Arrow cannot take: only it is dropped
+            kept = []
+            for row in rows:
+                try:
+                    kept.append(self.pa.Table.from_pylist([row], schema=self.schema))
+                except (self.pa.ArrowException, ValueError, TypeError) as exc:
+                    log.error("prediction log: a %s record of model %s does not fit the Parquet columns: %s",
+                              row.get("type"), row.get("model"), exc)
+                    metrics.PREDICTION_LOG_DROPPED.labels(row.get("model") or "", "error").inc()
+            return self.pa.concat_tables(kept) if kept else self.schema.empty_table()
+
+    def _finish(self) -> None:
+        self._flush()
+        self.since = None
+        if self.writer is None:
+            return
+        try:
+            self.writer.close()  # the footer: from here the file is readable
+        except BaseException:
+            self._abandon()
+            raise
+        self.writer = None
+        self.path.rename(self._name(self.number, self.SUFFIX))
+        finished = sorted(self.folder.glob(f"{self.stem}*{self.SUFFIX}"), key=self._number, reverse=True)
+        total = 0
+        for path in finished:  # newest first: the oldest past the bound are deleted (the newest never is)
+            total += path.stat().st_size
+            if total > self.max_bytes * self.max_files and path != finished[0]:
+                path.unlink(missing_ok=True)
+
+    def _abandon(self) -> None:
+        """After a failed write: the file is left as it is (unreadable) and the next row group starts a new one."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception as exc:  # noqa: BLE001 - already failing: the write's own error is the one reported
+                log.debug("prediction log: closing the failed %s: %s", self.path, exc)
+            self.writer = None
+        self.since = None
+
+    def close(self) -> None:
+        self._finish()
 
 
 class HttpSink:
@@ -377,7 +563,8 @@ class PredictionLog:
             folder.mkdir(parents=True, exist_ok=True)
         self.key = hash_key(settings)
         self.queue: queue.Queue = queue.Queue(settings.prediction_log_queue_size)
-        self.file = (FileSink(folder, settings.prediction_log_max_bytes, settings.prediction_log_max_files)
+        sink = ParquetSink if settings.prediction_log_format == "parquet" else FileSink
+        self.file = (sink(folder, settings.prediction_log_max_bytes, settings.prediction_log_max_files)
                      if folder is not None else None)
         self.index = JoinIndex(folder / INDEX_FILE, settings.feedback_window_s) if folder is not None else None
         self.http = HttpSink(settings.prediction_log_url) if settings.prediction_log_url else None
@@ -386,8 +573,8 @@ class PredictionLog:
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self.thread.start()
-        log.info("prediction log on: folder %s, URL %s, sample %s, text %s (serving.json may override per model)",
-                 folder, "set" if self.http else "none", self.sample, self.text)
+        log.info("prediction log on: folder %s (%s), URL %s, sample %s, text %s (serving.json may override per model)",
+                 folder, settings.prediction_log_format, "set" if self.http else "none", self.sample, self.text)
 
     # ---- the request's side (event loop): cheap, never blocking ----
 
@@ -442,8 +629,11 @@ class PredictionLog:
         connection = self.index.connect() if self.index is not None else None
         purged = 0.0
         while True:
-            batch = [self.queue.get()]
-            while len(batch) < WRITER_BATCH:
+            try:
+                batch = [self.queue.get(timeout=WRITER_IDLE_S)]
+            except queue.Empty:  # idle: only the sink's tick below
+                batch = []
+            while batch and len(batch) < WRITER_BATCH:
                 try:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
@@ -456,6 +646,11 @@ class PredictionLog:
                     if isinstance(item, tuple | dict):
                         metrics.PREDICTION_LOG_DROPPED.labels(item["model"] if isinstance(item, dict) else item[1],
                                                               "error").inc()
+            if self.file is not None:
+                try:
+                    self.file.tick()
+                except Exception as exc:  # noqa: BLE001 - as a failed write: logged, the writer goes on
+                    log.error("prediction log: finishing %s failed: %s", self.file.path, exc)
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()
@@ -472,6 +667,7 @@ class PredictionLog:
 
     def _write(self, items: list[Any], connection: sqlite3.Connection | None) -> None:
         lines: list[bytes] = []
+        records: list[dict[str, Any]] = []
         models: list[str] = []
         rows: list[tuple] = []
         for item in items:
@@ -491,16 +687,17 @@ class PredictionLog:
                                                       "error").inc()
                 continue
             lines.append(line + b"\n")
+            records.append(logged)
             models.append(model)
             if self.http is not None:
                 self.http.put(model, logged["type"], event_id, logged["time"], line)
         if self.file is not None and lines:
             try:
-                self.file.write(b"".join(lines))
+                self.file.take(records, lines)
                 for model in models:
                     metrics.PREDICTION_LOG_RECORDS.labels(model, "file").inc()
-            except OSError as exc:
-                log.error("prediction log: writing %s failed: %s", self.file.path, exc.strerror or exc)
+            except Exception as exc:  # noqa: BLE001 - OSError, or a record Arrow cannot convert: the batch is lost
+                log.error("prediction log: writing %s failed: %s", self.file.path, getattr(exc, "strerror", None) or exc)
                 for model in models:
                     metrics.PREDICTION_LOG_DROPPED.labels(model, "sink_error").inc()
         if connection is not None and rows:
