@@ -5,6 +5,8 @@ loader's choice."""
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
 import logging
 import time
 from collections.abc import Callable
@@ -84,15 +86,24 @@ def cpu_features() -> dict[str, Any]:
 
 
 def runtime_versions() -> dict[str, str | None]:
-    """The runtimes' versions (None: not installed) and onnxruntime's providers: part of the engine cache's key."""
+    """The runtimes' versions (None: not installed) and onnxruntime's providers: part of the engine cache's key.
+    OpenVINO's is read from its package metadata, not by importing it: its libraries cost a worker ~29 MB that a
+    worker serving onnxruntime only should not pay (docs/memory.md)."""
     try:
-        import openvino
-
-        openvino_version: str | None = openvino.__version__
-    except ImportError:
+        openvino_version: str | None = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
         openvino_version = None
     return {"onnxruntime": ort.__version__, "onnxruntime_providers": ",".join(ort.get_available_providers()),
             "openvino": openvino_version}
+
+
+def openvino_missing() -> str | None:
+    """None when the openvino package is installed, else why not: looked up, not imported. Loading OpenVINO's
+    libraries costs a worker ~29 MB (docs/memory.md), which a worker that the engine cache sends to onnxruntime should
+    not pay; whether OpenVINO lists a CPU device is found out when its candidate opens (OpenVinoEngine)."""
+    if importlib.util.find_spec("openvino") is None:
+        return "the openvino package is not installed (it comes with the `cpu` extra)"
+    return None
 
 
 def available(provider: Provider) -> str | None:

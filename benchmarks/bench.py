@@ -15,7 +15,8 @@
    loop at each concurrency for --duration s.
 3. Rounds alternate: raw, service(s), raw, service(s), ..., raw; each service round is compared with the raw
    rounds just before and after it (this machine's speed drifts minute to minute).
-4. Writes docs/benchmarks.md and docs/benchmarks.png (and --json, the raw results).
+4. Writes docs/benchmarks.md and docs/benchmarks.png (and --json, the raw results), with each engine's limit and
+   each service's best rate as a share of the CPU's peak arithmetic (benchmarks/utilisation.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import raw, report
+from benchmarks import raw, report, utilisation
 from benchmarks.common import batch_plan, load_reviews, padded_tokens, percentile, shuffled, write_bodies
 from benchmarks.service import Client, Server, cpu_seconds, descendants, ensure_wrk, machine_cpu, model_info, other_load
 
@@ -378,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         },
         "raw": {"configs": [c[0] for c in configs], "rounds": raw_rounds, "load": raw_load, "probes": probes},
         "servers": server_results,
+        # operations per sequence from each engine's graph at the texts' token lengths, and the CPU's peak
+        "utilisation": measure_utilisation(version_dir, found, models, lengths),
     }
     results["meta"]["wall_s"] = time.perf_counter() - started
     summary = write_outputs(args, results)
@@ -391,6 +394,15 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{s['label']} targets: " + ", ".join(f"{k} {v['value']:.2f} {'OK' if v['ok'] else 'MISSED'}"
                                                   for k, v in s["checks"].items()))
     log(f"wrote {args.output_md} and {args.output_png} in {time.perf_counter() - started:.0f} s")
+
+
+def measure_utilisation(version_dir: Path, found: dict, models: dict, lengths: list[int]) -> dict | None:
+    """benchmarks/utilisation.py's figures, or None (logged) without its `bench` extra (onnx, sympy)."""
+    try:
+        return utilisation.describe(version_dir, found, {k: m.engine.precision for k, m in models.items()}, lengths)
+    except ImportError as exc:
+        log(f"utilisation not reported: {exc} (pip install -e '.[bench]')")
+        return None
 
 
 def write_outputs(args: argparse.Namespace, results: dict) -> dict:
@@ -410,7 +422,13 @@ def write_outputs(args: argparse.Namespace, results: dict) -> dict:
             png_name = os.path.relpath(args.output_png, args.output_md.parent)
         except ImportError:
             log("matplotlib is missing (pip install -e '.[bench]'): no plot")
-    args.output_md.write_text(report.markdown(results, summary, png_name))
+    markdown = report.markdown(results, summary, png_name)
+    if results.get("utilisation"):  # each engine's limit and each service's best rate as a share of the CPU's peak
+        services = [(s["label"], s.get("provider", "cpu"), max(p["rps"] for p in s["points"]))
+                    for s in summary["servers"] if s["points"]]
+        markdown += ("\n## Utilisation against the CPU's peak (benchmarks/utilisation.py, docs/utilisation.md)\n\n"
+                     + utilisation.markdown(results["utilisation"], summary["engine_limits"], services))
+    args.output_md.write_text(markdown)
     return summary
 
 
