@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> None:
                                 data=[data_record(demo_zip(), len(train_texts))])  # for the model card
     path, report = export_model(ExportRequest(
         source=checkpoint, name=NAME, repository=repository, version=VERSION, quantize="int8",
-        max_length=OPTIONS.max_length, gate_data=test, fp32_when_gate_fails=True,
+        max_length=OPTIONS.max_length, gate_data=test, fp32_when_gate_fails=True, calibration_texts=train_texts,
         extra_report={"training": {k: training[k] for k in ("base", "best_epoch", "validation", "history",
                                                               "elapsed_s", "train_size", "validation_size")}},
     ))

@@ -35,11 +35,19 @@ from app.lifecycle.gate import (
 )
 from app.lifecycle.golden import golden_sample, reference_with_parity, store_golden
 from app.lifecycle.publish import check_name, publish, staging
-from app.lifecycle.quantize import Recipe, matmul_sensitivity, quantize, to_fp16
+from app.lifecycle.quantize import (
+    SMOOTH_ALPHA,
+    Recipe,
+    activation_maxima,
+    matmul_sensitivity,
+    quantize,
+    smooth_quant,
+    to_fp16,
+)
 from app.lifecycle.runner import open_artifact, probabilities
 from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, write_config
 from app.scores import Head
-from app.tokenizer import TextTokenizer
+from app.tokenizer import TextInput, TextTokenizer
 
 TOKEN_TASK = "token-classification"
 # Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
@@ -72,6 +80,9 @@ class ExportRequest:
     # default; `--require-int8` (and distill) publish nothing then.
     fp32_when_gate_fails: bool = False
     extra_report: dict[str, Any] = field(default_factory=dict)
+    # Texts to calibrate INT8 on (training texts, never the gate's): given, a sequence model's int8 ladder starts
+    # from the SmoothQuant-rescaled graph with its most sensitive MatMul in fp32 (smooth_graph, docs/int8.md).
+    calibration_texts: list[TextInput] | None = None
     # Distillation: the student's fp32 must pass this gate against its teacher, or nothing is published.
     teacher: TeacherReference | None = None
     # Figures measured on the finished version folder (artifacts and config in place) just before it is published,
@@ -149,8 +160,15 @@ def quantize_behind_gate(
     encoded = (TextTokenizer(folder / TOKENIZER_FILE, config.max_length).encode_tokens(data.texts)  # type: ignore
                if tokens else None)
 
+    smoothed, ranking = fp32_graph, None
+    if request.calibration_texts and not tokens:
+        say(f"  SmoothQuant (alpha {SMOOTH_ALPHA}) on {len(request.calibration_texts)} calibration texts ...")
+        smoothed, ranking = smooth_graph(fp32_graph, folder, config, request.calibration_texts)
+        gate_report["smoothquant"] = {"alpha": SMOOTH_ALPHA, "calibration_texts": len(request.calibration_texts)}
+
     def attempt(recipe: Recipe) -> np.ndarray | None:
-        quantize(fp32_graph, folder / target.file, recipe, optimized=request.optimize != "none")
+        source = fp32_graph if recipe.smooth_alpha is None else smoothed
+        quantize(source, folder / target.file, recipe, optimized=request.optimize != "none")
         probs, cost = measure(folder, config, target, data)
         if tokens:
             figures = compare_entities(reference, probs, encoded, config.head)
@@ -171,7 +189,8 @@ def quantize_behind_gate(
     else:
         say(f"quantizing to int8, gate: agreement >= {request.gate.min_agreement}, accuracy loss <= "
             f"{request.gate.max_accuracy_loss} on {len(data.texts)} texts ({data.source})")
-    probs = attempt(Recipe(per_channel=True))
+    probs = attempt(Recipe(per_channel=True) if ranking is None else
+                    Recipe(fp32_matmuls=tuple(ranking[:1]), smooth_alpha=SMOOTH_ALPHA))
     if tokens:  # gated by entities
         gate_report["int8_gate"] = (
             "entity-level micro-F1 (seqeval, default mode) of INT8's entities against fp32's, from the BIO tags of "
@@ -179,14 +198,16 @@ def quantize_behind_gate(
             "agreement recorded")
         gate_report["threshold"] = request.gate.min_agreement
     if probs is None:  # a token model's MatMuls ranked by their effect on every token's scores (padding included)
-        say("  measuring each MatMul's effect on the output ...")
-        tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
-        ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS],
-                                                             config.head)]
+        alpha, counts = (None, (1, 2, 4, 8)) if ranking is None else (SMOOTH_ALPHA, (2, 4, 8))
+        if ranking is None:
+            say("  measuring each MatMul's effect on the output ...")
+            tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
+            ranking = [name for name, _ in matmul_sensitivity(fp32_graph, tokenizer, data.texts[:SENSITIVITY_TEXTS],
+                                                                 config.head)]
         gate_report["most_sensitive_matmuls"] = ranking[:8]
         # Leave the most harmful MatMuls in fp32, a few more each time; last, the embeddings too.
-        recipes = [Recipe(fp32_matmuls=tuple(ranking[:count])) for count in (1, 2, 4, 8)]
-        recipes.append(Recipe(fp32_matmuls=tuple(ranking[:8]), fp32_embeddings=True))
+        recipes = [Recipe(fp32_matmuls=tuple(ranking[:count]), smooth_alpha=alpha) for count in counts]
+        recipes.append(Recipe(fp32_matmuls=tuple(ranking[:8]), fp32_embeddings=True, smooth_alpha=alpha))
         for recipe in recipes:
             probs = attempt(recipe)
             if probs is not None:
@@ -199,6 +220,17 @@ def quantize_behind_gate(
         return None, None
     chosen = next(a["recipe"] for a in attempts if a["passed"])
     return target.model_copy(update={"quantization": chosen}), probs
+
+
+def smooth_graph(fp32_graph: Path, folder: Path, config: ModelConfig, texts: list[TextInput]) -> tuple[Path, list[str]]:
+    """SmoothQuant's rescaled copy of the fp32 graph (beside it in the work folder), from the calibration texts'
+    activations, and its weight MatMuls ranked by their int8 effect on the first of those texts."""
+    smoothed = fp32_graph.with_name(f"{fp32_graph.stem}_smoothed.onnx")
+    maxima = activation_maxima(fp32_graph, TextTokenizer(folder / TOKENIZER_FILE, config.max_length), texts)
+    smooth_quant(fp32_graph, smoothed, maxima, SMOOTH_ALPHA)
+    tokenizer = TextTokenizer(folder / TOKENIZER_FILE, min(SENSITIVITY_LENGTH, config.max_length))
+    ranking = [name for name, _ in matmul_sensitivity(smoothed, tokenizer, texts[:SENSITIVITY_TEXTS], config.head)]
+    return smoothed, ranking
 
 
 def export_model(request: ExportRequest) -> tuple[Path, dict[str, Any]]:
@@ -341,6 +373,10 @@ def main(args: argparse.Namespace) -> None:
         else:  # CSV/TSV: the text column (a token model: texts only)
             gate_data = read_gate_data(paths, args.text_column, args.label_column,
                                        labels if head.single_label and not tokens else None, args.text_pair_column)
+    calibration = None  # training texts for SmoothQuant: never the gate's (--eval-data)
+    if args.calibration_data:
+        calibration = read_gate_data([Path(p) for p in args.calibration_data], args.text_column, args.label_column,
+                                     None, args.text_pair_column).texts
     # --min-agreement: a sequence model's decision agreement (default 0.97); a token model's entity F1 (0.95).
     min_agreement = args.min_agreement
     if min_agreement is None:
@@ -350,7 +386,7 @@ def main(args: argparse.Namespace) -> None:
         quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,
         gate=Gate(min_agreement=min_agreement, max_accuracy_loss=args.max_accuracy_loss,
                   max_drift_share=args.max_drift_share),
-        fp32_when_gate_fails=not args.require_int8,
+        fp32_when_gate_fails=not args.require_int8, calibration_texts=calibration,
     )
     try:
         path, report = export_model(request)
