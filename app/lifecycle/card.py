@@ -111,7 +111,7 @@ def training_section(checkpoint: dict[str, Any] | None, report: dict[str, Any], 
     else:
         lines += [f"{UNKNOWN.capitalize()}: the checkpoint's `report.json` names no data files (`bertserve train` "
                   "records them; a checkpoint trained elsewhere has none).", ""]
-    trained = checkpoint or report.get("training") or report.get("distillation") or {}
+    trained = checkpoint or report.get("training") or report.get("distillation") or report.get("pruning") or {}
     if base:
         named = f"`{hub_id(base)}`" if hub_id(base) else f"`{local_name(base)}` (a local folder)"
         lines.append(f"- Base model: {named}")
@@ -127,7 +127,8 @@ def training_section(checkpoint: dict[str, Any] | None, report: dict[str, Any], 
 
 def options_section(checkpoint: dict[str, Any] | None, config: ModelConfig, report: dict[str, Any]) -> list[str]:
     lines = ["## Options", ""]
-    trained = (checkpoint or {}).get("options") or report.get("distillation", {}).get("options")
+    trained = (checkpoint or {}).get("options") or (report.get("distillation") or report.get("pruning") or {}
+                                                    ).get("options")
     if trained:
         lines.append("- Training: " + ", ".join(f"{k} {v}" for k, v in trained.items()))
     gate = report.get("gate", {})
@@ -149,6 +150,15 @@ def teacher_section(report: dict[str, Any]) -> list[str]:
     lines = ["## Teacher", "", f"Distilled from `{bare(judged.get('teacher', UNKNOWN))}`"
              + (f": {distilled['layers']} of its {distilled['teacher_layers']} layers ({distilled['layers_kept']})"
                 if "layers_kept" in distilled else "") + ".", ""]
+    pruned = report.get("pruning")
+    if pruned:  # bertserve prune: what was removed, by which importance, then recovered from the unpruned teacher
+        shape, teacher_shape = pruned["shape"], pruned["teacher_shape"]
+        lines[2] = (f"Pruned from `{bare(judged.get('teacher', UNKNOWN))}` by {pruned['importance']} importance: "
+                    f"{pruned['heads_fraction']:.0%} of the attention heads (left per layer: "
+                    f"{shape['heads_per_layer']}), {pruned['ffn_fraction']:.0%} of the feed-forward neurons (width "
+                    f"{shape['ffn_width']} of {teacher_shape['ffn_width']}), {pruned['layers']} of "
+                    f"{pruned['teacher_layers']} layers; " + ("recovered by distillation from it." if pruned["history"]
+                                                             else "not recovered."))
     rows = [["fp32 student", judged.get("agreement"), judged.get("student_accuracy"), judged.get("teacher_accuracy"),
              "passed" if judged.get("passed") else judged.get("why")]]
     if "int8" in judged:
@@ -224,7 +234,8 @@ def model_card(folder: Path, name: str, version: int) -> str:
     base = (checkpoint or {}).get("base") or report.get("training", {}).get("base")
     if base is None and checkpoint and "teacher" in checkpoint:  # a student: its teacher's base
         base = (training_report(Path(checkpoint["teacher"])) or {}).get("base")
-    command = "bertserve distill" if "teacher_gate" in report else "bertserve export"
+    command = ("bertserve prune" if "pruning" in report else "bertserve distill" if "teacher_gate" in report
+               else "bertserve export")
     head = f"{config.function or 'unrecorded'} over {len(config.labels)} label{'s' * (len(config.labels) > 1)}"
     lines = [f"# {name}, version {version}", "",
              f"A text classifier ({head}: {', '.join(f'`{lab}`' for lab in config.labels)}; up to "

@@ -12,6 +12,10 @@
    Texts or text pairs (--text-pair-column), encoded with the tokenizer's pair template as served.
 4. Just before publishing, the teacher's and the student's served CPU artifacts are timed side by side in one run
    (alternating rounds, every CPU engine this machine has, as each would serve), and the figures are stored.
+
+`bertserve prune` (app.lifecycle.prune) makes its smaller model another way and then goes the same road: `recover`
+is the one distillation loop (with --augment's teacher-labelled variants, app.lifecycle.augment) and `compress` the
+one command flow (data, gate, timing, publishing) of both.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class DistillOptions(TrainOptions):
     soft_weight: float = 0.5
     learning_rate: float = 1e-4
     validation_fraction: float = 0.1
+    # Teacher-labelled variants per training text (app.lifecycle.augment), and the operations making them.
+    augment: int = 0
+    augment_ops: tuple[str, ...] = ("replace", "dropout", "ngram", "mix")
 
 
 def spread(total: int, keep: int) -> list[int]:
@@ -111,22 +118,34 @@ def train_student(
     teacher: Path, texts: list[TextInput], targets: list[int], output: Path, options: DistillOptions, tokenizer,
     data: list[dict] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
-    """Build, distil and save the student to `output`. `targets`: class index or -1 (teacher only). Returns the
-    training report and the indices of the held-out texts. `data`: the files the texts came from
-    (checkpoint.data_record), recorded for the model card."""
+    """Build, distil and save the student with `options.layers` of the teacher's layers to `output`. Returns the
+    training report and the indices of the held-out texts (as recover)."""
+    student, kept = make_student(teacher, options.layers)
+    return recover(student, teacher, texts, targets, output, options, tokenizer, data,
+                   {"layers": options.layers, "layers_kept": kept},
+                   f"student keeps {kept}")
+
+
+def recover(
+    student, teacher: Path, texts: list[TextInput], targets: list[int], output: Path, options: DistillOptions,
+    tokenizer, data: list[dict] | None, described: dict[str, Any], what: str,
+) -> tuple[dict[str, Any], list[int]]:
+    """Distil `teacher` into `student` (a smaller model: fewer layers, or pruned) and save it to `output`: the one
+    training loop of distill and prune. `targets`: class index or -1 (teacher only). `options.epochs` 0: no
+    training, the student saved as it is (prune without recovery). Returns the training report (`described` first)
+    and the indices of the held-out texts. `data`: the files the texts came from (checkpoint.data_record), recorded
+    for the model card."""
     started = time.perf_counter()
     torch.set_num_threads(options.threads)
     seed_everything(options.seed)
     teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
-    student, kept = make_student(teacher, options.layers)
     labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded, types = encode(tokenizer, texts, options.max_length)
-    say(f"teacher: {teacher_model.config.num_hidden_layers} layers; student keeps {kept}; labelling "
-        f"{len(texts)} texts with the teacher ...")
+    say(f"teacher: {teacher_model.config.num_hidden_layers} layers; {what}; labelling {len(texts)} texts with the "
+        "teacher ...")
     teacher_logits = torch.from_numpy(predict(teacher_model, encoded, pad_id, types=types))
     teacher_layers = teacher_model.config.num_hidden_layers
-    del teacher_model
 
     # A seeded held-out part picks the best epoch by agreement with the teacher (labels are not needed for it).
     order = list(range(len(texts)))
@@ -141,6 +160,19 @@ def train_student(
     train_targets = torch.tensor([targets[i] for i in train])
     labelled = [y for y in train_targets.tolist() if y >= 0]
     weights = balanced_weights(labelled, len(labels)) if labelled else None
+    augmented = 0
+    if options.augment and options.epochs:  # variants of the training part only: the held-out part stays real
+        from app.lifecycle.augment import variants
+
+        extra = variants([texts[i] for i in train], options.augment, options.seed, options.augment_ops)
+        extra_ids, _ = encode(tokenizer, extra, options.max_length)
+        say(f"labelling {len(extra)} augmented texts ({options.augment} per training text: "
+            f"{', '.join(options.augment_ops)}) with the teacher ...")
+        train_ids += extra_ids
+        train_teacher = torch.cat([train_teacher, torch.from_numpy(predict(teacher_model, extra_ids, pad_id))])
+        train_targets = torch.cat([train_targets, torch.full((len(extra),), -1)])  # the teacher alone labels them
+        augmented = len(extra)
+    del teacher_model
     val_ids, val_teacher = [encoded[i] for i in val], teacher_logits[val].argmax(-1).numpy()
     val_truth = [targets[i] for i in val]
 
@@ -157,19 +189,22 @@ def train_student(
             figures |= {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]}
         return figures
 
-    history, best_epoch, best = fit(student, [len(x) for x in train_ids], batch_loss, validate, options,
-                                    best_by="agreement")
+    if options.epochs:
+        history, best_epoch, best = fit(student, [len(x) for x in train_ids], batch_loss, validate, options,
+                                        best_by="agreement")
+    else:
+        history, best_epoch, best = [], 0, validate()
     output.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(output)
     tokenizer.save_pretrained(output)
     report = {
         "teacher": str(teacher),
         "teacher_layers": teacher_layers,
-        "layers": options.layers,
-        "layers_kept": kept,
+        **described,
         "pairs": types is not None or any(isinstance(t, tuple) for t in texts),  # as train's report: for export
-        "options": asdict(options),
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()},
         "train_size": len(train),
+        "augmented": augmented,
         "labelled": len(labelled),
         "validation_size": n_val,
         "best_epoch": best_epoch,
@@ -186,27 +221,53 @@ def train_student(
 # ---- the command ----
 
 
+def softmax_teacher(teacher: Path, command: str):
+    """The teacher's config, tokenizer and labels; a clear error unless its head is single-label (softmax): the
+    soft targets and the agreement are a softmax head's."""
+    hf_config, tokenizer = read_checkpoint(teacher)
+    labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
+    head = Head(tuple(labels), hf_config.problem_type)
+    if not head.single_label:
+        raise LifecycleError(f"{teacher}: {command} takes a single-label (softmax) classifier; this one's head is "
+                             f"{head.function} ({len(labels)} label(s), problem_type {hf_config.problem_type})")
+    return hf_config, tokenizer, labels
+
+
 def main(args: argparse.Namespace) -> None:
     """args.settings: the serving layout the speeds are measured with (the CLI's, app.lifecycle.commands)."""
+    hf_config, _, _ = softmax_teacher(Path(args.teacher), "distill")
+    spread(hf_config.num_hidden_layers, args.layers)  # a bad --layers fails before any work
+
+    def summary(training: dict[str, Any]) -> str:
+        return f"{training['layers']} of {training['teacher_layers']} layers {training['layers_kept']}"
+
+    compress(args, "distill", "distillation", train_student, summary)
+
+
+def compress(args: argparse.Namespace, command: str, section: str, build, summary) -> None:
+    """The command flow of distill and prune: read the data, `build(teacher, texts, targets, output, options,
+    tokenizer, data)` -> (training report, held-out indices) makes and trains the smaller model into `output`, then
+    the gate against the teacher, the side-by-side timing and publishing; the training report goes under `section`
+    of the published report, and `summary(training report)` into the line saying what was published."""
     started = time.perf_counter()
     settings: Settings = args.settings
     teacher = Path(args.teacher)
     if args.require_int8 and args.quantize != "int8":
         raise LifecycleError(f"--require-int8 cannot go with --quantize {args.quantize}")
-    hf_config, tokenizer = read_checkpoint(teacher)
-    labels = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
-    head = Head(tuple(labels), hf_config.problem_type)
-    if not head.single_label:  # the soft targets and the agreement are a softmax head's
-        raise LifecycleError(f"{teacher}: distill takes a single-label (softmax) classifier; this one's head is "
-                             f"{head.function} ({len(labels)} label(s), problem_type {hf_config.problem_type})")
-    spread(hf_config.num_hidden_layers, args.layers)  # a bad --layers fails before any work
+    if args.augment < 0:
+        raise LifecycleError(f"--augment {args.augment}: the variants per training text, 0 or more")
+    hf_config, tokenizer, labels = softmax_teacher(teacher, command)
     max_length, why = choose_max_length(hf_config, tokenizer, args.max_length, teacher, cap=128)
     say(f"max_length {max_length} tokens per text: {why}")
     options = DistillOptions(
-        layers=args.layers, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
-        max_length=max_length, temperature=args.temperature, soft_weight=args.soft_weight, seed=args.seed,
+        layers=getattr(args, "layers", None) or hf_config.num_hidden_layers, epochs=args.epochs,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=max_length,
+        temperature=args.temperature, soft_weight=args.soft_weight, seed=args.seed, augment=args.augment,
+        augment_ops=tuple(args.augment_ops),
     )
     pair_column = args.text_pair_column
+    if args.augment and pair_column:
+        raise LifecycleError("--augment makes variants of single texts; it does not take text pairs")
     texts, targets = read_examples(Path(args.data), args.text_column, args.label_column, labels, pair_column)
     data = [data_record(Path(args.data), len(texts))]  # for the model card, as train records its data
     for path in args.unlabeled or []:
@@ -222,9 +283,9 @@ def main(args: argparse.Namespace) -> None:
         raise LifecycleError(f"{repository / args.name / str(args.version)} already exists")
     published = named_version(repository, args.teacher_version) if args.teacher_version else None
 
-    with tempfile.TemporaryDirectory(prefix="bertserve-distill-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"bertserve-{command}-") as scratch:
         output = Path(args.output) if args.output else Path(scratch) / "student"
-        training, held_out = train_student(teacher, texts, targets, output, options, tokenizer, data)
+        training, held_out = build(teacher, texts, targets, output, options, tokenizer, data)
         if eval_data is None:  # texts the student never trained on, labelled where the data was
             truth = [targets[i] for i in held_out]
             eval_data = GateData([texts[i] for i in held_out], truth if min(truth) >= 0 else None,
@@ -251,7 +312,7 @@ def main(args: argparse.Namespace) -> None:
             source=output, name=args.name, repository=repository, version=args.version, quantize=args.quantize,
             optimize=args.optimize, max_length=max_length, gate_data=eval_data,
             gate=Gate(min_agreement=args.int8_min_agreement, max_accuracy_loss=args.int8_max_accuracy_loss),
-            teacher=reference, measure_staged=measure_speed, extra_report={"distillation": training},
+            teacher=reference, measure_staged=measure_speed, extra_report={section: training},
             fp32_when_gate_fails=not args.require_int8,  # as export: the student fp32 only, and why int8 was refused
         )
         try:
@@ -269,12 +330,11 @@ def main(args: argparse.Namespace) -> None:
         line += (f", accuracy {judged['student_accuracy']:.4f} (teacher {judged['teacher_accuracy']:.4f}), macro-F1 "
                  f"{judged['student_macro_f1']:.4f} (teacher {judged['teacher_macro_f1']:.4f})")
     files = ", ".join(a.file for a in read_config(path).artifacts)
-    print(f"published {path} ({files}): {options.layers} of {training['teacher_layers']} layers "
-          f"{training['layers_kept']}, {line}")
+    print(f"published {path} ({files}): {summary(training)}, {line}")
     print(f"raw sequences/s on {speed['cpu']}: teacher {speed['teacher']['sequences_per_s']} "
           f"({speed['teacher']['best_engine']}), student {speed['student']['sequences_per_s']} "
           f"({speed['student']['best_engine']}): {speed['speedup']}x")
-    print(f"distilled in {time.perf_counter() - started:.0f} s (training {training['training_s']:.0f} s, "
+    print(f"{command} took {time.perf_counter() - started:.0f} s (training {training['training_s']:.0f} s, "
           f"export {report['export_s']:.0f} s)")
     if "int8_refused" in report["gate"]:
         print(f"int8 refused, fp32 only: {report['gate']['int8_refused']}")
