@@ -67,24 +67,33 @@ def key_path(settings: Settings) -> Path:
     return log_path.with_name(log_path.name + "-hmac-key")
 
 
+def make_key_once(path: Path) -> None:
+    """A random key at `path` (mode 0600) unless one is there: written aside, then link(2)ed into place, so exactly
+    one of several workers starting together publishes it, whole; the others read it. (The prediction log's hash key
+    is made the same way: app.prediction_log.)"""
+    if path.exists():
+        return
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+    finally:
+        os.close(fd)
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        pass  # another worker's is in place: use it
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 def hmac_key(settings: Settings) -> bytes:
     """The audit HMAC key: the given file's, or the one kept beside the log, made here if there is none yet (written
     aside, then link(2)ed into place: exactly one of several workers publishes it, whole; the others read it)."""
     path = key_path(settings)
     try:
-        if settings.audit_hmac_key_file is None and not path.exists():
-            staging = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, secrets.token_hex(32).encode())
-            finally:
-                os.close(fd)
-            try:
-                os.link(staging, path)
-            except FileExistsError:
-                pass  # another worker's is in place: use it
-            finally:
-                staging.unlink(missing_ok=True)
+        if settings.audit_hmac_key_file is None:
+            make_key_once(path)
         key = path.read_bytes().strip()
     except OSError as exc:
         raise AuditError(f"audit HMAC key {path}: {exc.strerror or exc}") from None

@@ -42,12 +42,12 @@ import logging
 import os
 import queue
 import random
-import secrets
 import socket
 import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +58,7 @@ import numpy as np
 import orjson
 
 from app import metrics
+from app.audit import make_key_once
 from app.record import RequestRecord
 from app.scores import REGRESSION_BOUND, THRESHOLD
 from app.settings import Settings
@@ -75,6 +76,10 @@ HTTP_QUEUE = 2048  # records waiting for the HTTP sender; past it: dropped (sink
 HTTP_TIMEOUT_S, HTTP_CONNECT_TIMEOUT_S = 2.0, 1.0
 PARQUET_ROW_GROUP = 4096  # records buffered per Parquet row group (few large row groups read fast; bounds memory)
 PARQUET_FILE_S = 600.0  # a Parquet file is finished this long after its first record: what a crash can lose
+# After a round that emptied the queue the writer rests this long, so records gather: one wake-up, one index
+# transaction and one file write per rest under load, not one per request (each wake-up takes the GIL from the
+# event loop). Feedback's flush and shutdown wait at most this much longer.
+WRITER_PACE_S = 0.05
 WRITER_IDLE_S = 5.0  # an idle writer wakes this often (to finish a Parquet file that is due)
 FEEDBACK_WAIT_S = 1.0  # how long feedback for an id not yet in the index looks again before 404
 PURGE_EVERY_S = 60.0
@@ -97,19 +102,7 @@ def hash_key(settings: Settings) -> bytes | None:
         path = settings.prediction_log_hash_key_file
     elif settings.prediction_log_dir is not None:
         path = settings.prediction_log_dir / KEY_FILE
-        if not path.exists():
-            staging = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, secrets.token_hex(32).encode())
-            finally:
-                os.close(fd)
-            try:
-                os.link(staging, path)
-            except FileExistsError:
-                pass  # another worker's is in place: use it
-            finally:
-                staging.unlink(missing_ok=True)
+        make_key_once(path)
     else:
         return None
     key = path.read_bytes().strip()
@@ -664,6 +657,8 @@ class PredictionLog:
                 if connection is not None:
                     connection.close()
                 return
+            if batch and len(batch) < WRITER_BATCH:
+                time.sleep(WRITER_PACE_S)
 
     def _write(self, items: list[Any], connection: sqlite3.Connection | None) -> None:
         lines: list[bytes] = []
@@ -694,8 +689,8 @@ class PredictionLog:
         if self.file is not None and lines:
             try:
                 self.file.take(records, lines)
-                for model in models:
-                    metrics.PREDICTION_LOG_RECORDS.labels(model, "file").inc()
+                for model, count in Counter(models).items():
+                    metrics.PREDICTION_LOG_RECORDS.labels(model, "file").inc(count)
             except Exception as exc:  # noqa: BLE001 - OSError, or a record Arrow cannot convert: the batch is lost
                 log.error("prediction log: writing %s failed: %s", self.file.path, getattr(exc, "strerror", None) or exc)
                 for model in models:

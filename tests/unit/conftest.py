@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from tests.support.golden import write_tiny_golden
 from tests.support.tiny import _bert_tokenizer, _roberta_tokenizer
 
 
@@ -13,3 +16,12 @@ def tokenizer_file(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
     (_bert_tokenizer if request.param == "bert" else _roberta_tokenizer)(path)
     return path / "tokenizer.json"
+
+
+@pytest.fixture
+def golden_model(tiny_model_repo, tmp_path):
+    """The tiny model with golden outputs, as `bertserve export` writes them (reference: its own fp32 graph)."""
+    path = tmp_path / "golden" / "1"
+    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
+    write_tiny_golden(path)
+    return path

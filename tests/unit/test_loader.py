@@ -22,15 +22,6 @@ from tests.support.golden import FAST, TEXTS, fp32_probabilities, write_tiny_gol
 from tests.support.sessions import CPU, CUDA, FakeGpuSessions
 
 
-@pytest.fixture
-def golden_model(tiny_model_repo, tmp_path):
-    """The tiny model with golden outputs, as `bertserve export` writes them (reference: its own fp32 graph)."""
-    path = tmp_path / "golden" / "1"
-    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
-    write_tiny_golden(path)
-    return path
-
-
 def damage(path, source: str, target: str, shift: float = 50.0) -> None:
     """A copy of the graph whose classifier bias pushes every text to the label the reference picks least (by
     default; a small `shift` only moves the scores a little)."""

@@ -4,23 +4,13 @@ load to the per-core ones; both answer the same scores. Which path ran is counte
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import numpy as np
-import pytest
 
 from app.batching import Batcher
 from app.loader import load_model
 from app.settings import Settings
-from tests.support.golden import FAST, TEXTS, write_tiny_golden
-
-
-@pytest.fixture
-def golden_model(tiny_model_repo, tmp_path):
-    path = tmp_path / "golden" / "1"
-    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
-    write_tiny_golden(path)
-    return path
+from tests.support.golden import FAST, TEXTS
 
 
 def test_a_lone_batch_runs_on_all_cores_and_batches_under_load_per_core(golden_model):

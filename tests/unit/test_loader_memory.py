@@ -5,7 +5,6 @@ on the tiny model, real OpenVINO where the candidates include it."""
 from __future__ import annotations
 
 import builtins
-import shutil
 import weakref
 
 import pytest
@@ -14,15 +13,7 @@ import app.engine
 import app.loader
 from app.loader import load_model
 from app.settings import Settings
-from tests.support.golden import FAST, write_tiny_golden
-
-
-@pytest.fixture
-def golden_model(tiny_model_repo, tmp_path):
-    path = tmp_path / "golden" / "1"
-    shutil.copytree(tiny_model_repo / "tiny" / "1", path)
-    write_tiny_golden(path)
-    return path
+from tests.support.golden import FAST
 
 
 def test_the_candidates_that_do_not_serve_are_released_with_their_sessions(golden_model, monkeypatch):

@@ -20,23 +20,14 @@ from app import prediction_log
 from app.api.feedback import FeedbackItem, _judge
 from app.errors import InvalidInput, ModelLoadError
 from app.prediction_log import FileSink, JoinIndex, PredictionLog, hash_key, prediction_record, text_hash
-from app.record import RequestRecord
 from app.repository import ModelServing, read_serving
 from app.scores import Head
 from app.settings import Settings
 from tests.support.receiver import Receiver
+from tests.support.records import LABELS, answered_record
 from tests.support.servers import free_port
 
-LABELS = ("negative", "neutral", "positive")
 KEY = b"k" * 32
-
-
-def _record(texts, scores=None, head=None, entities=None, task="text-classification", labels=LABELS,
-            request_id="rid-1") -> RequestRecord:
-    record = RequestRecord("http", "/predict", "m", request_id, time.perf_counter())
-    record.version, record.task, record.head, record.texts, record.labels = "3", task, head, texts, labels
-    record.scores, record.entities = (None if scores is None else np.asarray(scores, dtype=np.float32)), entities
-    return record
 
 
 def _dropped(model: str, reason: str) -> float:
@@ -48,7 +39,7 @@ def _dropped(model: str, reason: str) -> float:
 @pytest.mark.parametrize("mode", ["none", "hash", "full"])
 def test_a_softmax_record_holds_the_answer_and_only_what_the_text_mode_allows(mode):
     texts = ["good pill", ("query text", "document text")]
-    record = _record(texts, [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], Head(LABELS))
+    record = answered_record(texts, [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], Head(LABELS))
     record.truncated = 1
     logged, rows = prediction_record(record, "m", mode, KEY, 1_800_000_000.0, 0.0123)
     assert {k: logged[k] for k in ("type", "id", "model", "version", "route", "protocol", "task", "truncated")} == {
@@ -72,18 +63,18 @@ def test_a_softmax_record_holds_the_answer_and_only_what_the_text_mode_allows(mo
 
 def test_sigmoid_and_regression_heads_log_what_they_decide():
     multi = Head(LABELS, "multi_label_classification")
-    logged, rows = prediction_record(_record(["a"], [[0.9, 0.2, 0.6]], multi), "m", "none", None, 0.0, 0.0)
+    logged, rows = prediction_record(answered_record(["a"], [[0.9, 0.2, 0.6]], multi), "m", "none", None, 0.0, 0.0)
     assert logged["items"][0]["labels"] == ["negative", "positive"] and json.loads(rows[0][7]) == ["negative",
                                                                                                    "positive"]
     regression = Head(("score",), "regression", 0.25)
-    logged, rows = prediction_record(_record(["a"], [[3.5]], regression, labels=("score",)), "m", "none", None, 0, 0)
+    logged, rows = prediction_record(answered_record(["a"], [[3.5]], regression, labels=("score",)), "m", "none", None, 0, 0)
     assert logged["items"][0]["score"] == 3.5 and json.loads(rows[0][7]) == 3.5 and rows[0][8] == 0.25
 
 
 @pytest.mark.parametrize("mode", ["none", "hash", "full"])
 def test_entity_words_are_text_logged_only_in_full(mode):
     found = [[{"entity_group": "PER", "score": np.float32(0.9), "word": "alice", "start": 0, "end": 5}]]
-    record = _record(["alice went home"], entities=found, task="token-classification", labels=("O", "B-PER"))
+    record = answered_record(["alice went home"], entities=found, task="token-classification", labels=("O", "B-PER"))
     logged, rows = prediction_record(record, "m", mode, KEY, 0.0, 0.0)
     entity = logged["items"][0]["entities"][0]
     assert ("word" in entity) == (mode == "full") and entity["entity_group"] == "PER"
@@ -133,11 +124,11 @@ def test_only_answered_sampled_requests_are_queued_and_a_full_queue_drops_withou
     try:
         assert log.queue.full()
         before = _dropped("m", "queue_full")
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)  # returns at once: the queue is full
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)  # returns at once: the queue is full
         assert _dropped("m", "queue_full") == before + 1
-        log.offer(_record(["a"]), "m", 200)  # no answer on the record (an explanation): never offered
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 422)
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "off", 200)  # serving.json sample 0
+        log.offer(answered_record(["a"]), "m", 200)  # no answer on the record (an explanation): never offered
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 422)
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "off", 200)  # serving.json sample 0
         assert _dropped("m", "queue_full") == before + 1 and _dropped("off", "queue_full") == 0
         assert log.policy("off").sample == 0 and log.policy("m") == prediction_log.Policy(1.0, "none")
     finally:
@@ -147,7 +138,7 @@ def test_only_answered_sampled_requests_are_queued_and_a_full_queue_drops_withou
 
 def test_records_reach_the_worker_file_and_the_join_index(tmp_path):
     log = PredictionLog(Settings(prediction_log_dir=tmp_path, prediction_log_text="full"), lambda m: ModelServing())
-    log.offer(_record(["a text"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
+    log.offer(answered_record(["a text"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
     log.close()
     (file,) = tmp_path.glob("*.jsonl")
     assert file.name == f"predictions-{os.getpid()}.jsonl" and stat.S_IMODE(file.stat().st_mode) == 0o600
@@ -220,7 +211,7 @@ def test_known_serving_keys_are_still_strict(tmp_path, content):
 def test_each_record_is_one_binary_mode_cloudevent(tmp_path):
     with Receiver() as receiver:
         log = PredictionLog(Settings(prediction_log_url=receiver.url), lambda m: ModelServing())
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
         ((headers, body),) = receiver.wait_for(1)
         log.close()
     assert headers["ce-specversion"] == "1.0" and headers["ce-id"] == "rid-1"
@@ -235,7 +226,7 @@ def test_a_refusing_sink_costs_its_records_counted_never_the_offer(tmp_path):
     log = PredictionLog(Settings(prediction_log_dir=tmp_path, prediction_log_url=url), lambda m: ModelServing())
     before = _dropped("refused", "sink_error")
     for _ in range(5):
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "refused", 200)
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "refused", 200)
     deadline = time.monotonic() + 30
     while _dropped("refused", "sink_error") < before + 5:
         assert time.monotonic() < deadline, _dropped("refused", "sink_error") - before
@@ -251,10 +242,10 @@ def test_a_hanging_sink_fills_only_its_own_queue(tmp_path, monkeypatch):
         log = PredictionLog(Settings(prediction_log_dir=tmp_path, prediction_log_url=receiver.url),
                             lambda m: ModelServing())
         before = _dropped("hung", "sink_backlog")
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id="first"), "hung", 200)
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id="first"), "hung", 200)
         receiver.wait_for(1)  # the sender is now held in its first POST
         for k in range(10):
-            log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "hung", 200)
+            log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "hung", 200)
         index = JoinIndex(tmp_path / prediction_log.INDEX_FILE, 3600)
         deadline = time.monotonic() + 30
         while not index.find("r9"):  # the writer goes on: file and join index are not held by the sink

@@ -20,21 +20,12 @@ import pytest
 from app import prediction_log
 from app.lifecycle.prediction_log_data import PredictionLog as LogData
 from app.prediction_log import ParquetSink, PredictionLog, parquet_records
-from app.record import RequestRecord
 from app.repository import ModelServing
 from app.scores import Head
 from app.settings import Settings, settings_or_exit
+from tests.support.records import LABELS, answered_record
 
-LABELS = ("negative", "neutral", "positive")
 WALL = 1_800_000_000.0
-
-
-def _record(texts, scores=None, head=None, entities=None, task="text-classification", labels=LABELS,
-            request_id="rid-1") -> RequestRecord:
-    record = RequestRecord("http", "/predict", "m", request_id, time.perf_counter())
-    record.version, record.task, record.head, record.texts, record.labels = "3", task, head, texts, labels
-    record.scores, record.entities = (None if scores is None else np.asarray(scores, dtype=np.float32)), entities
-    return record
 
 
 def _queued() -> list:
@@ -44,15 +35,15 @@ def _queued() -> list:
     entities = [[{"entity_group": "PER", "score": np.float32(0.75), "word": "alice", "start": 0, "end": 5}],
                 [{"entity": "B-PER", "score": np.float32(0.5), "index": 1, "word": "bob", "start": 0, "end": 3}]]
     return [
-        (_record(["good pill", ("query", "doc")], [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], Head(LABELS)), "m", "full",
+        (answered_record(["good pill", ("query", "doc")], [[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], Head(LABELS)), "m", "full",
          WALL, 0.0123),
-        (_record(["a"], [[0.9, 0.2, 0.6]], Head(LABELS, "multi_label_classification"), request_id="rid-2"), "m",
+        (answered_record(["a"], [[0.9, 0.2, 0.6]], Head(LABELS, "multi_label_classification"), request_id="rid-2"), "m",
          "hash", WALL + 1, 0.002),
-        (_record(["a"], [[3.5]], Head(("score",), "regression", 0.25), labels=("score",), request_id="rid-3"), "reg",
+        (answered_record(["a"], [[3.5]], Head(("score",), "regression", 0.25), labels=("score",), request_id="rid-3"), "reg",
          "none", WALL + 2, 0.001),
-        (_record(["alice went", "bob"], entities=entities, task="token-classification", labels=("O", "B-PER"),
+        (answered_record(["alice went", "bob"], entities=entities, task="token-classification", labels=("O", "B-PER"),
                  request_id="rid-4"), "ner", "full", WALL + 3, 0.004),
-        (_record(["a"], [[0.8, 0.2]], task="zero-shot-classification", labels=("sports", "news"),
+        (answered_record(["a"], [[0.8, 0.2]], task="zero-shot-classification", labels=("sports", "news"),
                  request_id=None), "zs", "none", WALL + 4, 0.005),
         {"type": "feedback", "id": "rid-1", "index": 1, "time": prediction_log.iso_time(WALL + 5), "model": "m",
          "version": "3", "label": "neutral", "predicted": "negative", "key": None},
@@ -107,7 +98,7 @@ def test_a_file_is_unreadable_until_finished_so_it_is_named_partial(tmp_path, mo
     settings = Settings(prediction_log_dir=tmp_path, prediction_log_format="parquet")
     log = PredictionLog(settings, lambda m: ModelServing())
     for k in range(5):  # one writer batch each
-        log.queue.put((_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "m", "none", WALL, 0.0))
+        log.queue.put((answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "m", "none", WALL, 0.0))
         asyncio.run(log.flush(30))
     (partial,) = tmp_path.glob("predictions-*")
     assert partial.name.endswith(".parquet.partial") and not list(tmp_path.glob("*.parquet"))
@@ -127,7 +118,7 @@ def test_files_finish_past_max_bytes_and_are_kept_within_max_bytes_times_max_fil
     sent = []
     for k in range(1000):
         logged, _ = prediction_log.prediction_record(
-            _record([f"text {k} " * 20], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "m", "full", None,
+            answered_record([f"text {k} " * 20], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=f"r{k}"), "m", "full", None,
             WALL + k, 0.0)
         sink.take([logged], [])
         sent.append(logged)
@@ -149,7 +140,7 @@ def test_an_idle_writer_finishes_a_file_when_it_is_due(tmp_path, monkeypatch):
     settings = Settings(prediction_log_dir=tmp_path, prediction_log_format="parquet")
     log = PredictionLog(settings, lambda m: ModelServing())
     try:
-        log.offer(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
+        log.offer(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "m", 200)
         deadline = time.monotonic() + 30
         while not list(tmp_path.glob("*.parquet")):  # no further record, no shutdown: the idle wake-up finishes it
             assert time.monotonic() < deadline
@@ -164,7 +155,7 @@ def test_a_later_worker_with_the_same_pid_never_overwrites_a_file(tmp_path):
     for request_id in ("first", "second"):
         sink = ParquetSink(tmp_path, 2**20, 5)
         logged, _ = prediction_log.prediction_record(
-            _record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=request_id), "m", "none", None, WALL, 0.0)
+            answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS), request_id=request_id), "m", "none", None, WALL, 0.0)
         sink.take([logged], [])
         sink.close()
     files = sorted(tmp_path.glob("*.parquet"))
@@ -194,7 +185,7 @@ def test_a_record_the_columns_cannot_hold_is_dropped_alone_and_counted(tmp_path)
                                          {"model": "odd", "reason": "error"}) or 0
 
     sink = ParquetSink(tmp_path, 2**20, 5)
-    good, _ = prediction_log.prediction_record(_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "odd", "none", None,
+    good, _ = prediction_log.prediction_record(answered_record(["a"], [[0.1, 0.2, 0.7]], Head(LABELS)), "odd", "none", None,
                                                WALL, 0.0)
     bad = dict(good, id="bad", items=[{"index": 0, "label": "positive", "score": "not a number"}])
     before = dropped()
