@@ -93,7 +93,8 @@ def cache_key(settings: Settings, path: Path, candidates: Sequence[tuple[Provide
         "provider": settings.provider,
         "fidelity_margin": settings.fidelity_margin,
         "openvino_precision": settings.openvino_precision,
-        "candidates": [{"provider": p, "artifact": a.file, "precision": a.precision, "sha256": _digest(path / a.file)}
+        "candidates": [{"provider": p, "artifact": a.file, "precision": a.precision, "sha256": _digest(path / a.file),
+                        **({"guard": a.guard.model_dump()} if a.guard else {})}
                        for p, a in candidates],
         "golden_sha256": _digest(golden) if golden.is_file() else None,
     }

@@ -148,12 +148,12 @@ class Inference:
                       timeout_s: float) -> str | None:
         """The task of the version the router would pick for this request (for a transport to dispatch on), once
         loading is done; None when none can be picked now (the request's own path then says why)."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                if self.registry.loading:
+        if self.registry.loading:  # (no timeout scope when nothing is loading: the common case costs nothing)
+            try:
+                async with asyncio.timeout(timeout_s):
                     await self.registry.loaded()
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
+            except TimeoutError:
+                raise DeadlineExceeded(f"no answer within {timeout_s:.3f} s; the request was dropped") from None
         try:
             return self.router.resolve(model, version, routing_key).config.task
         except Exception:  # noqa: BLE001 - unknown model, none loaded: answered by the request's own path

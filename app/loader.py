@@ -52,6 +52,7 @@ import onnxruntime as ort
 from app.engine import ORT_PROVIDER, Session, autotune, available, cpu_name, open_engine, openvino_missing
 from app.engine_cache import EngineCache, cache_key
 from app.errors import ModelLoadError
+from app.guard import open_guard
 from app.repository import TOKENIZER_FILE, Artifact, Golden, ModelConfig, Provider, read_config, read_golden
 from app.served import ServedModel
 from app.settings import Settings
@@ -149,7 +150,11 @@ def open_candidate(name: str, version: int, path: Path, config: ModelConfig, tok
                for _ in range(sessions)]
     for engine in engines:
         warm(engine, tokenizer)
-    return ServedModel(name, version, path, config, tokenizer, engines)
+    # An INT8 artifact's guard: its fp32 referee on every core of the worker (it decides a few rows at a time).
+    guard = open_guard(path, config, artifact, provider, sessions * threads, **engine_options)
+    if guard is not None:
+        warm(guard.referee, tokenizer)
+    return ServedModel(name, version, path, config, tokenizer, engines, guard=guard)
 
 
 def warm(engine: Session, tokenizer: TextTokenizer) -> None:

@@ -119,6 +119,11 @@ TOKEN_WINDOWS = Histogram(
 )
 
 # Shadow versions (serving.json "shadow"): `version` is the shadow's, compared with whichever version answered.
+GUARD_ROWS = Counter(
+    "bertserve_guard_rows", "Rows of an INT8 version with a guard (app.guard), by outcome: checked (every row), "
+    "rechecked (a near-tie run again on the fp32 graph), changed (of those, fp32 decided another label).",
+    ["model", "version", "outcome"],
+)
 SHADOW_DECISIONS = Counter(
     "bertserve_shadow_decisions", "Answered requests' texts also run on the shadow version: its top label agreed "
     "with the answer's or not.", ["model", "version", "outcome"],

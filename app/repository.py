@@ -40,6 +40,28 @@ CARD_FILE = "README.md"  # the model card app.lifecycle.card writes into each ve
 Provider = Literal["cpu", "openvino", "cuda"]
 
 
+class GuardSpec(BaseModel):
+    """An INT8 artifact's guard (app.guard): rows whose softmax top-two margin is under `margin` are decided by
+    `reference`, the fp32 graph."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    margin: float = Field(gt=0, lt=1, description="Top-two probability margin under which fp32 decides the row.")
+    reference: str = Field(description="The fp32 ONNX file inside the version folder that decides them.")
+
+    @field_validator("reference")
+    @classmethod
+    def _plain_name(cls, file: str) -> str:
+        return plain_file_name(file)
+
+
+def plain_file_name(file: str) -> str:
+    # A name, never a path: `../x`, `/etc/x` or `sub/x` would open a file outside the version folder.
+    if not file or file in (".", "..") or any(c in file for c in "/\\\0"):
+        raise ValueError("a plain file name inside the version folder (no path separator, not '.' or '..')")
+    return file
+
+
 class Artifact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,14 +69,12 @@ class Artifact(BaseModel):
     precision: Literal["fp32", "fp16", "int8"]
     providers: list[Provider] = Field(description="Providers this artifact is meant for, best first.")
     quantization: str | None = Field(None, description="How it was quantized, e.g. 'dynamic int8 per-channel'.")
+    guard: GuardSpec | None = Field(None, description="INT8 only: near-ties decided by the fp32 graph (app.guard).")
 
     @field_validator("file")
     @classmethod
     def _plain_name(cls, file: str) -> str:
-        # A name, never a path: `../x`, `/etc/x` or `sub/x` would open a file outside the version folder.
-        if not file or file in (".", "..") or any(c in file for c in "/\\\0"):
-            raise ValueError("a plain file name inside the version folder (no path separator, not '.' or '..')")
-        return file
+        return plain_file_name(file)
 
     @property
     def numerics(self) -> str:
@@ -89,6 +109,11 @@ class ModelConfig(BaseModel):
         if self.function is not None and self.function != derived:
             raise ValueError(f"function {self.function!r} is not the one its head implies ({derived!r}, from "
                              f"{len(self.labels)} label(s) and problem_type {self.problem_type!r})")
+        fp32 = {a.file for a in self.artifacts if a.precision == "fp32"}
+        for artifact in self.artifacts:
+            if artifact.guard is not None and (artifact.precision != "int8" or artifact.guard.reference not in fp32):
+                raise ValueError(f"artifact {artifact.file}: a guard belongs to an int8 artifact and names a listed "
+                                 "fp32 artifact as its reference")
         return self
 
     @property

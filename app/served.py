@@ -14,6 +14,7 @@ import numpy as np
 from app import drift, metrics
 from app.batching import Batcher, Timing
 from app.engine import Session
+from app.guard import Guard
 from app.repository import ModelConfig
 from app.scores import Head
 from app.tokenizer import Encoded, TextInput, TextTokenizer, pad, pad_types
@@ -35,6 +36,8 @@ class ModelMetrics:
         self.windowed_texts = metrics.WINDOWED_TEXTS.labels(name, str(version), "texts")
         self.windows = metrics.WINDOWED_TEXTS.labels(name, str(version), "windows")
         self._key = (name, str(version))
+        self.guard_rows = {outcome: metrics.GUARD_ROWS.labels(name, str(version), outcome)
+                           for outcome in ("checked", "rechecked", "changed")}
         self._entities: dict[str, Any] = {}  # a token model's entity groups' children, made on first count
         # Drift (app.drift): the reference's own bins (else the defaults), every bin's child made now so that an
         # empty bin is exported as 0 and counts in the PSI rule.
@@ -162,6 +165,8 @@ class ServedModel:
     # One session on all the worker's cores beside the per-core ones: the batcher runs a batch on it when that batch
     # would run alone (low load), where one core would leave the others idle. None: the sessions already use all.
     wide: Session | None = None
+    # An INT8 artifact's guard (app.guard): its near-ties decided by the fp32 graph; None: none.
+    guard: Guard | None = None
     _idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def __post_init__(self) -> None:
@@ -216,6 +221,13 @@ class ServedModel:
                 self._idle.put(engine)
         if self.token_model:  # [batch, width, labels]: each sequence's own tokens, padding sliced off
             return [logits[row, :len(seq)] for row, seq in enumerate(sequences)]
+        if self.guard is not None:
+            logits, rechecked, changed = self.guard.check(logits, input_ids, attention_mask, token_type_ids)
+            counts = self.metrics.guard_rows
+            counts["checked"].inc(len(logits))
+            if rechecked:
+                counts["rechecked"].inc(rechecked)
+                counts["changed"].inc(changed)
         return logits
 
     def describe(self) -> dict[str, Any]:
@@ -233,6 +245,7 @@ class ServedModel:
             "artifact": self.engine.artifact.file,
             "precision": self.engine.precision,
             "quantization": self.engine.artifact.numerics,
+            "guard": self.guard.describe() if self.guard else None,  # this worker's rows, rechecked, changed
             "sessions": len(self.engines),
             "intra_op_threads": self.engine.threads,
             "wide_session_threads": self.wide.threads if self.wide else None,  # the low-load path

@@ -15,6 +15,10 @@ batch shape, as benchmarks/raw.py). Rate: raw sequences/s of engine calls on pre
 left out: it is the same for every recipe), interleaved batch by batch (each batch runs on every candidate in turn,
 the order rotating) so all candidates see the same load on a shared machine; the ratio to today's default is the
 median of the per-round ratios. Every candidate runs with the same --threads.
+
+`X + guard`: recipe X's artifact served with the INT8 guard (app.guard, --guard-margin, default 0.05): rows whose
+INT8 top-two probability margin is under the margin are run again on the fp32 graph and take its logits, timed with
+that extra work (the fp32 session has the same --threads). Not cached (no artifact of its own).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app.engine import cpu_name, open_engine
+from app.guard import Guard
 from app.lifecycle.data import demo_split
 from app.repository import TOKENIZER_FILE, Artifact, read_config
 from app.tokenizer import TextTokenizer, pad
@@ -59,6 +64,22 @@ def size_of(path: Path) -> int:
     """Bytes of the artifact: an OpenVINO IR is its .xml and its .bin."""
     weights = path.with_suffix(".bin")
     return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.exists() else 0)
+
+
+class Guarded:
+    """An engine with the INT8 guard in front, as app.served.ServedModel.infer runs it."""
+
+    def __init__(self, engine, guard: Guard) -> None:
+        self.engine, self.guard = engine, guard
+
+    def __str__(self) -> str:
+        return f"{self.engine} + guard {self.guard.margin} on {self.guard.referee.artifact.file}"
+
+    def run(self, ids, mask):
+        return self.guard.check(self.engine.run(ids, mask), ids, mask, None)[0]
+
+
+GUARDED = (DEFAULT, "ort dyn pc", "ort SQ 0.7 dyn pc", "ort SQ 0.7 dyn pc 1 fp32")
 
 
 def logits_of(engine, plan, count: int, labels: int) -> np.ndarray:
@@ -199,6 +220,7 @@ def main() -> None:
     parser.add_argument("--agreement-batches", type=int, nargs="*", default=[],
                         help="also count test flips in length-sorted batches of these sizes (dynamic INT8's activation "
                              "scale is per batch, so its decisions depend on the batching); --work/flips_by_batch.json")
+    parser.add_argument("--guard-margin", type=float, default=0.05, help="the guarded variants' margin (app.guard)")
     args = parser.parse_args()
     version, config = args.version_dir, read_config(args.version_dir)
     fp32 = version / "model.onnx"
@@ -283,6 +305,7 @@ def main() -> None:
             fp32, o, tokenizer, train, None, tuple(n for n in ranking if "/intermediate/" in n) + ffn_out)),
         "ov fp32 graph (bf16)": ("model.onnx", "openvino", None),
     }
+    recipes |= {f"{base} + guard": (recipes[base][0], "cpu", base) for base in GUARDED}
     chosen = [n for n in recipes if not args.only or n == DEFAULT or n in args.only]
 
     def folder_of(name: str) -> Path:
@@ -292,19 +315,31 @@ def main() -> None:
         file, _, builder = recipes[name]
         if builder is None:
             return version, file
-        if isinstance(builder, str):  # another recipe's artifact on another engine
-            return folder_of(builder), file
+        if isinstance(builder, str):  # another recipe's artifact (on another engine, or guarded)
+            return location(builder)
         return folder_of(name), file
+
+    def open_recipe(name: str):
+        where, file = location(name)
+        provider = recipes[name][1]
+        engine = open_engine(where, config, provider, Artifact(file=file, precision="int8", providers=[provider]),
+                             args.threads)
+        if not name.endswith(" + guard"):
+            return engine
+        referee = open_engine(version, config, "cpu", Artifact(file="model.onnx", precision="fp32",
+                                                                providers=["cpu"]), args.threads)
+        return Guarded(engine, Guard(args.guard_margin, referee))
 
     results: dict[str, dict] = {}
     for name in chosen:
         file, provider, builder = recipes[name]
         folder = folder_of(name)
         cached = folder / "result.json"
-        if cached.exists() and "train_flips" in (known := json.loads(cached.read_text())):
+        guarded = name.endswith(" + guard")
+        if not guarded and cached.exists() and "train_flips" in (known := json.loads(cached.read_text())):
             results[name] = known
             continue
-        build_s = known.get("build_s", 0.0) if cached.exists() else 0.0
+        build_s = known.get("build_s", 0.0) if cached.exists() and not guarded else 0.0
         if callable(builder) and not (folder / file).exists():
             folder.mkdir(parents=True, exist_ok=True)
             print(f"building {name} ...", flush=True)
@@ -320,8 +355,7 @@ def main() -> None:
             print(f"  {name}: needs {builder} first", flush=True)
             continue
         where, file = location(name)
-        engine = open_engine(where, config, provider, Artifact(file=file, precision="int8", providers=[provider]),
-                             args.threads)
+        engine = open_recipe(name)
         got = logits_of(engine, plan, len(test), labels)
         flips = int((got.argmax(1) != decisions).sum())
         moved = np.abs(config.head.scores(got) - fp32_probs)
@@ -330,8 +364,11 @@ def main() -> None:
                          "mean_prob_diff": round(float(moved.mean()), 5), "max_prob_diff": round(float(moved.max()), 4),
                          "train_flips": train_flips, "build_s": round(build_s, 1), "engine": str(engine),
                          "size_mb": round(size_of(where / file) / 1e6, 1)}
-        folder.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(results[name], indent=1))
+        if guarded:
+            results[name]["rechecked_share"] = round(engine.guard.rechecked / engine.guard.rows, 4)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(results[name], indent=1))
         print(f"  {name}: agreement {results[name]['agreement']:.4f} ({flips} flips; {train_flips} of {len(train)} "
               f"train), mean prob diff {moved.mean():.4f}, build {build_s:.0f} s", flush=True)
     if args.agreement_batches:
@@ -341,10 +378,7 @@ def main() -> None:
                                                                     providers=["cpu"]), args.threads)
         reference = {size: logits_of(fp32_engine, plans[size], len(test), labels).argmax(1) for size in plans}
         for name in (n for n in chosen if "agreement" in results.get(n, {})):
-            where, file = location(name)
-            provider = recipes[name][1]
-            engine = open_engine(where, config, provider, Artifact(file=file, precision="int8", providers=[provider]),
-                                 args.threads)
+            engine = open_recipe(name)
             by_batch[name] = {size: int((logits_of(engine, plans[size], len(test), labels).argmax(1)
                                          != reference[size]).sum()) for size in plans}
             print(f"  {name}: flips by batch size {by_batch[name]}", flush=True)
@@ -355,10 +389,7 @@ def main() -> None:
     timed = [n for n in chosen if "failed" not in results.get(n, {"failed": 1})]
     engines = {}
     for name in timed:
-        where, file = location(name)
-        provider = recipes[name][1]
-        engines[name] = open_engine(where, config, provider, Artifact(file=file, precision="int8",
-                                                                         providers=[provider]), args.threads)
+        engines[name] = open_recipe(name)
     for name in timed:  # warm-up: allocations, kernel choice
         for ids, mask, _ in plan[::4]:
             engines[name].run(ids, mask)

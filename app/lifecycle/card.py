@@ -140,6 +140,13 @@ def options_section(checkpoint: dict[str, Any] | None, config: ModelConfig, repo
     elif gate:
         lines.append(f"- INT8 gate: agreement >= {gate.get('min_agreement')}, accuracy loss <= "
                      f"{gate.get('max_accuracy_loss')}, score drift <= {gate.get('max_drift_share')} of the spread")
+    for artifact in config.artifacts:
+        if artifact.guard is not None:  # app.guard
+            done = next((a.get("guard") for a in gate.get("attempts", []) if a.get("passed")), None) or {}
+            lines.append(f"- INT8 guard: texts whose INT8 top-two probability margin is under {artifact.guard.margin} "
+                         f"are decided by {artifact.guard.reference}" + (
+                             f" ({done['rechecked']} of {done['rows']} gate texts, {done['changed']} decisions "
+                             "changed)" if done else ""))
     return lines + [""]
 
 

@@ -49,6 +49,17 @@ def _repository(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-repository", default="models", help="Model repository folder (default: models).")
 
 
+def _margin(value: str) -> float:
+    """A guard margin: 0 (none) or a probability difference in (0, 1)."""
+    try:
+        margin = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= margin < 1:
+        raise argparse.ArgumentTypeError(f"a margin is in [0, 1) (0: no guard), got {value}")
+    return margin
+
+
 def _pair_column(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-pair-column", metavar="COLUMN", help="Column holding each row's second text: the rows "
                    "are text pairs (NLI, cross-encoders), encoded with the tokenizer's pair template (default: none).")
@@ -187,6 +198,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-data", nargs="+", metavar="FILE",
                    help="CSV/TSV training texts (same columns) to calibrate int8 on: SmoothQuant, the most sensitive "
                         "MatMul in fp32 (docs/int8.md). Never the --eval-data texts: those judge it.")
+    p.add_argument("--guard-margin", type=_margin, default=0.02,
+                   help="A single-label int8 artifact's guard: texts whose int8 top-two probability margin is under "
+                        "this are decided by the fp32 graph (app.guard, docs/int8.md); 0: no guard. Default 0.02.")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     _pair_column(p)

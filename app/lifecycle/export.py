@@ -45,11 +45,12 @@ from app.lifecycle.quantize import (
     to_fp16,
 )
 from app.lifecycle.runner import open_artifact, probabilities
-from app.repository import TOKENIZER_FILE, Artifact, ModelConfig, read_config, write_config
+from app.repository import TOKENIZER_FILE, Artifact, GuardSpec, ModelConfig, read_config, write_config
 from app.scores import Head
 from app.tokenizer import TextInput, TextTokenizer
 
 TOKEN_TASK = "token-classification"
+GUARD_MARGIN = 0.02  # app.guard: the demo keeps >= 99 % of fp32's decisions at every batch size (docs/int8.md)
 # Enough to rank the MatMuls (on the demo model, the same top 4 as 48 full-length texts, in a fifth of the time).
 SENSITIVITY_TEXTS, SENSITIVITY_LENGTH = 32, 64
 ARTIFACTS = {
@@ -83,6 +84,9 @@ class ExportRequest:
     # Texts to calibrate INT8 on (training texts, never the gate's): given, a sequence model's int8 ladder starts
     # from the SmoothQuant-rescaled graph with its most sensitive MatMul in fp32 (smooth_graph, docs/int8.md).
     calibration_texts: list[TextInput] | None = None
+    # A single-label INT8 artifact's guard (app.guard): rows whose top-two probability margin is under this are
+    # decided by the fp32 graph; 0: no guard.
+    guard_margin: float = GUARD_MARGIN
     # Distillation: the student's fp32 must pass this gate against its teacher, or nothing is published.
     teacher: TeacherReference | None = None
     # Figures measured on the finished version folder (artifacts and config in place) just before it is published,
@@ -139,12 +143,17 @@ def export_fp32(source: Path, work: Path, optimize: str, task: str = "text-class
 def measure(
     folder: Path, config: ModelConfig, artifact: Artifact, data: GateData, provider: str = "cpu"
 ) -> tuple[np.ndarray, dict]:
-    probs, seconds = probabilities(open_artifact(folder, config, artifact, provider), data.texts,
-                                   progress=f"evaluating {artifact.file}")
-    return probs, {
+    model = open_artifact(folder, config, artifact, provider)
+    probs, seconds = probabilities(model, data.texts, progress=f"evaluating {artifact.file}")
+    cost: dict[str, Any] = {
         "size_mb": round((folder / artifact.file).stat().st_size / 1e6, 1),
         "sequences_per_s": round(len(data.texts) / seconds, 1),
     }
+    if model.guard is not None:  # what the guard did on the gate texts (app.guard)
+        done = model.guard.describe()
+        cost["guard"] = {"margin": done["margin"], "rechecked": done["rechecked"], "changed": done["changed"],
+                         "rows": done["rows"], "rechecked_share": round(done["rechecked"] / max(done["rows"], 1), 4)}
+    return probs, cost
 
 
 def quantize_behind_gate(
@@ -154,6 +163,9 @@ def quantize_behind_gate(
     """Try recipes from cheapest to safest and keep the first that passes the gate; each attempt's figures go
     into gate_report["attempts"]. Returns the int8 artifact (None when none passed) and its probabilities."""
     target = ARTIFACTS["int8"]
+    if request.guard_margin > 0 and config.task != TOKEN_TASK and config.head.single_label:
+        target = target.model_copy(update={"guard": GuardSpec(margin=request.guard_margin,
+                                                              reference=ARTIFACTS["fp32"].file)})
     attempts = gate_report.setdefault("attempts", [])
     tokens = config.task == TOKEN_TASK
     # A token model: its gate texts' tokens, to read each text's BIO tags off the per-token rows (gate.token_tags).
@@ -179,8 +191,11 @@ def quantize_behind_gate(
         attempts.append({"recipe": recipe.describe(), **figures, **cost, "passed": why is None, "why": why})
         measured = (f"entity F1 {figures['entity_f1']:.4f}, token agreement {figures['token_agreement']:.4f}"
                     if tokens else f"agreement {figures['agreement']:.4f}")
+        guarded = cost.get("guard")
         say(f"  {recipe.describe()}: {measured}, max prob diff {figures['max_prob_diff']:.4f}, {cost['size_mb']} MB, "
-            f"{cost['sequences_per_s']} seq/s" + (f" -> rejected: {why}" if why else " -> passes"))
+            f"{cost['sequences_per_s']} seq/s" + (f", guard: {guarded['rechecked']} of {guarded['rows']} rows "
+                                                 f"rechecked in fp32, {guarded['changed']} decisions changed"
+                                                 if guarded else "") + (f" -> rejected: {why}" if why else " -> passes"))
         return probs if why is None else None
 
     if tokens:
@@ -386,7 +401,7 @@ def main(args: argparse.Namespace) -> None:
         quantize=args.quantize, optimize=args.optimize, max_length=args.max_length, gate_data=gate_data,
         gate=Gate(min_agreement=min_agreement, max_accuracy_loss=args.max_accuracy_loss,
                   max_drift_share=args.max_drift_share),
-        fp32_when_gate_fails=not args.require_int8, calibration_texts=calibration,
+        fp32_when_gate_fails=not args.require_int8, calibration_texts=calibration, guard_margin=args.guard_margin,
     )
     try:
         path, report = export_model(request)

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from app.engine import Engine
+from app.guard import open_guard
 from app.loader import score_texts
 from app.repository import TOKENIZER_FILE, Artifact, ModelConfig
 from app.served import ServedModel
@@ -16,12 +17,14 @@ from app.tokenizer import TextTokenizer
 
 
 def open_artifact(folder: Path, config: ModelConfig, artifact: Artifact, provider: str = "cpu", threads: int = 2):
-    """A ServedModel on exactly this artifact (an fp16 graph is measured on CPU when asked for cpu)."""
+    """A ServedModel on exactly this artifact (an fp16 graph is measured on CPU when asked for cpu), with its guard
+    (app.guard) when it names one: what a CPU serves."""
     measured = artifact.model_copy(update={"providers": [provider]})
     only = config.model_copy(update={"artifacts": [measured]})
     engine = Engine(folder, only, provider=provider, threads=threads)
     tokenizer = TextTokenizer(folder / TOKENIZER_FILE, config.max_length)
-    return ServedModel(artifact.file, 0, folder, only, tokenizer, [engine])
+    guard = open_guard(folder, config, artifact, provider, threads)  # type: ignore[arg-type]
+    return ServedModel(artifact.file, 0, folder, only, tokenizer, [engine], guard=guard)
 
 
 def probabilities(

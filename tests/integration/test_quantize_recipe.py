@@ -69,3 +69,22 @@ def test_export_cli_takes_calibration_texts_from_files(tmp_path, checkpoint):
     gate = json.loads((tmp_path / "repo" / "tiny" / "1" / "bertserve.json").read_text())["report"]["gate"]
     assert gate["smoothquant"] == {"alpha": SMOOTH_ALPHA, "calibration_texts": len(CALIBRATION)}
     assert gate["attempts"][0]["recipe"].startswith(f"smoothquant {SMOOTH_ALPHA} + ")
+
+
+def test_export_publishes_the_int8_guard_and_what_it_did_on_the_gate_texts(tmp_path, checkpoint):
+    """app.guard: the single-label int8 artifact names its margin and fp32 reference; the gate judged it guarded
+    and recorded the rows it rechecked; --guard-margin 0 publishes none."""
+    from app.lifecycle.export import GUARD_MARGIN
+    from app.repository import GuardSpec
+
+    path, report = export_model(ExportRequest(source=checkpoint, name="tiny", repository=tmp_path))
+    int8 = read_config(path).artifacts[0]
+    assert int8.precision == "int8" and int8.guard == GuardSpec(margin=GUARD_MARGIN, reference="model.onnx")
+    passed = next(a for a in report["gate"]["attempts"] if a["passed"])
+    done = passed["guard"]
+    assert done["rows"] == report["gate"]["texts"] and 0 <= done["changed"] <= done["rechecked"] <= done["rows"]
+    assert done["margin"] == GUARD_MARGIN
+
+    path, report = export_model(ExportRequest(source=checkpoint, name="tiny", repository=tmp_path, guard_margin=0))
+    assert read_config(path).artifacts[0].guard is None
+    assert all("guard" not in a for a in report["gate"]["attempts"])

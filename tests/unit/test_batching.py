@@ -442,3 +442,42 @@ def test_an_arrival_is_tokenized_before_the_rest_of_a_large_submission():
     calls = asyncio.run(scenario())
     assert calls[1][0] == "small", [c[0][:5] for c in calls]  # the next chunk: it, then what fits beside it
     assert sorted(t[:4] for c in calls for t in c) == ["big0", "big1", "big2", "big3", "big4", "smal"]
+
+
+class ThreadNamingModel(FakeModel):
+    """Records which thread encoded each submission."""
+
+    def __init__(self, gated: bool = False) -> None:
+        super().__init__(gated)
+        self.encoded_on: list[str] = []
+
+    def encode(self, texts):
+        self.encoded_on.append(threading.current_thread().name)
+        return super().encode(texts)
+
+
+def test_a_lone_small_request_is_encoded_on_the_loop_and_anything_else_on_the_tokenize_thread():
+    """The low-load shortcut (app.batching.INLINE_CHARS): alone and small, encoded in submit() (one thread
+    wake-up less); behind a running batch, or too long, through the tokenize thread, so the loop never encodes
+    under load."""
+    from app import batching
+
+    async def scenario():
+        model = ThreadNamingModel(gated=True)
+        batcher = make(model)
+        loop_thread = threading.current_thread().name
+        first = await block_engine(model, batcher)  # alone: inline
+        behind = asyncio.create_task(batcher.submit(["queued behind it"]))  # the engine is busy: the thread
+        await wait_for(lambda: len(model.encoded_on) == 2)
+        model.gate.set()
+        await first, await behind
+        long = "word " * (batching.INLINE_CHARS // 5 + 1)  # alone but long: the thread
+        [(row, _)] = await batcher.submit([long])
+        [(again, _)] = await batcher.submit(["alone again"])  # alone and small: inline
+        await batcher.close()
+        return loop_thread, model.encoded_on, row, again
+
+    loop_thread, encoded_on, row, again = asyncio.run(scenario())
+    assert encoded_on[0] == loop_thread and encoded_on[3] == loop_thread
+    assert encoded_on[1].startswith("tokenize-") and encoded_on[2].startswith("tokenize-")
+    assert len(row) == FakeModel.max_length and again == tuple(hash(w) % 1000 for w in ["alone", "again"])
