@@ -73,6 +73,7 @@ def test_int8_artifact_is_listed_first_and_served_on_cpu(tmp_path):
     assert config["artifacts"][0] == {
         "file": "model.int8.onnx", "precision": "int8", "providers": ["cpu"],
         "quantization": "dynamic int8 per-channel",
+        "guard": {"margin": 0.02, "reference": "model.onnx"},  # app.guard: a softmax head's near-ties go to fp32
     }
     assert report["gate"]["chosen"] == "dynamic int8 per-channel"
     attempt = report["gate"]["attempts"][0]
