@@ -10,8 +10,9 @@ the default 0.02, that is ~2 % of the rows and leaves 0-2 of 379 test decisions 
 the export for every single-label (softmax) INT8 artifact (`bertserve export --guard-margin`, 0: none); the export
 gate judges the guarded artifact.
 
-One fp32 session per served version (every core's threads, onnxruntime's own locking: it is called from any
-inference thread), opened beside the INT8 sessions: it costs the fp32 graph's memory (docs/memory.md).
+One fp32 session per served version (one INT8 session's threads; onnxruntime runs concurrent calls, each on its
+caller's thread: it is called from any inference thread), opened beside the INT8 sessions: it costs the fp32
+graph's memory (docs/memory.md).
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     )
     fidelity_margin: float = Field(
         0.05, ge=0, le=1, description="Among engines that pass the golden gate, the one most faithful to the golden "
-        "outputs serves unless a less faithful one is faster by more than this fraction and by more than the "
-        "measurement's confidence margin (at least 25 %: below it the gap is noise); 1: always the most faithful, "
+        "outputs (the most of their decisions made too; equally faithful ones in the fixed order) serves unless a "
+        "less faithful one is faster by more than this fraction and by more than the measurement's confidence "
+        "margin (at least 25 %: below it the gap is noise); 1: always the most faithful, "
         "0: the fastest whenever the gap is beyond the confidence margin.",
     )
     openvino_precision: Literal["auto", "f32", "bf16"] = Field(

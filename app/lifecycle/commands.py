@@ -101,6 +101,10 @@ def _student_options(p: argparse.ArgumentParser, recovery: str = "") -> None:
                    help="K variants of each training text, labelled by the teacher alone: words replaced from the "
                         "data's vocabulary, words dropped, n-gram windows, sentences mixed across texts (Tang et al. "
                         "2019); seeded (default: 0).")
+    p.add_argument("--hidden-weight", type=float, default=0.0, metavar="W",
+                   help="Layer-wise distillation (as CoFi, TinyBERT): weight of the loss pulling each student layer's "
+                        "hidden states towards the teacher layer's it came from; the teacher runs beside the student "
+                        "(default: 0, the logits alone).")
     p.add_argument("--augment-ops", nargs="+", choices=["replace", "dropout", "ngram", "mix"],
                    default=["replace", "dropout", "ngram", "mix"], help="The operations --augment uses (default: all).")
     p.add_argument("--seed", type=int, default=13)

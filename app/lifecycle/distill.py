@@ -65,6 +65,9 @@ class DistillOptions(TrainOptions):
     # Teacher-labelled variants per training text (app.lifecycle.augment), and the operations making them.
     augment: int = 0
     augment_ops: tuple[str, ...] = ("replace", "dropout", "ngram", "mix")
+    # Layer-wise distillation (as CoFi, TinyBERT): weight of the loss that pulls each student layer's hidden states
+    # towards those of the teacher layer it came from; 0: the logits alone.
+    hidden_weight: float = 0.0
 
 
 def spread(total: int, keep: int) -> list[int]:
@@ -112,6 +115,25 @@ def distillation_loss(student_logits, teacher_logits, targets, weights, options:
     labelled = targets >= 0
     mixed = options.soft_weight * soft + (1 - options.soft_weight) * hard
     return torch.where(labelled, mixed, soft).mean()
+
+
+def hidden_loss(student_states, teacher_states, pairs: list[tuple[int, int]], mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the (student, teacher) hidden-state index pairs of the squared difference on the real tokens,
+    relative to the teacher states' own mean square (layers differ in scale; 0 when they are equal)."""
+    weight = mask.unsqueeze(-1).to(student_states[0].dtype)
+    count = weight.sum() * student_states[0].shape[-1]
+    total = student_states[0].new_zeros(())
+    for s, t in pairs:
+        reference = teacher_states[t]
+        moved = (((student_states[s] - reference) ** 2) * weight).sum() / count
+        total = total + moved / ((reference**2 * weight).sum() / count).clamp(min=1e-6)
+    return total / len(pairs)
+
+
+def layer_pairs(kept: list[int]) -> list[tuple[int, int]]:
+    """Which teacher hidden state each student one learns from: the embeddings (0) from the embeddings, student
+    layer j's output from that of the teacher layer it was made from (`kept`)."""
+    return [(0, 0)] + [(j + 1, layer + 1) for j, layer in enumerate(kept)]
 
 
 def train_student(
@@ -172,13 +194,25 @@ def recover(
         train_teacher = torch.cat([train_teacher, torch.from_numpy(predict(teacher_model, extra_ids, pad_id))])
         train_targets = torch.cat([train_targets, torch.full((len(extra),), -1)])  # the teacher alone labels them
         augmented = len(extra)
-    del teacher_model
+    layerwise = options.hidden_weight > 0 and options.epochs > 0
+    if layerwise:  # the teacher runs beside the student: its hidden states for each batch (augmented ones too)
+        teacher_model.requires_grad_(False)
+        pairs = layer_pairs(described["layers_kept"])
+    else:
+        del teacher_model
     val_ids, val_teacher = [encoded[i] for i in val], teacher_logits[val].argmax(-1).numpy()
     val_truth = [targets[i] for i in val]
 
     def batch_loss(batch: list[int]) -> torch.Tensor:
-        logits = student(**collate(train_ids, batch, pad_id, train_types)).logits
-        return distillation_loss(logits, train_teacher[batch], train_targets[batch], weights, options)
+        inputs = collate(train_ids, batch, pad_id, train_types)
+        out = student(**inputs, output_hidden_states=layerwise)
+        loss = distillation_loss(out.logits, train_teacher[batch], train_targets[batch], weights, options)
+        if layerwise:
+            with torch.no_grad():
+                reference = teacher_model(**inputs, output_hidden_states=True).hidden_states
+            loss = loss + options.hidden_weight * hidden_loss(out.hidden_states, reference, pairs,
+                                                              inputs["attention_mask"])
+        return loss
 
     def validate() -> dict[str, Any]:
         decided = predict(student, val_ids, pad_id, types=val_types).argmax(axis=1)
@@ -256,6 +290,8 @@ def compress(args: argparse.Namespace, command: str, section: str, build, summar
         raise LifecycleError(f"--require-int8 cannot go with --quantize {args.quantize}")
     if args.augment < 0:
         raise LifecycleError(f"--augment {args.augment}: the variants per training text, 0 or more")
+    if args.hidden_weight < 0:
+        raise LifecycleError(f"--hidden-weight {args.hidden_weight}: the weight of the layer-wise loss, 0 or more")
     hf_config, tokenizer, labels = softmax_teacher(teacher, command)
     max_length, why = choose_max_length(hf_config, tokenizer, args.max_length, teacher, cap=128)
     say(f"max_length {max_length} tokens per text: {why}")
@@ -263,7 +299,7 @@ def compress(args: argparse.Namespace, command: str, section: str, build, summar
         layers=getattr(args, "layers", None) or hf_config.num_hidden_layers, epochs=args.epochs,
         learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=max_length,
         temperature=args.temperature, soft_weight=args.soft_weight, seed=args.seed, augment=args.augment,
-        augment_ops=tuple(args.augment_ops),
+        augment_ops=tuple(args.augment_ops), hidden_weight=args.hidden_weight,
     )
     pair_column = args.text_pair_column
     if args.augment and pair_column:

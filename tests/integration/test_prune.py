@@ -149,6 +149,28 @@ def test_augmented_students_learn_from_teacher_labelled_variants(teachers, data,
     assert distilled["augmented"] == 2 * distilled["train_size"] and distilled["options"]["augment"] == 2
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_layerwise_distillation_pulls_the_pruned_layers_towards_the_teachers(teachers, data, tmp_path, arch):
+    """--hidden-weight: each pruned layer learns the teacher layer's hidden states too; after recovery they are
+    closer to the teacher's than those of the same pruned model recovered from the logits alone."""
+    from app.lifecycle.distill import hidden_loss, layer_pairs
+
+    moved = {}
+    for weight in ("0", "5"):
+        repo, output = tmp_path / f"repo{weight}", tmp_path / f"pruned{weight}"
+        cli(["prune", str(teachers[arch]), "--heads", "0.5", "--ffn", "0.5", "--importance", "magnitude",
+             "--epochs", "2", "--hidden-weight", weight, "--quantize", "none", "--name", "p", "--data",
+             str(data / "train.csv"), "--output", str(output), "--model-repository", str(repo), *OPEN_GATE])
+        assert read_config(repo / "p" / "1").report["pruning"]["options"]["hidden_weight"] == float(weight)
+        tokenizer = AutoTokenizer.from_pretrained(output)
+        batch = tokenizer(texts(16, 5), padding=True, return_tensors="pt")
+        models = [AutoModelForSequenceClassification.from_pretrained(m).eval() for m in (teachers[arch], output)]
+        with torch.no_grad():
+            teacher, student = (m(**batch, output_hidden_states=True).hidden_states for m in models)
+        moved[weight] = float(hidden_loss(student, teacher, layer_pairs(list(range(3))), batch["attention_mask"]))
+    assert moved["5"] < moved["0"], moved
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--heads", "1.0", "--ffn", "0.5"], "--heads 1.0: the fraction removed must be in [0, 1)"),
     (["--heads", "0.5", "--ffn", "-0.1"], "--ffn -0.1: the fraction removed must be in [0, 1)"),

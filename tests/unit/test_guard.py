@@ -103,6 +103,33 @@ def test_the_loader_serves_the_guard_and_counts_its_rows(guarded, monkeypatch, t
     assert described["margin"] == 0.5 and described["reference"] == "model.onnx" and described["rows"] >= len(TEXTS)
 
 
+def test_the_referee_runs_on_one_sessions_threads(guarded, monkeypatch, tmp_path):
+    """Shared by the per-core sessions, it runs on its caller's core: on every core it took those of the others."""
+    from app.loader import load_model
+    from app.settings import Settings
+
+    monkeypatch.setenv("BERTSERVE_ENGINE_CACHE", str(tmp_path / "cache"))
+    settings = Settings(provider="cpu", batch_autotune=False, engine_sessions=2, intra_op_threads=1)
+    model = load_model("guarded", 1, guarded, settings)
+    assert len(model.engines) == 2 and model.guard.referee.threads == model.engine.threads == 1
+
+
+def test_the_raw_benchmark_runs_the_artifact_as_served(guarded):
+    """benchmarks.raw: the INT8 artifact with its guard by default (the server's work), without it when asked."""
+    from benchmarks.raw import RawModel
+
+    served, bare = RawModel(guarded, threads=1), RawModel(guarded, threads=1, guarded=False)
+    assert served.engine.artifact.file == bare.engine.artifact.file == "model.int8.onnx"
+    assert served.guard is not None and served.guard.margin == 0.5 and bare.guard is None
+    logits, plain = served.run(TEXTS), bare.run(TEXTS)
+    near = margins(plain) < 0.5
+    assert near.any() and served.guard.rechecked == near.sum()
+    np.testing.assert_array_equal(logits[~near], plain[~near])
+    fp32 = RawModel(guarded, threads=1, artifact="model.onnx")
+    assert fp32.guard is None
+    np.testing.assert_allclose(logits[near], fp32.run(TEXTS)[near], atol=1e-5)
+
+
 @pytest.mark.parametrize("artifacts, why", [
     ([Artifact(file="model.onnx", precision="fp32", providers=["cpu"],
                guard=GuardSpec(margin=0.1, reference="model.onnx"))], "int8"),
