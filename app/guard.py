@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.repository import Artifact, ModelConfig, Provider
+from app.scores import softmax
 
 
 class Guard:
@@ -59,11 +60,6 @@ class Guard:
         with self._lock:
             return {"margin": self.margin, "reference": self.referee.artifact.file, "rows": self.rows,
                     "rechecked": self.rechecked, "changed": self.changed}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def open_guard(model_dir: Path, config: ModelConfig, artifact: Artifact, provider: Provider, threads: int,

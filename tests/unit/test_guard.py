@@ -11,9 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from app.engine import Engine
-from app.guard import Guard, open_guard, softmax
+from app.guard import Guard, open_guard
 from app.lifecycle.commands import _margin
 from app.repository import Artifact, GuardSpec, ModelConfig, read_config, write_config
+from app.scores import softmax
 from app.tokenizer import TextTokenizer, pad
 from tests.support.tiny import LABELS
 
