@@ -3,6 +3,7 @@ transformers' own encoding of texts or pairs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def choose_max_length(config, tokenizer, wanted: int | None, source: Path | None
 def data_record(path: Path, rows: int) -> dict:
     """What a training report records of one data file: its name (never its folder), rows read, sha256."""
     return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+
+
+def log_record(folder: Path, texts: list) -> dict:
+    """data_record of the texts read from a prediction log folder: its name, the texts, the sha256 of them as JSON."""
+    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    return {"file": f"prediction log {folder.name}", "rows": len(texts), "sha256": digest}
 
 
 def training_report(source: Path) -> dict | None:

@@ -69,7 +69,8 @@ def _student_options(p: argparse.ArgumentParser, recovery: str = "") -> None:
     p.add_argument("--name", required=True, help="Model name in the repository.")
     p.add_argument("--data", required=True, help="CSV/TSV training texts; labels, where given, mix with the teacher's.")
     p.add_argument("--unlabeled", nargs="+", metavar="FILE",
-                   help="Extra texts labelled by the teacher only (.txt: one per line, or CSV/TSV text column).")
+                   help="Extra texts labelled by the teacher only (.txt: one per line, CSV/TSV text column, or a "
+                        "prediction log folder: every text it logged in full).")
     p.add_argument("--eval-data", nargs="+", metavar="FILE",
                    help="CSV/TSV texts (labels optional) for the gate (default: a held-out part of --data).")
     p.add_argument("--text-column", default="text")

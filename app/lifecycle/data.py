@@ -138,7 +138,19 @@ def _columns(text_column: str, text_pair_column: str | None) -> str:
 
 
 def read_texts(path: Path, text_column: str, text_pair_column: str | None = None) -> list[TextInput]:
-    """Unlabeled inputs: a .txt file (one text per line) or the text column(s) of a CSV/TSV file."""
+    """Unlabeled inputs: a .txt file (one text per line), the text column(s) of a CSV/TSV file, or a prediction log
+    folder (app.prediction_log): every text it logged in full, of every model, of the shape asked for (single texts,
+    or pairs with a pair column) -- production text teaching the next student."""
+    if path.is_dir():
+        from app.lifecycle.prediction_log_data import log_texts
+
+        logged = log_texts(path)
+        texts = [t for t in logged if isinstance(t, tuple) == bool(text_pair_column)]
+        if not texts:
+            raise LifecycleError(f"{path}: the prediction log's {len(logged)} full texts are all "
+                                 + ("single texts; --text-pair-column asks for pairs" if text_pair_column
+                                    else "text pairs; give --text-pair-column to read pairs"))
+        return texts
     if path.suffix.lower() == ".txt":
         if text_pair_column:
             raise LifecycleError(f"{path}: a .txt file holds single texts; give pairs as a CSV/TSV file")

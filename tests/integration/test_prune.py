@@ -147,6 +147,33 @@ def test_augmented_students_learn_from_teacher_labelled_variants(teachers, data,
          "--name", "s", "--data", str(data / "train.csv"), "--model-repository", str(repo), *OPEN_GATE])
     distilled = read_config(repo / "s" / "1").report["distillation"]
     assert distilled["augmented"] == 2 * distilled["train_size"] and distilled["options"]["augment"] == 2
+    # The epoch is chosen on the held-out texts and their own variants: agreement over all, the divergence for ties.
+    figures = distilled["history"][0]
+    assert {"val_agreement", "val_agreement_all", "val_divergence"} <= set(figures) and figures["val_divergence"] >= 0
+
+
+def test_a_prediction_log_folder_gives_the_students_production_text(teachers, data, tmp_path):
+    """--unlabeled LOGDIR: every text the server logged in full (text mode "full") joins the training texts,
+    labelled by the teacher alone; hashed ones cannot teach and pairs do not fit a single-text teacher."""
+    logs = tmp_path / "log"
+    logs.mkdir()
+    items = [{"index": 0, "label": "positive", "score": 0.9, "text": text} for text in texts(5, 900)]
+    records = [{"type": "prediction", "id": f"r{k}", "time": f"2026-12-08T10:00:0{k}.000000+00:00", "model": "m",
+                "version": "1", "route": "/predict", "protocol": "http", "task": "text-classification",
+                "latency_ms": 3.0, "truncated": 0, "items": [item]} for k, item in enumerate(items)]
+    records.append({**records[0], "id": "hashed", "items": [{"index": 0, "label": "positive", "text_hash": "ab"}]})
+    records.append({**records[0], "id": "pair", "items": [{"index": 0, "label": "positive", "text": "q",
+                                                           "text_pair": "d"}]})
+    (logs / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    repo = tmp_path / "repo"
+    cli(["distill", str(teachers["bert"]), "--layers", "1", "--epochs", "1", "--quantize", "none", "--name", "s",
+         "--data", str(data / "train.csv"), "--unlabeled", str(logs), "--model-repository", str(repo), *OPEN_GATE])
+    distilled = read_config(repo / "s" / "1").report["distillation"]
+    [logged] = [d for d in distilled["data"] if d["file"].startswith("prediction log")]
+    assert logged["rows"] == 5 and logged["file"] == "prediction log log"
+    train_rows = next(d["rows"] for d in distilled["data"] if d["file"] == "train.csv")
+    assert distilled["train_size"] + distilled["validation_size"] == train_rows + 5
+    assert distilled["labelled"] < distilled["train_size"]  # the logged texts have no label: the teacher's alone
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])

@@ -160,7 +160,8 @@ def test_summary_ratios_and_targets():
     checks = server["checks"]
     assert checks["ratio_c32"] == {"value": pytest.approx(0.95), "ok": True}
     assert checks["ratio_c64"] == {"value": pytest.approx((180 / 190 + 1.0) / 2), "ok": True}
-    assert checks["p50_gap_c1_ms"]["value"] == pytest.approx(9.25 - 8.0) and checks["p50_gap_c1_ms"]["ok"]
+    # 1.25 ms over the engine's batch-1: over the 1 ms a lone request may add
+    assert checks["p50_gap_c1_ms"] == {"value": pytest.approx(9.25 - 8.0), "ok": False}
     assert checks["errors"] == {"value": 0, "ok": True}
     text = report.markdown(sample_results(), summary, "benchmarks.png")
     assert "| 32 | 185.0" in text and "![" in text and "2p x 1t b4 sorted" in text

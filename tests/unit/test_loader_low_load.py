@@ -18,6 +18,10 @@ def test_a_lone_batch_runs_on_all_cores_and_batches_under_load_per_core(golden_m
     model = load_model("tiny", 1, golden_model, settings)
     assert [e.threads for e in model.engines] == [1, 1] and model.wide.threads == 2
     assert model.describe()["wide_session_threads"] == 2
+    # Its threads spin between its operators and stop as its run returns (onnxruntime's default would keep them
+    # spinning on the per-core sessions' cores after it).
+    options = model.wide.session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     texts = TEXTS[:8]
 
     async def scenario():
