@@ -100,7 +100,10 @@ def test_int8_is_gated_by_token_label_agreement(exported, tmp_path):
     gate = config.report["gate"]
     assert "token-label agreement" in gate["int8_gate"] and gate["attempts"][0]["agreement"] >= 0.97
     assert gate["entity_f1"] >= gate["threshold"] == 0.95
-    assert gate["token_agreement"] == gate["attempts"][0]["agreement"]
+    # The recorded agreement is the kept recipe's: the first one, or (when the tiny model's entities sit nearer the
+    # bound, as its training lands some runs) the first with MatMuls kept in fp32 that passes.
+    kept = next(a for a in gate["attempts"] if a["passed"])
+    assert gate["token_agreement"] == kept["agreement"] and gate["chosen"] == kept["recipe"]
     assert [a.precision for a in config.artifacts] == ["int8", "fp32"] and gate["chosen"]
     cli(["export", str(checkpoint), "--name", "strict", "--min-agreement", "1.01", "--model-repository",
          str(tmp_path)])
